@@ -1,0 +1,41 @@
+# PinCLIP: two commands on a fresh machine.
+#   make demo        # venv + installs + demo data, then the whole pipeline on the demo corpus
+#   make demo SERVE=0  # same, without starting the server at the end (ends by itself)
+#   make test        # venv + installs + demo data, then the test suite
+#   make bench       # benchmarks against peer tools (long; not part of the tests)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVE ?= 1
+RUN ?= runs/demo
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint install data-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data-deps:
+	bash scripts/install_demo_data.sh data
+
+demo: install data-deps
+	$(VENV)/bin/pinclip demo --out $(RUN) --serve $(SERVE)
+
+test: install data-deps
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install data-deps
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) bench/run.py --out bench
+
+clean:
+	rm -rf $(VENV) runs

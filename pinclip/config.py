@@ -1,0 +1,210 @@
+"""Configuration: one small dataclass per concern, presets as data, YAML files with key=value overrides.
+
+    cfg = load_config("configs/demo.yaml", ["train.steps=200", "loss.neighbor_weight=0.5"])
+
+Only the CLI and the trainer see a whole `Config`; library functions take the piece they need.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class VisionConfig:
+    name: str = "efficientnet-lite0"  # "efficientnet-lite0" | "tiny-cnn" | a local Hugging Face folder
+    image_size: int = 224
+    regions: int = 2  # regional tokens: regions x regions average pools beside the global token
+    patches: bool = False  # also pass every patch of the grid as a token
+    unfreeze_last: int = 0  # 0 = frozen tower (features cached on disk); >0 = train its last blocks
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "minilm"  # "minilm" | "tiny-bert" | a local Hugging Face folder (BERT-like or Qwen2-like)
+    train_layers: int = 2  # top layers trained; -1 = all; 0 = frozen. Visual tokens enter below them.
+    pooling: str = "mean"  # "mean" | "cls" | "last"
+    max_field_tokens: int = 24  # per text field, [CLS]/[SEP] included
+    lora_rank: int = 0  # >0: LoRA adapters on the trained layers' linear maps instead of full tuning
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka dims; the first is the full embedding
+    projector_hidden: int = 1024
+
+
+@dataclass
+class LossConfig:
+    image_text: str = "siglip"  # "siglip" | "infonce"
+    field_weights: dict[str, float] = field(
+        default_factory=lambda: {"title": 1.0, "description": 0.5, "caption": 1.0, "queries": 1.0, "annotations": 0.5}
+    )
+    pin_text_weight: float = 0.5  # fused pin <-> text term
+    neighbor_weight: float = 1.0  # lambda of L = L_image_text + lambda * L_neighbor
+    image_text_weight: float = 1.0  # 0 switches the image-text terms off (ablations)
+    quant_aware: bool = False  # add the straight-through global int8 term
+    chunk_size: int = 0  # >0: compute contrastive losses over row chunks
+
+
+@dataclass
+class GraphConfig:
+    walkers_per_pin: int = 64
+    walk_length: int = 4
+    restart_prob: float = 0.5
+    top_k: int = 10
+    board_damping: float = 0.5  # step into a board with probability ~ degree^-damping
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = "runs/demo/data"  # pins.parquet, boards.parquet, splits.json
+    out_dir: str = "runs/demo/train"
+    cache_dir: str = "runs/cache"
+    steps: int = 600
+    batch_size: int = 128  # global batch (pins); half anchors, half their graph neighbors
+    lr: float = 5e-4
+    backbone_lr: float = 5e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    checkpoint_every: int = 200
+    val_max_pins: int = 500
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
+    train_fraction: float = 1.0  # share of the training pins used (dataset-scaling curves)
+    num_threads: int = 0  # CPU threads for torch (0 = torch's default)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Random-init tiny towers: the whole pipeline runs on a CPU in seconds (tests, CI).
+    "tiny": {
+        "model": {
+            "vision": {"name": "tiny-cnn", "image_size": 32},
+            "backbone": {"name": "tiny-bert", "train_layers": 1, "max_field_tokens": 12},
+            "dims": [32, 16],
+            "projector_hidden": 64,
+        },
+        "graph": {"walkers_per_pin": 16, "walk_length": 2},
+        "train": {"steps": 4, "batch_size": 16, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1,
+                  "val_max_pins": 32},
+    },
+    # Pretrained EfficientNet-Lite0 + MiniLM, top 2 layers trained: about 10 minutes on 2 CPU cores.
+    "demo": {},
+    # A GPU run: the whole backbone trained, bigger batches.
+    "gpu": {
+        "model": {"backbone": {"train_layers": -1, "max_field_tokens": 32}},
+        "train": {"steps": 3000, "batch_size": 1024, "lr": 1e-3, "backbone_lr": 2e-5, "warmup_steps": 200,
+                  "eval_every": 500, "checkpoint_every": 500},
+    },
+}
+
+
+def _merge(base: Any, updates: dict[str, Any], where: str) -> Any:
+    """Recursively apply a nested dict onto a dataclass instance, checking names and types."""
+    for key, value in updates.items():
+        if not hasattr(base, key):
+            raise ValueError(f"unknown config key '{where}{key}'")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key '{where}{key}' expects a mapping, got {value!r}")
+            _merge(current, value, f"{where}{key}.")
+        else:
+            setattr(base, key, _coerce(value, current, f"{where}{key}"))
+    return base
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key '{name}' expects true/false, got {value!r}")
+    if isinstance(current, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+        return tuple(type(current[0])(v) for v in value) if current else tuple(value)
+    if isinstance(current, (int, float)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key '{name}' expects a number, got {value!r}") from None
+        if isinstance(current, int):
+            if not number.is_integer():
+                raise ValueError(f"config key '{name}' expects an integer, got {value!r}")
+            return int(number)
+        return number
+    if isinstance(current, dict) and isinstance(value, str):
+        return yaml.safe_load(value)
+    return value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['train.steps=10', 'loss.image_text=infonce'] -> nested dict (values parsed as YAML scalars)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                preset: str | None = None) -> Config:
+    """Preset (from the file's `preset:` key or the argument) <- file <- overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    preset = data.pop("preset", None) or preset or "demo"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    cfg = _merge(Config(), copy.deepcopy(PRESETS[preset]), "")
+    cfg = _merge(cfg, data, "")
+    return _merge(cfg, parse_overrides(overrides or []), "")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["model"]["dims"] = list(cfg.model.dims)
+    return d
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    return _merge(Config(), copy.deepcopy(d), "")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Pins tables, board edges, images, splits and the embedded demo corpus."""
