@@ -1,0 +1,117 @@
+"""Tests for pinclip.eval.metrics: exact top-k and true Recall@K / hit rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pinclip.eval.metrics import exact_topk, recall_at_k, retrieval_metrics
+
+# Scores of 4 queries (rows) against 4 corpus items (columns); the corpus is the identity.
+SCORES = np.array(
+    [
+        [0.9, 0.1, 0.3, 0.2],  # relevant {0}: rank 1
+        [0.8, 0.2, 0.7, 0.1],  # relevant {2}: rank 2
+        [0.1, 0.2, 0.3, 0.4],  # relevant {1, 3}: ranks 3 and 1
+        [0.5, 0.6, 0.4, 0.3],  # relevant {3}: rank 4
+    ],
+    dtype=np.float32,
+)
+RELEVANT = [np.array([0]), np.array([2]), np.array([1, 3]), np.array([3])]
+
+
+def test_hand_computed_4x4_recall_and_hit_rate():
+    m = retrieval_metrics(SCORES, np.eye(4, dtype=np.float32), RELEVANT, ks=(1, 2, 4))
+    assert m["queries"] == 4 and m["queries_without_relevant"] == 0
+    assert m["recall@1"] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert m["hit@1"] == pytest.approx(2 / 4)
+    assert m["recall@2"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert m["hit@2"] == pytest.approx(3 / 4)
+    assert m["recall@4"] == pytest.approx(1.0)
+    assert m["hit@4"] == pytest.approx(1.0)
+
+
+def test_exact_topk_orders_by_score():
+    scores, ids = exact_topk(SCORES, np.eye(4, dtype=np.float32), k=3)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    assert ids.tolist() == [[0, 2, 3], [0, 2, 1], [3, 2, 1], [1, 0, 2]]
+    np.testing.assert_allclose(scores[1], [0.8, 0.7, 0.2])
+
+
+def test_recall_is_true_recall_when_more_relevant_than_k():
+    ids = np.array([[4, 0, 1, 2, 3]])
+    m = recall_at_k(ids, [np.array([0, 1, 2])], ks=(1, 2, 3, 5))
+    assert m["recall@1"] == 0.0 and m["hit@1"] == 0.0
+    assert m["recall@2"] == pytest.approx(1 / 3) and m["hit@2"] == 1.0
+    assert m["recall@3"] == pytest.approx(2 / 3)
+    assert m["recall@5"] == pytest.approx(1.0)
+
+
+def test_queries_without_relevant_items_are_excluded_and_counted():
+    ids = np.array([[0, 1], [1, 0], [0, 1]])
+    m = recall_at_k(ids, [np.array([0]), np.array([], dtype=np.int64), np.array([1])], ks=(1,))
+    assert m["queries"] == 2 and m["queries_without_relevant"] == 1
+    assert m["recall@1"] == pytest.approx(0.5) and m["hit@1"] == pytest.approx(0.5)
+    empty = recall_at_k(ids[:1], [np.array([], dtype=np.int64)], ks=(1,))
+    assert empty["queries"] == 0 and np.isnan(empty["recall@1"])
+
+
+def test_exclude_self_and_padding_when_corpus_is_small():
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], dtype=np.float32)
+    scores, ids = exact_topk(x, x, k=3, exclude=np.array([0, 1, 2]))
+    assert ids.tolist() == [[1, 2, -1], [0, 2, -1], [1, 0, -1]]
+    assert np.isneginf(scores[:, 2]).all()
+    _, ids = exact_topk(x, x, k=2, exclude=np.array([-1, 1, -1]))  # negative: nothing excluded
+    assert ids.tolist() == [[0, 1], [0, 2], [2, 1]]
+    _, ids = exact_topk(x[:1], x[:2], k=4)
+    assert ids.tolist() == [[0, 1, -1, -1]]
+
+
+def _brute_force(queries, corpus, relevant, ks, exclude):
+    """Per query: sort every corpus item by (-score, id) in pure Python, then count."""
+    recalls = {k: [] for k in ks}
+    hits = {k: [] for k in ks}
+    for qi, query in enumerate(queries.tolist()):
+        if len(relevant[qi]) == 0:
+            continue
+        scored = [
+            (-sum(a * b for a, b in zip(query, item)), ci)
+            for ci, item in enumerate(corpus.tolist())
+            if ci != exclude[qi]
+        ]
+        ranking = [ci for _, ci in sorted(scored)]
+        rel = set(relevant[qi].tolist())
+        for k in ks:
+            found = len(rel & set(ranking[:k]))
+            recalls[k].append(found / len(rel))
+            hits[k].append(found > 0)
+    return {f"recall@{k}": np.mean(recalls[k]) for k in ks} | {f"hit@{k}": np.mean(hits[k]) for k in ks}
+
+
+def test_agrees_with_brute_force_on_random_data():
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((40, 12)).astype(np.float32)
+    corpus = rng.standard_normal((150, 12)).astype(np.float32)
+    relevant = [rng.choice(150, size=rng.integers(0, 12), replace=False) for _ in range(40)]
+    exclude = rng.integers(0, 150, size=40)
+    ks = (1, 5, 20)
+    reference = _brute_force(queries, corpus, relevant, ks, exclude)
+    # chunk=17 splits both queries and corpus into blocks, exercising the running top-k merge
+    _, ids = exact_topk(queries, corpus, k=20, exclude=exclude, chunk=17)
+    m = recall_at_k(ids, relevant, ks)
+    for key, value in reference.items():
+        assert m[key] == pytest.approx(value, abs=1e-12), key
+    full_ids = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :5]  # no exclusion
+    np.testing.assert_array_equal(exact_topk(queries, corpus, k=5, chunk=17)[1], full_ids)
+
+
+def test_bad_shapes_and_k_are_errors():
+    x = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="corpus"):
+        exact_topk(x, np.zeros((2, 4)), k=1)
+    with pytest.raises(ValueError, match="exclude"):
+        exact_topk(x, x, k=1, exclude=np.array([0]))
+    with pytest.raises(ValueError, match="NaN"):
+        exact_topk(np.full((1, 3), np.nan), x, k=1)
+    with pytest.raises(ValueError, match="k="):
+        recall_at_k(np.zeros((2, 5), dtype=np.int64), [np.array([0])] * 2, ks=(10,))
