@@ -1,0 +1,113 @@
+"""Two CPU processes (gloo) with half a batch each give the single-process loss and gradients.
+
+Each rank projects its half of the raw features with a shared weight, computes the losses with
+negatives gathered from both ranks, and backpropagates loss / world; summing the shared gradients
+over ranks (what DDP's average of the rank-loss gradients amounts to) must give the gradients of
+one process holding the whole batch, and each rank's feature gradients must be its slice of them.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from pinclip.losses import image_text_loss, neighbor_loss, rank_and_world
+
+WORLD = 2
+BATCH, FIELDS, RAW_DIM, DIM = 6, 3, 5, 4  # global batch, split 3 + 3
+FIELD_WEIGHTS = torch.tensor([1.0, 0.5, 2.0])
+CASES = {  # case -> (loss function, the raw features it reads)
+    "image_text_siglip_chunked": (partial(image_text_loss, mode="siglip", chunk_size=2), ("img", "txt")),
+    "image_text_infonce": (partial(image_text_loss, mode="infonce"), ("img", "txt")),
+    "neighbor_siglip": (partial(neighbor_loss, mode="siglip"), ("img", "nbr")),
+    "neighbor_infonce": (partial(neighbor_loss, mode="infonce"), ("img", "nbr")),
+}
+
+
+def global_inputs() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(BATCH, FIELDS, generator=gen) > 0.3
+    mask[4] = False  # a pin without text on rank 1 only: counts must be global
+    return {
+        "img": torch.randn(BATCH, RAW_DIM, generator=gen),
+        "txt": torch.randn(BATCH, FIELDS, RAW_DIM, generator=gen),
+        "nbr": torch.randn(BATCH, RAW_DIM, generator=gen),
+        "mask": mask,
+        "share_board": torch.rand(BATCH, BATCH, generator=gen) > 0.6,
+        "weight": torch.randn(RAW_DIM, DIM, generator=gen),
+    }
+
+
+def run_case(case: str, inputs: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """Loss and gradients of one case on the rows `rows` of the global batch."""
+    weight = inputs["weight"].clone().requires_grad_(True)
+    scale = torch.tensor(math.log(10.0), requires_grad=True)
+    bias = torch.tensor(-5.0, requires_grad=True)
+    loss_fn, names = CASES[case]
+    feats = {name: inputs[name][rows].clone().requires_grad_(True) for name in names}
+    query, other = (F.normalize(feats[name] @ weight, dim=-1) for name in names)
+    if case.startswith("neighbor"):
+        (loss,) = loss_fn(query, other, inputs["share_board"][rows], scale, bias).values()
+    else:
+        (loss,) = loss_fn(query, other, inputs["mask"][rows], scale, bias, FIELD_WEIGHTS).values()
+    _, world = rank_and_world()
+    (loss / world).backward()
+    no_grad = torch.zeros(())  # InfoNCE does not use the bias
+    out = {"loss": loss.detach(), "weight": weight.grad, "scale": scale.grad, "bias": bias.grad or no_grad}
+    out.update({f"d_{name}": feat.grad for name, feat in feats.items()})
+    return out
+
+
+def worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        inputs = global_inputs()
+        local = BATCH // WORLD
+        rows = slice(rank * local, (rank + 1) * local)
+        results = {}
+        for case in CASES:
+            out = run_case(case, inputs, rows)
+            for name in ("weight", "scale", "bias"):
+                dist.all_reduce(out[name])  # sum over ranks
+            results[case] = out
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("ranks")
+    mp.spawn(worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_match_one_process(rank_results, case):
+    single = run_case(case, global_inputs(), slice(None))
+    ranks = [results[case] for results in rank_results]
+    mean_loss = sum(r["loss"] for r in ranks) / WORLD
+    torch.testing.assert_close(mean_loss, single["loss"], rtol=0, atol=1e-5)
+    for name in ("weight", "scale", "bias"):
+        torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ranks[1][name], single[name], rtol=1e-5, atol=1e-6)
+    for name in CASES[case][1]:
+        assert ranks[0][f"d_{name}"].shape[0] == BATCH // WORLD
+        torch.testing.assert_close(
+            torch.cat([r[f"d_{name}"] for r in ranks]), single[f"d_{name}"], rtol=1e-5, atol=1e-6
+        )
+    assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the halves really differ
