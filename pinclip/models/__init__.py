@@ -1,0 +1,1 @@
+"""Vision towers, the VLM backbone, the PinCLIP model and the inference-time Embedder."""

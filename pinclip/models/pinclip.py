@@ -1,0 +1,127 @@
+"""PinCLIP: a hybrid vision tower feeding multi-granularity visual tokens into a VLM backbone.
+
+One model, three modes, one embedding space (DESIGN.md §2):
+    image-only  [summary; visual tokens]                  -> "image"  (visual search, ranker features)
+    text-only   [summary; one field's tokens]              -> "text"   (queries, PinText)
+    fused       [summary; visual tokens; all fields' tokens] -> "pin"  (related pins, cold start)
+Visual tokens = global + regional (+ patch) pools of the vision grid, projected by an MLP into the
+backbone's width and tagged by granularity; text tokens are tagged by field. The pooled state goes
+through a linear head to the largest Matryoshka dim; every prefix is a valid, re-normalized embedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pinclip.config import ModelConfig
+from pinclip.data.schema import TEXT_FIELDS
+from pinclip.models.backbone import Backbone
+from pinclip.models.vision import build_vision_tower, grid_to_tokens, num_visual_tokens
+
+
+class PinCLIP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision = build_vision_tower(cfg.vision)
+        self.backbone = Backbone(cfg.backbone)
+        width, channels = self.backbone.width, self.vision.out_channels
+        grid_side = self._grid_side()
+        self.num_visual = num_visual_tokens(cfg.vision.regions, cfg.vision.patches, grid_side)
+        g = torch.Generator().manual_seed(0)
+        self.projector = nn.Sequential(
+            nn.LayerNorm(channels), nn.Linear(channels, cfg.projector_hidden), nn.GELU(),
+            nn.Linear(cfg.projector_hidden, width),
+        )
+        self.granularity = nn.Parameter(torch.randn(self.num_visual, width, generator=g) * 0.02)
+        self.field_embed = nn.Parameter(torch.randn(len(TEXT_FIELDS), width, generator=g) * 0.02)
+        self.summary = nn.Parameter(torch.randn(width, generator=g) * 0.02)
+        self.head = nn.Linear(width, cfg.dims[0])
+        # contrastive temperatures and biases (SigLIP init: scale 10, bias -10)
+        self.it_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.it_logit_bias = nn.Parameter(torch.tensor(-10.0))
+        self.nb_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.nb_logit_bias = nn.Parameter(torch.tensor(-10.0))
+
+    @torch.no_grad()
+    def _grid_side(self) -> int:
+        size = self.cfg.vision.image_size
+        was_training = self.vision.training
+        self.vision.eval()
+        side = self.vision(torch.zeros(1, 3, size, size)).shape[-1]
+        self.vision.train(was_training)
+        return int(side)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def visual_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, W) projected visual tokens, from cached features or from pixels."""
+        if "pixels" in batch:
+            grid = self.vision(batch["pixels"])  # (B, C, h, w)
+            feats = grid_to_tokens(grid, self.cfg.vision.regions, self.cfg.vision.patches)
+        else:
+            feats = batch["vis"]  # (B, T, C)
+        return self.projector(feats.float()) + self.granularity  # (B, T, W)
+
+    def _encode(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Joint sequence of (states (B, L, W), mask (B, L)) parts -> (B, D) normalized embedding."""
+        b = parts[0][0].shape[0]
+        summary = self.summary.expand(b, 1, -1)  # (B, 1, W)
+        ones = torch.ones(b, 1, dtype=torch.bool, device=summary.device)
+        if self.cfg.backbone.pooling == "last":
+            parts = [*parts, (summary, ones)]
+        else:
+            parts = [(summary, ones), *parts]
+        hidden = torch.cat([p[0] for p in parts], dim=1)  # (B, L, W)
+        mask = torch.cat([p[1] for p in parts], dim=1)  # (B, L)
+        out = self.backbone.encode_from_entry(hidden, mask)  # (B, L, W)
+        pooled = self._pool(out, mask)  # (B, W)
+        return F.normalize(self.head(pooled), dim=-1)  # (B, D)
+
+    def _pool(self, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pooling = self.cfg.backbone.pooling
+        if pooling == "cls":
+            return out[:, 0]
+        if pooling == "last":
+            last = mask.long().cumsum(1).argmax(1)  # (B,) index of the last valid token
+            return out[torch.arange(out.shape[0]), last]
+        m = mask.unsqueeze(-1).to(out.dtype)  # (B, L, 1)
+        return (out * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    # -- the three modes ----------------------------------------------------------------------
+    def encode_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        vis = self.visual_tokens(batch)  # (B, T, W)
+        mask = torch.ones(vis.shape[:2], dtype=torch.bool, device=vis.device)
+        return self._encode([(vis, mask)])
+
+    def encode_text(self, states: torch.Tensor, mask: torch.Tensor, field_id: torch.Tensor) -> torch.Tensor:
+        """(N, L, W) field states, (N, L) mask, (N,) field index -> (N, D)."""
+        tagged = states.float() + self.field_embed[field_id].unsqueeze(1)  # (N, L, W)
+        return self._encode([(tagged, mask)])
+
+    def encode_pin(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        vis = self.visual_tokens(batch)  # (B, T, W)
+        vis_mask = batch["has_image"].unsqueeze(1).expand(-1, vis.shape[1])  # (B, T)
+        text = batch["pin_states"].float() + self.field_embed[batch["pin_field_ids"]]  # (B, Lp, W)
+        return self._encode([(vis, vis_mask), (text, batch["pin_mask"])])
+
+    def forward(self, batch: dict[str, torch.Tensor], modes: tuple[str, ...] = ("image", "text", "pin")
+                ) -> dict[str, torch.Tensor]:
+        """Returns {"image": (B, D), "text": (B, F, D), "text_mask": (B, F), "pin": (B, D)} for the modes asked."""
+        out: dict[str, torch.Tensor] = {}
+        if "image" in modes:
+            out["image"] = self.encode_image(batch)
+        if "text" in modes:
+            b = batch["pin_states"].shape[0]
+            emb = self.encode_text(batch["field_states"], batch["field_mask"], batch["field_id"])  # (N, D)
+            text = emb.new_zeros(b, len(TEXT_FIELDS), emb.shape[-1])  # (B, F, D)
+            text[batch["field_pin"], batch["field_id"]] = emb
+            text_mask = torch.zeros(b, len(TEXT_FIELDS), dtype=torch.bool, device=emb.device)
+            text_mask[batch["field_pin"], batch["field_id"]] = True
+            out["text"], out["text_mask"] = text, text_mask
+        if "pin" in modes:
+            out["pin"] = self.encode_pin(batch)
+        return out

@@ -1,0 +1,1 @@
+"""Training: data and batches, the objective, checkpoints and the trainer loop."""

@@ -1,0 +1,34 @@
+"""Shared fixtures: the synthetic catalog (once per session) and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from synthetic import make_catalog  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("catalog")
+    return make_catalog(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(catalog, tmp_path_factory) -> Path:
+    """A tiny-preset model trained for a few steps on the synthetic catalog (code paths, not quality)."""
+    from pinclip.config import load_config
+    from pinclip.train.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny-train")
+    cfg = load_config(preset="tiny", overrides=[
+        f"train.data_dir={catalog['pins'].parent}", f"train.out_dir={out}", f"train.cache_dir={out / 'cache'}",
+        "train.steps=4"])
+    return train(cfg, progress=False)

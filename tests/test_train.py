@@ -1,0 +1,78 @@
+"""Trainer: config overrides, exact resume from a mid-run checkpoint, 2 ranks (gloo) == 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pinclip.config import load_config
+
+
+def losses(out_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def tiny_overrides(catalog, out: Path, steps: int = 4) -> list[str]:
+    return [f"train.data_dir={catalog['pins'].parent}", f"train.out_dir={out}", f"train.cache_dir={out.parent / 'cache'}",
+            f"train.steps={steps}", "train.checkpoint_every=2", "train.eval_every=100"]
+
+
+def test_config_overrides_and_errors():
+    cfg = load_config(preset="tiny", overrides=["train.steps=7", "model.dims=[16,8]", "loss.quant_aware=true"])
+    assert cfg.train.steps == 7 and cfg.model.dims == (16, 8) and cfg.loss.quant_aware is True
+    with pytest.raises(ValueError, match="unknown config key 'train.stepz'"):
+        load_config(preset="tiny", overrides=["train.stepz=1"])
+    with pytest.raises(ValueError, match="expects an integer"):
+        load_config(preset="tiny", overrides=["train.steps=1.5"])
+
+
+def test_resume_reproduces_the_uninterrupted_run(catalog, tmp_path):
+    from pinclip.train.trainer import train
+
+    full = tmp_path / "full"
+    train(load_config(preset="tiny", overrides=tiny_overrides(catalog, full)), progress=False)
+    reference = losses(full)
+    assert sorted(reference) == [1, 2, 3, 4]
+    assert json.loads((full / "last" / "meta.json").read_text())["step"] == 2
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "last", resumed / "last")  # as if killed after the step-2 checkpoint
+    train(load_config(preset="tiny", overrides=tiny_overrides(catalog, resumed)), progress=False)
+    after = losses(resumed)
+    assert sorted(after) == [3, 4]
+    for step in (3, 4):
+        assert after[step] == pytest.approx(reference[step], rel=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_match_one_process(catalog, tmp_path):
+    from pinclip.train.trainer import train
+
+    one = tmp_path / "one"
+    train(load_config(preset="tiny", overrides=[*tiny_overrides(catalog, one, steps=3), "loss.quant_aware=false"]),
+          progress=False)
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "pinclip", "train", "--preset", "tiny", "--quiet",
+           *tiny_overrides(catalog, two, steps=3)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, double = losses(one), losses(two)
+    assert sorted(single) == sorted(double) == [1, 2, 3]
+    for step in single:
+        assert double[step] == pytest.approx(single[step], rel=1e-4, abs=1e-5)
