@@ -1,0 +1,124 @@
+"""Splits: sizes, disjointness, board eligibility, determinism, the training-graph mask, splits.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pinclip.cli import UserError, main
+from pinclip.data.splits import make_splits, read_splits, training_edge_mask, write_splits
+
+PINS = [f"p{i:02d}" for i in range(40)]
+EDGES = (
+    [(p, "big") for p in PINS[:20]]  # 20 pins
+    + [(p, "mid") for p in PINS[20:26]]  # 6 pins
+    + [(p, "pair") for p in PINS[30:32]]  # 2 pins: never eligible
+    + [(p, f"small{i}") for i in range(8) for p in PINS[i * 4 : i * 4 + 3]]  # 8 boards of 3 pins
+)
+
+
+def test_sizes_and_disjointness():
+    splits = make_splits(PINS, EDGES, seed=3, cold_frac=0.1, val_frac=0.05, heldout_board_frac=0.5)
+    assert len(splits["cold_start_pins"]) == 4  # round(0.1 * 40)
+    assert len(splits["val_pins"]) == 2  # round(0.05 * 40)
+    assert not set(splits["cold_start_pins"]) & set(splits["val_pins"])
+    assert set(splits["cold_start_pins"]) | set(splits["val_pins"]) <= set(PINS)
+    assert splits["cold_start_pins"] == sorted(splits["cold_start_pins"])
+    assert splits["seed"] == 3
+
+
+def test_only_eligible_boards_are_held_out():
+    for seed in range(10):
+        splits = make_splits(PINS, EDGES, seed=seed, cold_frac=0.2, val_frac=0.05, heldout_board_frac=0.5)
+        held = set(splits["cold_start_pins"]) | set(splits["val_pins"])
+        members: dict[str, set[str]] = {}
+        for pin, board in EDGES:
+            members.setdefault(board, set()).add(pin)
+        eligible = [b for b, m in members.items() if len(m) >= 3 and len(m - held) >= 2]
+        assert "pair" not in splits["heldout_boards"]
+        assert set(splits["heldout_boards"]) <= set(eligible)
+        assert len(splits["heldout_boards"]) == round(0.5 * len(eligible))
+
+
+def test_deterministic_given_seed_and_input_order():
+    a = make_splits(PINS, EDGES, seed=7)
+    b = make_splits(list(reversed(PINS)), list(reversed(EDGES)), seed=7)
+    assert a == b
+    outcomes = {tuple(make_splits(PINS, EDGES, seed=s)["cold_start_pins"]) for s in range(5)}
+    assert len(outcomes) > 1
+
+
+def test_training_edge_mask_by_hand():
+    splits = {"seed": 0, "cold_start_pins": ["c"], "val_pins": ["v"], "heldout_boards": ["H"]}
+    edge_pins = ["a", "c", "v", "a", "b", "b"]
+    edge_boards = ["B", "B", "B", "H", "H", "C"]
+    assert training_edge_mask(edge_pins, edge_boards, splits).tolist() == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_bad_fractions_are_user_errors():
+    with pytest.raises(UserError, match=r"cold_frac must be in \[0, 1\), got 1.5"):
+        make_splits(PINS, EDGES, cold_frac=1.5)
+    with pytest.raises(UserError, match="cold_frac \\+ val_frac must be below 1"):
+        make_splits(PINS, EDGES, cold_frac=0.6, val_frac=0.5)
+
+
+def test_write_and_read_round_trip(tmp_path):
+    splits = make_splits(PINS, EDGES, seed=1)
+    path = tmp_path / "splits.json"
+    write_splits(splits, str(path))
+    first = path.read_bytes()
+    write_splits(make_splits(PINS, EDGES, seed=1), str(path))
+    assert path.read_bytes() == first
+    assert read_splits(str(path)) == splits
+    assert list(json.loads(first)) == ["seed", "cold_start_pins", "val_pins", "heldout_boards"]
+    assert [p.name for p in tmp_path.iterdir()] == ["splits.json"]  # no temp file left
+
+
+def test_read_splits_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"cold_start_pins": [1], "val_pins": [], "heldout_boards": []}')
+    with pytest.raises(UserError, match="bad.json: key 'cold_start_pins' must be a list of strings"):
+        read_splits(str(bad))
+    bad.write_text("{nope")
+    with pytest.raises(UserError, match="bad.json: not valid JSON"):
+        read_splits(str(bad))
+
+
+def test_split_command(tmp_path, capsys):
+    pins = tmp_path / "pins.jsonl"
+    boards = tmp_path / "boards.jsonl"
+    pins.write_text("".join(json.dumps({"pin_id": p, "title": p}) + "\n" for p in PINS))
+    boards.write_text("".join(json.dumps({"pin_id": p, "board_id": b}) + "\n" for p, b in EDGES))
+    out = tmp_path / "s.json"
+    code = main(
+        ["data", "split", "--pins", str(pins), "--boards", str(boards), "--out", str(out), "--seed", "2"]
+    )
+    assert code == 0
+    assert read_splits(str(out)) == make_splits(PINS, EDGES, seed=2)
+    printed = capsys.readouterr().out
+    assert "35 train pins, 1 val pins, 4 cold-start pins" in printed
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                "--pins",
+                str(pins),
+                "--boards",
+                str(boards),
+                "--out",
+                str(out),
+                "--cold-frac",
+                "2",
+            ]
+        )
+        == 2
+    )
