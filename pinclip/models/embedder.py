@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from pinclip.data.schema import TEXT_FIELDS, field_text
-from pinclip.models.features import compute_tokens, image_features
+from pinclip.models.features import FeatureCache, cache_tag, compute_tokens, image_features
 from pinclip.models.pinclip import PinCLIP
 from pinclip.models.text_states import TextStates, compute_text_states, text_batch
 
@@ -45,7 +45,8 @@ def embed_rows(model: PinCLIP, vis: np.ndarray, has_image: np.ndarray, states: T
 class Embedder:
     """A trained PinCLIP ready to embed raw texts, images and pins."""
 
-    def __init__(self, model: PinCLIP, meta: dict, device: str = "cpu", cache_dir: str | Path | None = None):
+    def __init__(self, model: PinCLIP, meta: dict, device: str = "cpu", cache_dir: str | Path | None = None,
+                 cache_write: bool = True):
         from pinclip.quant import GlobalAffine
 
         self.model = model.to(device).eval()
@@ -55,24 +56,27 @@ class Embedder:
         self.dim: int = int(meta["dims"][0])
         self.dims: list[int] = list(meta["dims"])
         self.quant = GlobalAffine.from_dict(meta["quant"]) if meta.get("quant") else None
-        self.cache_dir = cache_dir
+        # frozen-tower features by pixel content; read-only (cache_write=False) when serving
+        self.cache = FeatureCache(cache_dir, cache_tag(self.model.vision, self.model.cfg.vision)) \
+            if cache_dir is not None and not any(p.requires_grad for p in self.model.vision.parameters()) else None
+        self.cache_write = cache_write
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", cache_dir: str | Path | None = None) -> Embedder:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
+                        cache_write: bool = True) -> Embedder:
         from pinclip.train.checkpoint import load_model
 
         model, _, meta = load_model(path, device)
-        return cls(model, meta, device, cache_dir)
+        return cls(model, meta, device, cache_dir, cache_write)
 
     def _states(self, texts: list[list[str]]) -> TextStates:
         return compute_text_states(self.model.backbone, texts, progress=False)
 
     def _vis(self, images: Sequence[Image.Image | None]) -> tuple[np.ndarray, np.ndarray]:
         present = [img for img in images if img is not None]
-        if self.cache_dir is not None and present:
-            feats, ok = image_features(self.model.vision, self.model.cfg.vision, list(images), self.cache_dir,
-                                       progress=False)
-            return feats, ok
+        if self.cache is not None and present:
+            return image_features(self.model.vision, self.model.cfg.vision, list(images), self.cache,
+                                  progress=False, write=self.cache_write)
         ok = np.array([img is not None for img in images])
         out = None
         if present:

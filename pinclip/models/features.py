@@ -96,13 +96,15 @@ def cache_tag(tower: torch.nn.Module, cfg: VisionConfig) -> str:
 
 
 def image_features(tower: torch.nn.Module, cfg: VisionConfig, sources: Sequence[ImageSource],
-                   cache_dir: str | Path | None, batch_size: int = 16, shard_size: int = 512,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   cache: FeatureCache | str | Path | None, batch_size: int = 16, shard_size: int = 512,
+                   progress: bool = True, write: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Visual tokens of every source, from the cache where present: ((N, T, C) float16, ok (N,) bool).
 
+    `cache` is a FeatureCache or its root folder; with write=False new features are not stored.
     Missing or unreadable images give zeros and ok=False.
     """
-    cache = FeatureCache(cache_dir, cache_tag(tower, cfg)) if cache_dir else None
+    if cache is not None and not isinstance(cache, FeatureCache):
+        cache = FeatureCache(cache, cache_tag(tower, cfg))
     out: list[np.ndarray | None] = [None] * len(sources)
     ok = np.zeros(len(sources), dtype=bool)
     pending: list[tuple[int, str, Image.Image]] = []
@@ -123,11 +125,11 @@ def image_features(tower: torch.nn.Module, cfg: VisionConfig, sources: Sequence[
         pending.append((i, key, img))
         if len(pending) == batch_size:
             _flush(tower, cfg, pending, out, ok, new_keys, new_tokens, bar)
-            if cache and len(new_keys) >= shard_size:
+            if cache and write and len(new_keys) >= shard_size:
                 cache.put(new_keys, np.stack(new_tokens))
                 new_keys, new_tokens = [], []
     _flush(tower, cfg, pending, out, ok, new_keys, new_tokens, bar)
-    if cache and new_keys:
+    if cache and write and new_keys:
         cache.put(new_keys, np.stack(new_tokens))
     bar.close()
     shape = next((t.shape for t in out if t is not None), None)

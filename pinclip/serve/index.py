@@ -1,0 +1,352 @@
+"""A FAISS index over int8 pin embeddings, with string pin ids and adds of fresh pins without a rebuild.
+
+    pinclip index build --embeddings runs/demo/embeddings --out runs/demo/index
+    pinclip index add --index runs/demo/index --embeddings runs/demo/fresh_embeddings
+
+The index stores exactly our int8 codes: a QT_8bit_uniform ScalarQuantizer whose one range is set
+from the embeddings' GlobalAffine (pinclip.quant.faiss_sq_index), so FAISS never retrains it and
+scores a float query q against the stored x_dq = s·(x_q − z) by inner product <q, x_dq>.
+Kinds: "flat" (exact scan of the codes), "hnsw" (graph over the codes), "ivf" (inverted lists
+without residuals); "auto" picks flat below 50k vectors, HNSW (M=32, efConstruction=80) below 2M,
+IVF above. HNSW's efSearch and IVF's nprobe are tuned at build time to the smallest value reaching
+recall@10 >= 0.95 against exact search, both for a sample of stored vectors as queries (self
+excluded, as for related pins) and for random directions (off-distribution, like text queries).
+Ids: FAISS id i is row i of the sidecar ids.parquet (pin_id). `load_embeddings` reads one field's
+codes back from the shards of a finished `pinclip embed` run.
+
+On disk, INDEX/ holds index.faiss, ids.parquet and index.json (kind, parameters, dim, field,
+model version, quantization params, size, sources), each written atomically, index.json last.
+Adding embeddings of another model version or other quantization params is refused, and so is a
+pin_id already in the index (pins are immutable here: re-embed and rebuild to change one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pinclip.cli import UserError
+from pinclip.quant import GlobalAffine, dequantize, faiss_sq_index, quant_from_json, quant_to_json, quantize
+from pinclip.serve.embed import EMBEDDING_FIELDS, EmbedJobError, Manifest, atomic_write_bytes, sha256_file
+
+INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.parquet", "index.json"
+FORMAT = "pinclip-index/1"
+KINDS = ("auto", "flat", "hnsw", "ivf")
+EF_SEARCH_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+
+@dataclass
+class EmbeddingSet:
+    """One field's int8 codes from a finished embedding run, in shard order."""
+
+    pin_ids: list[str]
+    codes: np.ndarray  # (N, D) int8
+    model_version: str
+    quant: GlobalAffine
+    source: str  # the embeddings folder
+    missing: int = 0  # rows whose field is null (no image / no text), left out
+
+    @property
+    def dim(self) -> int:
+        return int(self.codes.shape[1])
+
+
+def _field_codes(table: pa.Table, column: str, dim: int) -> tuple[list[str], np.ndarray, int]:
+    values = table.column(column).combine_chunks()
+    valid = values.is_valid().to_numpy(zero_copy_only=False)  # (N,) bool
+    pin_ids = [p for p, ok in zip(table.column("pin_id").to_pylist(), valid) if ok]
+    codes = values.filter(values.is_valid()).flatten().to_numpy().reshape(-1, dim)  # (N_valid, D)
+    return pin_ids, codes.astype(np.int8), int((~valid).sum())
+
+
+def load_embeddings(out_dir: str | Path, field: str = "pin") -> EmbeddingSet:
+    """The `field` codes ("image", "text" or "pin") of a complete run; shards are hash-checked."""
+    if field not in EMBEDDING_FIELDS:
+        raise UserError(f"unknown embedding field {field!r}; use one of {', '.join(EMBEDDING_FIELDS)}")
+    out_dir = Path(out_dir)
+    manifest = Manifest.read(out_dir)
+    if not manifest.complete:
+        raise EmbedJobError(f"{out_dir}: the embedding job is unfinished ({len(manifest.shards)} of "
+                            f"{manifest.num_shards} shards); run `pinclip embed` again to finish it")
+    pin_ids, parts, missing = [], [np.zeros((0, manifest.dim), np.int8)], 0
+    for shard in sorted(manifest.shards, key=lambda s: s["index"]):
+        path = out_dir / shard["file"]
+        if not path.is_file() or sha256_file(path) != shard["sha256"]:
+            raise EmbedJobError(f"{path}: missing or changed since the manifest was written; rerun `pinclip embed`")
+        ids, codes, n_missing = _field_codes(pq.read_table(path), f"{field}_q", manifest.dim)
+        pin_ids += ids
+        parts.append(codes)
+        missing += n_missing
+    return EmbeddingSet(pin_ids, np.concatenate(parts), manifest.model_version,
+                        quant_from_json(manifest.quant), str(out_dir.resolve()), missing)
+
+
+class PinIndexError(UserError):
+    """An index operation refused: mixed model versions or quantization, duplicate ids, bad files."""
+
+
+@dataclass
+class IndexConfig:
+    kind: str = "auto"  # auto | flat | hnsw | ivf
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    target_recall: float = 0.95  # recall@10 vs exact that efSearch / nprobe are tuned for
+    flat_max: int = 50_000  # auto: exact scan below this many vectors
+    ivf_min: int = 2_000_000  # auto: IVF from this many vectors
+    tune_queries: int = 200
+    seed: int = 0
+
+
+@dataclass
+class IndexMeta:
+    kind: str
+    dim: int
+    field: str  # which embedding is indexed: "pin", "image" or "text"
+    model_version: str
+    quant: dict[str, Any]  # quant_to_json record
+    params: dict[str, Any] = field(default_factory=dict)  # hnsw_m, ef_search, nlist, nprobe, tuned recall
+    size: int = 0
+    sources: list[str] = field(default_factory=list)  # embeddings folders, in the order added
+    format: str = FORMAT
+
+
+def choose_kind(n: int, config: IndexConfig) -> str:
+    if config.kind not in KINDS:
+        raise PinIndexError(f"unknown index kind {config.kind!r}; use one of {', '.join(KINDS)}")
+    if config.kind != "auto":
+        return config.kind
+    return "flat" if n < config.flat_max else ("hnsw" if n < config.ivf_min else "ivf")
+
+
+def exact_top_k(queries: np.ndarray, base: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Ids (Q, k) of the k largest inner products, brute force; exclude[q] is left out of row q."""
+    top = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), 256):
+        scores = queries[start : start + 256] @ base.T  # (q, N)
+        if exclude is not None:
+            scores[np.arange(len(scores)), exclude[start : start + 256]] = -np.inf
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (q, k), unordered
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
+        top[start : start + 256] = np.take_along_axis(part, order, axis=1)
+    return top
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found ∩ truth| / |truth| (ids (Q, k) each)."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+
+
+def _ann_top_k(index: Any, queries: np.ndarray, k: int, self_ids: np.ndarray | None = None) -> np.ndarray:
+    """ANN ids (Q, k); self_ids[q] (the query's own row) is dropped from row q."""
+    _, ids = index.search(queries, k + 1)  # (Q, k + 1)
+    if self_ids is None:
+        return ids[:, :k]
+    return np.stack([[i for i in row if i != s][:k] for row, s in zip(ids.tolist(), self_ids)])
+
+
+def tune_search(index: Any, kind: str, vectors: np.ndarray, config: IndexConfig, k: int = 10) -> dict[str, Any]:
+    """Smallest efSearch (HNSW) / nprobe (IVF) whose recall@k vs exact search reaches the target.
+
+    Two query sets must both reach it: stored vectors with themselves excluded (related pins) and
+    random unit directions, a hard stand-in for text or image queries that lie off the pins.
+    """
+    if kind == "flat" or len(vectors) <= k + 1:
+        return {}
+    rng = np.random.default_rng(config.seed)
+    sample = rng.choice(len(vectors), size=min(config.tune_queries, len(vectors)), replace=False)
+    directions = rng.standard_normal((len(sample), vectors.shape[1])).astype(np.float32)  # (Q, D)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    truth_stored = exact_top_k(vectors[sample], vectors, k, exclude=sample)  # (Q, k)
+    truth_random = exact_top_k(directions, vectors, k)  # (Q, k)
+    if kind == "hnsw":
+        name, steps = "ef_search", EF_SEARCH_STEPS
+    else:
+        name, steps = "nprobe", tuple(sorted({min(v, index.nlist) for v in NPROBE_STEPS}))
+    recall = 0.0
+    for value in steps:
+        _set_search_param(index, kind, value)
+        recall = min(recall_at_k(_ann_top_k(index, vectors[sample], k, sample), truth_stored),
+                     recall_at_k(_ann_top_k(index, directions, k), truth_random))
+        if recall >= config.target_recall:
+            break
+    return {name: value, f"tuned_recall_at_{k}": round(recall, 4), "tune_queries": 2 * len(sample)}
+
+
+def _set_search_param(index: Any, kind: str, value: int) -> None:
+    if kind == "hnsw":
+        index.hnsw.efSearch = int(value)
+    elif kind == "ivf":
+        index.nprobe = int(value)
+
+
+def _new_faiss_index(kind: str, quant: GlobalAffine, vectors: np.ndarray, config: IndexConfig) -> tuple[Any, dict]:
+    """An empty FAISS SQ index of `kind` with the global range set, and its construction params."""
+    dim = vectors.shape[1]
+    if kind == "hnsw":
+        index = faiss_sq_index(quant, dim, "hnsw", hnsw_m=config.hnsw_m)
+        index.hnsw.efConstruction = config.ef_construction
+        return index, {"hnsw_m": config.hnsw_m, "ef_construction": config.ef_construction}
+    if kind == "ivf":
+        nlist = int(max(1, min(65536, 4 * np.sqrt(len(vectors)), len(vectors) // 39)))  # >= 39 points a list
+        rng = np.random.default_rng(config.seed)
+        sample = vectors[rng.choice(len(vectors), size=min(len(vectors), 64 * nlist), replace=False)]
+        index = faiss_sq_index(quant, dim, "ivf", nlist=nlist, train_vectors=sample)
+        return index, {"nlist": int(index.nlist)}
+    return faiss_sq_index(quant, dim, "flat"), {}
+
+
+class PinIndex:
+    """FAISS SQ index + pin_id sidecar: build, add, search by vector or by pin id, save and load."""
+
+    def __init__(self, faiss_index: Any, meta: IndexMeta, pin_ids: list[str]) -> None:
+        self.faiss_index, self.meta, self.pin_ids = faiss_index, meta, list(pin_ids)
+        self.row_of = {pin_id: i for i, pin_id in enumerate(self.pin_ids)}
+        if meta.kind == "ivf":
+            faiss_index.make_direct_map()  # for reconstruct (search by pin id)
+
+    def __len__(self) -> int:
+        return len(self.pin_ids)
+
+    def __contains__(self, pin_id: object) -> bool:
+        return pin_id in self.row_of
+
+    @property
+    def quant(self) -> GlobalAffine:
+        return quant_from_json(self.meta.quant)
+
+    @classmethod
+    def build(cls, codes: np.ndarray, pin_ids: list[str], quant: GlobalAffine, model_version: str,
+              field: str = "pin", config: IndexConfig | None = None, sources: tuple[str, ...] = ()) -> PinIndex:
+        """An index over int8 codes (N, D) whose kind and search parameters follow `config`."""
+        config = config or IndexConfig()
+        codes = np.asarray(codes, dtype=np.int8)
+        if codes.ndim != 2 or len(codes) == 0:
+            raise PinIndexError(f"nothing to index: codes have shape {codes.shape}")
+        kind = choose_kind(len(codes), config)
+        vectors = dequantize(codes, quant)  # (N, D), exactly what the SQ codes decode to
+        faiss_index, params = _new_faiss_index(kind, quant, vectors, config)
+        meta = IndexMeta(kind, codes.shape[1], field, str(model_version), quant_to_json(quant, model_version),
+                         params, sources=list(sources))
+        index = cls(faiss_index, meta, [])
+        index._append(codes, list(pin_ids))
+        index.meta.params.update(tune_search(faiss_index, kind, vectors, config))
+        return index
+
+    @classmethod
+    def from_embeddings(cls, embeddings_dir: str | Path, field: str = "pin", config: IndexConfig | None = None) -> PinIndex:
+        emb = load_embeddings(embeddings_dir, field)
+        return cls.build(emb.codes, emb.pin_ids, emb.quant, emb.model_version, field, config, (emb.source,))
+
+    def check_compatible(self, model_version: str, quant: GlobalAffine, dim: int) -> None:
+        """PinIndexError unless vectors of this model version, quantization and dim belong here."""
+        if str(model_version) != self.meta.model_version:
+            raise PinIndexError(f"the index holds embeddings of model {self.meta.model_version}, "
+                                f"these are from model {model_version}; rebuild the index instead of mixing")
+        if (quant.scale, quant.zero_point) != (self.quant.scale, self.quant.zero_point):
+            raise PinIndexError(f"quantization params differ (index: {self.meta.quant}, new: {quant.to_dict()})")
+        if dim != self.meta.dim:
+            raise PinIndexError(f"the index holds {self.meta.dim}-d vectors, these are {dim}-d")
+
+    def _append(self, codes: np.ndarray, pin_ids: list[str]) -> None:
+        if len(pin_ids) != len(codes):
+            raise PinIndexError(f"{len(pin_ids)} pin ids for {len(codes)} vectors")
+        dupes = _duplicates(pin_ids, self.row_of)
+        if dupes:
+            raise PinIndexError(f"{len(dupes)} pin_id(s) already in the index or repeated: {', '.join(dupes[:5])}")
+        self.faiss_index.add(dequantize(codes, self.quant))  # re-encodes to exactly these codes
+        for pin_id in pin_ids:
+            self.row_of[pin_id] = len(self.pin_ids)
+            self.pin_ids.append(pin_id)
+        self.meta.size = len(self.pin_ids)
+
+    def add_codes(self, codes: np.ndarray, pin_ids: list[str], model_version: str, quant: GlobalAffine) -> int:
+        """Add int8 codes (N, D) of new pins without a rebuild; returns how many were added."""
+        codes = np.asarray(codes, dtype=np.int8)
+        self.check_compatible(model_version, quant, codes.shape[1])
+        self._append(codes, list(pin_ids))
+        return len(pin_ids)
+
+    def add_vectors(self, vectors: np.ndarray, pin_ids: list[str]) -> int:
+        """Add float embeddings (N, D) of new pins (from this index's model), quantized first."""
+        self._append(quantize(vectors, self.quant), list(pin_ids))
+        return len(pin_ids)
+
+    def add_embeddings(self, emb: EmbeddingSet) -> int:
+        added = self.add_codes(emb.codes, emb.pin_ids, emb.model_version, emb.quant)
+        self.meta.sources.append(emb.source)
+        return added
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-k by <q, x_dq> for float queries (Q, D): scores (Q, k) and pin ids per query.
+
+        A query may get fewer than k ids (small index, or IVF lists too short); its trailing
+        scores are then NaN.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.meta.dim:
+            raise ValueError(f"queries must be (Q, {self.meta.dim}), got {vectors.shape}")
+        k = max(1, min(int(k), len(self)))
+        scores, ids = self.faiss_index.search(vectors, k)  # (Q, k), (Q, k)
+        scores[ids < 0] = np.nan
+        return scores, [[self.pin_ids[i] for i in row if i >= 0] for row in ids.tolist()]
+
+    def vector(self, pin_id: str) -> np.ndarray:
+        """The stored (dequantized) vector (D,) of a pin; KeyError if it is not in the index."""
+        return self.faiss_index.reconstruct(self.row_of[pin_id])
+
+    def search_by_id(self, pin_id: str, k: int, exclude_self: bool = True) -> tuple[np.ndarray, list[str]]:
+        """Nearest pins (k,) to a stored pin, the pin itself left out unless exclude_self is False."""
+        scores, ids = self.search(self.vector(pin_id)[None, :], k + int(exclude_self))
+        keep = [j for j, p in enumerate(ids[0]) if not (exclude_self and p == pin_id)][:k]
+        return scores[0][keep], [ids[0][j] for j in keep]
+
+    def save(self, path: str | Path) -> None:
+        import faiss
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path / INDEX_FILE, faiss.serialize_index(self.faiss_index).tobytes())
+        sidecar = pa.table({"pin_id": pa.array(self.pin_ids, type=pa.string())})
+        tmp = path / f".{IDS_FILE}.tmp-{os.getpid()}"
+        pq.write_table(sidecar, tmp)
+        os.replace(tmp, path / IDS_FILE)
+        atomic_write_bytes(path / META_FILE, (json.dumps(asdict(self.meta), indent=1, sort_keys=True) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PinIndex:
+        import faiss
+
+        path = Path(path)
+        try:
+            meta = IndexMeta(**json.loads((path / META_FILE).read_text()))
+            pin_ids = pq.read_table(path / IDS_FILE).column("pin_id").to_pylist()
+            faiss_index = faiss.deserialize_index(np.fromfile(path / INDEX_FILE, dtype=np.uint8))
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, pa.ArrowException) as err:
+            raise PinIndexError(f"{path}: not a readable pinclip index ({err})") from None
+        if not (meta.size == len(pin_ids) == faiss_index.ntotal):
+            raise PinIndexError(f"{path}: inconsistent index (index.json says {meta.size} pins, ids.parquet has "
+                                f"{len(pin_ids)}, index.faiss has {faiss_index.ntotal}); rebuild it")
+        for name in ("ef_search", "nprobe"):
+            if name in meta.params:
+                _set_search_param(faiss_index, meta.kind, meta.params[name])
+        return cls(faiss_index, meta, pin_ids)
+
+
+def _duplicates(pin_ids: list[str], existing: dict[str, int]) -> list[str]:
+    """Ids repeated within pin_ids or already in `existing`, sorted."""
+    seen: set[str] = set()
+    dupes = set()
+    for p in pin_ids:
+        if p in seen or p in existing:
+            dupes.add(p)
+        seen.add(p)
+    return sorted(dupes)
