@@ -26,7 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--serve", type=int, default=1, choices=(0, 1), help="1: serve the search page at the end")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--preset", default="demo", help="model preset: demo (default) or tiny (a quick smoke run)")
+    p.add_argument("--data", default=None, help="use this dataset folder (pins.parquet, boards.parquet, "
+                   "splits.json) instead of building the demo corpus")
     p.add_argument("--skip-eval", action="store_true", help="skip baselines and the report")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training config overrides (repeatable)")
@@ -52,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    data, train_dir, cache = out / "data", out / "train", out / "cache"
+    data = Path(args.data) if args.data else out / "data"
+    train_dir, cache = out / "train", out / "cache"
     final = train_dir / "final"
     timings: dict[str, float] = {}
-    train_args = ["train", "--preset", "demo", f"train.data_dir={data}", f"train.out_dir={train_dir}",
+    train_args = ["train", "--preset", args.preset, f"train.data_dir={data}", f"train.out_dir={train_dir}",
                   f"train.cache_dir={cache}", *args.train_override]
     if args.steps:
         train_args.append(f"train.steps={args.steps}")

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real data of the embedded demo corpus (ASSETS.md) and the test browser:
-# Debian packages (Open Clip Art, Noto Color Emoji, Unicode/CLDR data, Chromium) and the npm
+# Debian packages (Open Clip Art, Noto Color Emoji, Symbola, Unicode/CLDR data, Chromium) and the npm
 # package emoji-datasource-twitter, unpacked under data/ (ignored by git). Skips what is present.
 #   bash scripts/install_demo_data.sh [DATA_DIR]
 set -euo pipefail
 data_dir=${1:-data}
-debs=(openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data unicode-cldr-core chromium chromium-driver)
+debs=(openclipart-png openclipart-svg fonts-noto-color-emoji fonts-symbola unicode-data unicode-cldr-core chromium chromium-driver)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,4 +28,4 @@ if [ ! -f "$twemoji/emoji.json" ]; then
   rm -rf "$twemoji" "$tmp"
   mv "$twemoji.partial" "$twemoji"
 fi
-echo "demo data ready: /usr/share/openclipart, Noto Color Emoji, Unicode/CLDR, $twemoji"
+echo "demo data ready: /usr/share/openclipart, Noto Color Emoji, Symbola, Unicode/CLDR, $twemoji"

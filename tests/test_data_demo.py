@@ -1,4 +1,4 @@
-"""The demo corpus: metadata parsing and title rules by hand, then a ~100-pin build from the real data."""
+"""The demo corpus: metadata parsing and title rules by hand, then a ~120-pin build from the real data."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fontTools.ttLib import TTFont
 
 from pinclip.cli import UserError, main
 from pinclip.data import demo_clipart, demo_emoji
 from pinclip.data.demo import DemoSources, build_demo_corpus, slug
 from pinclip.data.demo_clipart import ClipartItem
+from pinclip.data.images import open_image
 from pinclip.data.splits import read_splits, training_edge_mask
 from pinclip.data.tables import load_edges, load_pins
 
@@ -30,10 +32,13 @@ EMOJI_TEST = """# group: Smileys & Emotion
 1F600                                                  ; fully-qualified     # 😀 E1.0 grinning face
 263A FE0F                                              ; fully-qualified     # ☺️ E0.6 smiling face
 263A                                                   ; unqualified         # ☺ E0.6 smiling face
+1FAE0                                                  ; fully-qualified     # 🫠 E14.0 melting face
 # group: People & Body
 # subgroup: hand-fingers-open
 1F44B                                                  ; fully-qualified     # 👋 E0.6 waving hand
 1F44B 1F3FB                                            ; fully-qualified     # 👋🏻 E1.0 waving hand: light skin tone
+# subgroup: person-role
+1F468 200D 1F4BB                                       ; fully-qualified     # 👨‍💻 E4.0 man technologist
 # group: Component
 # subgroup: skin-tone
 1F3FB                                                  ; component           # 🏻 E1.0 light skin tone
@@ -77,16 +82,47 @@ def test_title_rules():
     assert slug("Signs & Symbols/Map_symbols") == "signs-symbols-map-symbols"
 
 
-def test_emoji_test_parsing(tmp_path):
-    path = tmp_path / "emoji-test.txt"
+def emoji_test_concepts(folder: Path) -> list[demo_emoji.EmojiConcept]:
+    path = folder / "emoji-test.txt"
     path.write_text(EMOJI_TEST, encoding="utf-8")
-    concepts = demo_emoji.read_emoji_test(str(path))
+    return demo_emoji.read_emoji_test(str(path))
+
+
+def test_emoji_test_parsing(tmp_path):
+    concepts = emoji_test_concepts(tmp_path)
     assert [(c.key, c.subgroup, c.name) for c in concepts] == [
         ("1f600", "face-smiling", "grinning face"),
         ("263a-fe0f", "face-smiling", "smiling face"),
+        ("1fae0", "face-smiling", "melting face"),
         ("1f44b", "hand-fingers-open", "waving hand"),
+        ("1f468-200d-1f4bb", "person-role", "man technologist"),
     ]
     assert concepts[1].text == "\u263a\ufe0f"
+
+
+@pytest.mark.skipif(not os.path.exists(demo_emoji.SYMBOLA_FONT), reason="fonts-symbola not installed")
+def test_symbola_coverage_and_rendering(tmp_path):
+    concepts = emoji_test_concepts(tmp_path)
+    # Symbola 2.60 has U+1F600, U+263A and U+1F44B; not U+1FAE0 (Emoji 14); ZWJ sequences are skipped
+    assert demo_emoji.attach_symbola(concepts) == 3
+    assert [c.symbola_char for c in concepts] == ["\U0001f600", "\u263a", None, "\U0001f44b", None]
+    face = demo_emoji.render_symbola("\U0001f600")
+    assert face is not None and face.mode == "RGB" and face.size == demo_emoji.GLYPH_CANVAS
+    pixels = np.asarray(face).astype(int)  # (128, 136, 3)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert pixels.min() == 0 and (pixels[0] == 255).all() and (pixels[:, 0] == 255).all()
+    ink = np.argwhere(pixels[..., 0] < 128)  # (N, 2) rows and columns of dark pixels
+    height, width = ink.max(0) - ink.min(0) + 1
+    assert 90 <= max(height, width) <= 128 and height <= 120
+    center = (ink.max(0) + ink.min(0)) / 2
+    assert abs(center[0] - 63.5) <= 2 and abs(center[1] - 67.5) <= 2
+
+    def ink_side(char: str) -> int:
+        dark = np.argwhere(np.asarray(demo_emoji.render_symbola(char))[..., 0] < 128)
+        return int((dark.max(0) - dark.min(0)).max()) + 1
+
+    assert ink_side("\u25aa") < ink_side("\u25fc") < ink_side("\u2b1b")  # small < medium < large square
+    assert demo_emoji.render_symbola(" ") is None  # in the cmap, draws no ink
 
 
 SOURCES = DemoSources()
@@ -96,6 +132,7 @@ HAVE_DATA = all(
         SOURCES.clipart_root,
         SOURCES.emoji_test,
         SOURCES.noto_font,
+        SOURCES.symbola_font,
         os.path.join(SOURCES.twemoji_dir, "emoji.json"),
         *SOURCES.cldr,
     )
@@ -142,19 +179,53 @@ def test_small_corpus_contents(two_builds):
     sources = pins.extra["source"]
     assert 45 <= sources.count("openclipart") <= 50  # images over the pixel guard are dropped, and counted
     assert sources.count("noto") == 25 and sources.count("twemoji") == 25
+    assert 15 <= sources.count("symbola") < 25  # whole subgroups: most concepts are one code point
     assert all(
         image == str(out / "images" / f"{pin_id}.png") for pin_id, image in zip(pins.pin_ids, pins.images)
     )
     assert set(edges.extra["board_kind"]) == {"category", "subgroup", "concept", "keyword"}
     for i, pin_id in enumerate(pins.pin_ids):
         assert pins.text(i, "title")
-        if pin_id.startswith(("noto-", "tw-")):
+        if pin_id.startswith(("noto-", "tw-", "sym-")):
             assert pins.texts["queries"][i] and pins.texts["description"][i] is None
     board_of = {edges.board_ids[b]: m.tolist() for b, m in enumerate(edges.board_members())}
-    concept = next(board for board in board_of if board.startswith("concept-"))
-    members = sorted(pins.pin_ids[i] for i in board_of[concept])
-    assert members == [f"noto-{concept[8:]}", f"tw-{concept[8:]}"]
     assert min(len(m) for m in board_of.values()) >= 2
+    concepts = {
+        board[8:]: sorted(pins.pin_ids[i] for i in m)
+        for board, m in board_of.items()
+        if board[:8] == "concept-"
+    }
+    assert len(concepts) == 25
+    for key, members in concepts.items():
+        styles = [f"noto-{key}", f"sym-{key}", f"tw-{key}"]
+        assert members == (styles if f"sym-{key}" in pins.pin_ids else styles[::2])
+    assert sum(len(m) == 3 for m in concepts.values()) == sources.count("symbola")
+
+
+@needs_data
+def test_small_corpus_symbola_pins(two_builds):
+    out = two_builds[0]
+    pins, _ = load_pins(str(out / "pins.parquet"))
+    edges, _ = load_edges(str(out / "boards.parquet"), pins.pin_ids)
+    row = {pin_id: i for i, pin_id in enumerate(pins.pin_ids)}
+    cmap = set(TTFont(SOURCES.symbola_font, lazy=True).getBestCmap())
+    sym = [pin_id for pin_id in pins.pin_ids if pin_id.startswith("sym-")]
+    for pin_id in (p for p in pins.pin_ids if p.startswith("noto-")):  # the font decides, nothing else
+        codepoints = [int(cp, 16) for cp in pin_id[5:].split("-") if cp != "fe0f"]
+        assert (f"sym-{pin_id[5:]}" in row) == (len(codepoints) == 1 and codepoints[0] in cmap)
+    boards_of: dict[str, set[str]] = {}
+    for p, b in zip(edges.pin_index.tolist(), edges.board_index.tolist()):
+        boards_of.setdefault(pins.pin_ids[p], set()).add(edges.board_ids[b])
+    for pin_id in sym:
+        i, twin = row[pin_id], row["noto-" + pin_id[4:]]
+        assert pins.extra["source"][i] == "symbola"
+        for name in ("title", "queries", "annotations"):
+            assert pins.texts[name][i] == pins.texts[name][twin]
+        assert boards_of[pin_id] == boards_of[pins.pin_ids[twin]]  # subgroup, concept and keyword boards
+        pixels = np.asarray(open_image(pins.images[i]))
+        assert pixels.shape == (128, 136, 3) and (pixels.max(2) == pixels.min(2)).all()  # gray levels only
+        assert pixels.min() == 0 and (pixels[0] == 255).all()
+    assert "Symbola (fonts-symbola, by George Douros)" in (out / "dataset.md").read_text()
 
 
 @needs_data

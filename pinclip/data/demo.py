@@ -1,7 +1,11 @@
-"""Build the embedded demo corpus from real installed data: Open Clip Art, Noto and Twemoji emoji.
+"""Build the embedded demo corpus from real installed data: Open Clip Art and emoji in three styles.
 
     pinclip data demo --out runs/demo/data [--seed 0] [--max-clipart N] [--max-emoji N]
 
+Sources (install with `bash scripts/install_demo_data.sh`): the Debian packages openclipart-png,
+openclipart-svg, fonts-noto-color-emoji (color emoji), fonts-symbola (monochrome outline emoji),
+unicode-data and unicode-cldr-core (names and keywords), and the npm package emoji-datasource-twitter
+(Twemoji). Each emoji concept is a Noto pin, a Twemoji pin and, if Symbola draws it, a Symbola pin.
 Writes pins.parquet, boards.parquet, splits.json, dataset.md, contact_sheet.png and images/ (PNGs,
 longer side <= 256 px, on white). The same seed and inputs give byte-identical files.
 """
@@ -40,6 +44,7 @@ class DemoSources:
     emoji_test: str = demo_emoji.EMOJI_TEST
     cldr: tuple[str, ...] = demo_emoji.CLDR_ANNOTATIONS
     noto_font: str = demo_emoji.NOTO_FONT
+    symbola_font: str = demo_emoji.SYMBOLA_FONT
     twemoji_dir: str = os.path.join(
         REPO_ROOT, "data", "emoji-datasource-twitter"
     )  # scripts/install_demo_data.sh
@@ -51,6 +56,7 @@ class DemoSources:
             self.emoji_test,
             *self.cldr,
             self.noto_font,
+            self.symbola_font,
             os.path.join(self.twemoji_dir, "emoji.json"),
         ]
         missing = [p for p in paths if not os.path.exists(p)]
@@ -66,11 +72,12 @@ class DemoSources:
 class DemoConfig:
     seed: int = 0
     max_clipart: int | None = None  # a subset: whole category folders in seeded order
-    max_emoji: int | None = None  # a subset: whole subgroups in seeded order (two pins per concept)
+    max_emoji: int | None = None  # a subset: whole subgroups in seeded order (2-3 pins per concept)
     title_cap: int = 3  # clip art kept per normalized title
     category_cap: int = 300  # clip art kept per category folder
     keyword_min_pins: int = 3  # a keyword shared by this many pins ... becomes a board
     keyword_max_pins: int = 300  # ... unless more pins share it
+    keyword_min_items: int = 2  # ... and they show this many drawings or emoji concepts (not 1 in 3 styles)
     max_image_side: int = 256
     max_image_pixels: int = MAX_IMAGE_PIXELS
     workers: int = 2
@@ -82,8 +89,8 @@ class DemoConfig:
 @dataclass
 class DemoPin:
     pin_id: str
-    source: str  # "openclipart" | "noto" | "twemoji"
-    image_job: tuple[str, str]  # ("file", path) or ("noto", emoji text)
+    source: str  # "openclipart" | "noto" | "twemoji" | "symbola"
+    image_job: tuple[str, str]  # ("file", path), ("noto", emoji text) or ("symbola", one character)
     title: str
     description: str | None = None
     queries: list[str] | None = None
@@ -94,9 +101,9 @@ class DemoPin:
 @dataclass(frozen=True)
 class ImageJob:
     pin_id: str
-    kind: str  # "file" (a PNG path) or "noto" (emoji text rendered from the font)
+    kind: str  # "file" (a PNG path), "noto" or "symbola" (emoji text rendered from that font)
     arg: str
-    font_path: str
+    font_path: str  # the font of a "noto" or "symbola" job
     max_side: int
     max_pixels: int
 
@@ -145,7 +152,7 @@ def clipart_pins(items: list[ClipartItem], root: str) -> list[DemoPin]:
 
 
 def emoji_pins(concepts: list[EmojiConcept]) -> list[DemoPin]:
-    """A Noto pin and a Twemoji pin per concept, both in its subgroup board and its concept board."""
+    """Noto, Symbola and Twemoji pins of each concept, all in its subgroup board and its concept board."""
     pins = []
     for c in concepts:
         boards = [
@@ -153,6 +160,8 @@ def emoji_pins(concepts: list[EmojiConcept]) -> list[DemoPin]:
             (f"concept-{c.key}", c.title, "concept"),
         ]
         styles = [("noto", "noto", ("noto", c.text))]
+        if c.symbola_char:
+            styles.append(("sym", "symbola", ("symbola", c.symbola_char)))
         if c.twemoji_png:
             styles.append(("tw", "twemoji", ("file", c.twemoji_png)))
         for prefix, source, job in styles:
@@ -171,6 +180,10 @@ def make_thumbnail(job: ImageJob) -> tuple[str, bytes | None, str | None]:
             if glyph is None:
                 return job.pin_id, None, "glyph missing from the Noto font"
             img = composite_on_white(glyph)
+        elif job.kind == "symbola":
+            img = demo_emoji.render_symbola(job.arg, job.font_path)
+            if img is None:
+                return job.pin_id, None, "glyph draws no ink in the Symbola font"
         else:
             img = open_image(job.arg, job.max_pixels)
     except ImageError as err:
@@ -179,14 +192,15 @@ def make_thumbnail(job: ImageJob) -> tuple[str, bytes | None, str | None]:
 
 
 def write_images(
-    pins: list[DemoPin], out_dir: str, config: DemoConfig, font_path: str
+    pins: list[DemoPin], out_dir: str, config: DemoConfig, fonts: dict[str, str]
 ) -> tuple[list[DemoPin], dict[str, int]]:
-    """Render every pin's PNG into out_dir/images; pins whose image fails are dropped (and counted)."""
+    """Render each pin's PNG into out_dir/images (fonts: font file by job kind); drop and count failures."""
     image_dir = os.path.join(out_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
     jobs = [
-        ImageJob(p.pin_id, *p.image_job, font_path, config.max_image_side, config.max_image_pixels)
+        ImageJob(p.pin_id, kind, arg, fonts.get(kind, ""), config.max_image_side, config.max_image_pixels)
         for p in pins
+        for kind, arg in [p.image_job]
     ]
     failures: dict[str, int] = defaultdict(int)
     ok: set[str] = set()
@@ -233,7 +247,8 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def add_keyword_boards(pins: list[DemoPin], config: DemoConfig, reserved: set[str]) -> int:
-    """Boards of keywords shared by keyword_min_pins..keyword_max_pins pins (folder names excluded)."""
+    """Boards of keywords shared by keyword_min_pins..keyword_max_pins pins of at least keyword_min_items
+    drawings or emoji concepts (the styles of one concept count once; folder names excluded)."""
     members: dict[str, list[DemoPin]] = defaultdict(list)
     titles: dict[str, str] = {}
     for pin in pins:
@@ -245,6 +260,9 @@ def add_keyword_boards(pins: list[DemoPin], config: DemoConfig, reserved: set[st
             titles.setdefault(slug(keyword), keyword.lower())
     made = 0
     for key, board_pins in members.items():
+        items = {next((b[0] for b in p.boards if b[2] == "concept"), p.pin_id) for p in board_pins}
+        if len(items) < config.keyword_min_items:
+            continue
         if config.keyword_min_pins <= len(board_pins) <= config.keyword_max_pins:
             made += 1
             for pin in board_pins:
@@ -302,6 +320,9 @@ Built by `{command}`; the same command gives the same bytes.
   SVG's RDF metadata; the leaf category folder is a board.
 - Noto Color Emoji (fonts-noto-color-emoji, SIL Open Font License 1.1): glyphs rendered from the font.
 - Twemoji (npm emoji-datasource-twitter): graphics by Twitter, Inc. and contributors, CC-BY 4.0.
+- Symbola (fonts-symbola, by George Douros): monochrome outline glyphs rendered from the font, black on
+  white. Its Debian copyright file states: "Fonts are free for any use; they may be opened, edited,
+  modified, regenerated, packaged and redistributed."
 - Emoji names, subgroups and keywords: Unicode emoji-test.txt and CLDR annotations (Unicode License);
   queries are the emoji.json short names.
 
@@ -338,11 +359,13 @@ Boards with a single pin are dropped.
 
 {splits}
 """
+SOURCES = ("openclipart", "noto", "twemoji", "symbola")
 BOARD_KINDS = {
     "category": "an Open Clip Art leaf category folder",
-    "subgroup": "a Unicode emoji subgroup, both styles",
-    "concept": "one emoji concept drawn in both styles (title = CLDR name)",
-    "keyword": "a keyword shared by {lo} to {hi} pins across sources (not a top-level folder name)",
+    "subgroup": "a Unicode emoji subgroup, all emoji styles",
+    "concept": "one emoji concept drawn in 2 or 3 styles (title = CLDR name)",
+    "keyword": "a keyword shared by {lo} to {hi} pins of >= {items} drawings or emoji concepts, across sources "
+    "(not a top-level folder name)",
 }
 
 
@@ -362,7 +385,8 @@ def _board_rows(pins: list[DemoPin], config: DemoConfig) -> str:
             boards[kind].add(board_id)
             edges[kind] += 1
     what = {
-        k: v.format(lo=config.keyword_min_pins, hi=config.keyword_max_pins) for k, v in BOARD_KINDS.items()
+        k: v.format(lo=config.keyword_min_pins, hi=config.keyword_max_pins, items=config.keyword_min_items)
+        for k, v in BOARD_KINDS.items()
     }
     return "\n".join(f"| {k} | {len(boards[k])} | {edges[k]} | {what[k]} |" for k in BOARD_KINDS)
 
@@ -384,7 +408,7 @@ def dataset_card(pins: list[DemoPin], config: DemoConfig, log: BuildLog, splits_
         emoji="\n".join(f"- {note}" for note in log.emoji_notes),
         max_side=config.max_image_side,
         failures="\n".join(f"- dropped, {reason}: {n}" for reason, n in sorted(log.image_failures.items())),
-        coverage="\n".join(_coverage_row(pins, source) for source in ("openclipart", "noto", "twemoji")),
+        coverage="\n".join(_coverage_row(pins, source) for source in SOURCES),
         boards=_board_rows(pins, config),
         splits=splits_line,
     )
@@ -403,13 +427,20 @@ def collect_pins(sources: DemoSources, config: DemoConfig, log: BuildLog) -> lis
     concepts = demo_emoji.read_emoji_test(sources.emoji_test)
     log.emoji_notes.append(
         f"{len(concepts)} base concepts in emoji-test.txt (fully-qualified, no skin-tone variants, "
-        "no components); each is one Noto pin and one Twemoji pin"
+        "no components); each is one Noto pin, one Twemoji pin and, where Symbola draws it, one Symbola pin"
     )
     if config.max_emoji is not None:
         concepts = demo_emoji.subset_emoji(concepts, config.max_emoji, config.seed)
         log.emoji_notes.append(f"subset: whole subgroups in seeded order, {len(concepts)} concepts")
     demo_emoji.attach_texts(concepts, sources.cldr, sources.twemoji_dir)
     log.emoji_notes.append(f"{sum(c.twemoji_png is None for c in concepts)} concepts without a Twemoji image")
+    single = sum(len([cp for cp in c.codepoints if cp != "fe0f"]) == 1 for c in concepts)
+    covered = demo_emoji.attach_symbola(concepts, sources.symbola_font)
+    log.emoji_notes.append(
+        f"Symbola: {single} concepts are one code point (optionally + U+FE0F), {covered} of them in the "
+        "font's cmap get a Symbola pin; ZWJ sequences, keycaps, flag sequences and other multi-code-point "
+        "emoji are skipped, and glyphs that draw no ink are dropped (see Images)"
+    )
     return clipart_pins(items, sources.clipart_root) + emoji_pins(concepts)
 
 
@@ -431,7 +462,8 @@ def build_demo_corpus(
     os.makedirs(out_dir, exist_ok=True)
     log = BuildLog()
     pins = collect_pins(sources, config, log)
-    pins, log.image_failures = write_images(pins, out_dir, config, sources.noto_font)
+    fonts = {"noto": sources.noto_font, "symbola": sources.symbola_font}
+    pins, log.image_failures = write_images(pins, out_dir, config, fonts)
     add_keyword_boards(
         pins, config, {slug(name) for name in os.listdir(os.path.join(sources.clipart_root, "png"))}
     )
@@ -451,7 +483,7 @@ def build_demo_corpus(
     edges, _ = load_edges(os.path.join(out_dir, "boards.parquet"), loaded.pin_ids)
     contact_sheet(loaded, edges, os.path.join(out_dir, "contact_sheet.png"), seed=config.seed)
     _atomic_write(os.path.join(out_dir, "dataset.md"), dataset_card(pins, config, log, splits_line).encode())
-    by_source = {s: sum(p.source == s for p in pins) for s in ("openclipart", "noto", "twemoji")}
+    by_source = {s: sum(p.source == s for p in pins) for s in SOURCES}
     kinds = {k: len({b[0] for p in pins for b in p.boards if b[2] == k}) for k in BOARD_KINDS}
     seconds = time.perf_counter() - start
     return DemoSummary(out_dir, by_source, kinds, len(edge_pins), log.clipart_steps, splits_line, seconds)

@@ -1,9 +1,11 @@
 """Emoji concepts for the demo corpus: Unicode names and subgroups, CLDR keywords, Twemoji short names.
 
 One concept (a fully-qualified emoji of emoji-test.txt without skin-tone modifiers, outside the
-Component group) becomes two pins: the Noto Color Emoji glyph rendered from the font and the
-Twemoji PNG of the npm package emoji-datasource-twitter. Texts: title = the CLDR short name (tts),
-annotations = the CLDR keywords, queries = the short names people type (emoji.json).
+Component group) becomes two or three pins: the Noto Color Emoji glyph rendered from the font, the
+Twemoji PNG of the npm package emoji-datasource-twitter and, when the concept is a single code point
+(optionally followed by U+FE0F) that the Symbola font covers, Symbola's monochrome outline glyph
+drawn black on white. Texts: title = the CLDR short name (tts), annotations = the CLDR keywords,
+queries = the short names people type (emoji.json).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
 
 EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
@@ -25,6 +28,10 @@ CLDR_ANNOTATIONS = (
 )
 NOTO_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 NOTO_BITMAP_SIZE = 109  # the only size of the font's embedded color bitmaps
+SYMBOLA_FONT = "/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf"  # Debian fonts-symbola
+GLYPH_CANVAS = (136, 128)  # the size of a Noto render; Symbola glyphs are drawn on the same canvas
+GLYPH_BOX = (128, 120)  # a Symbola glyph larger than this is drawn smaller to fit, then centered
+SYMBOLA_SIZE = 120  # px per em: most glyphs come out 90-125 px on their longer side
 SKIN_TONES = range(0x1F3FB, 0x1F400)
 VS16 = "\ufe0f"
 
@@ -39,6 +46,7 @@ class EmojiConcept:
     keywords: tuple[str, ...] = ()  # CLDR keywords
     short_names: tuple[str, ...] = ()  # emoji.json short names, '_' and inner '-' as spaces
     twemoji_png: str | None = None  # path of the 64 px Twemoji PNG, if the package has one
+    symbola_char: str | None = None  # the single code point Symbola draws, if the font covers it
 
     @property
     def text(self) -> str:
@@ -131,14 +139,42 @@ def subset_emoji(concepts: list[EmojiConcept], max_concepts: int, seed: int) -> 
     return chosen
 
 
-_FONT_CACHE: dict[str, ImageFont.FreeTypeFont] = {}
+def attach_symbola(concepts: list[EmojiConcept], font_path: str = SYMBOLA_FONT) -> int:
+    """Set `symbola_char` for single-code-point concepts in the font's cmap; returns how many."""
+    covered = set(TTFont(font_path, lazy=True).getBestCmap())
+    found = 0
+    for concept in concepts:
+        base = [cp for cp in concept.codepoints if cp != "fe0f"]
+        if len(base) == 1 and int(base[0], 16) in covered:
+            concept.symbola_char = chr(int(base[0], 16))
+            found += 1
+    return found
+
+
+_FONT_CACHE: dict[tuple[str, int], ImageFont.FreeTypeFont] = {}
+
+
+def _font(font_path: str, size: int) -> ImageFont.FreeTypeFont:
+    font = _FONT_CACHE.get((font_path, size))
+    if font is None:
+        font = _FONT_CACHE[(font_path, size)] = ImageFont.truetype(font_path, size)
+    return font
+
+
+def _glyph_mask(text: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
+    """The glyph's coverage (L mode, 255 = ink) cropped to its ink; None if nothing is drawn."""
+    left, top, right, bottom = font.getbbox(text)
+    if right <= left or bottom <= top:
+        return None
+    mask = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=255)
+    ink = mask.getbbox()
+    return mask.crop(ink) if ink else None
 
 
 def render_noto(text: str, font_path: str = NOTO_FONT) -> Image.Image | None:
     """The Noto Color Emoji glyph of `text` on a transparent canvas; None if the font lacks it."""
-    font = _FONT_CACHE.get(font_path)
-    if font is None:
-        font = _FONT_CACHE[font_path] = ImageFont.truetype(font_path, NOTO_BITMAP_SIZE)
+    font = _font(font_path, NOTO_BITMAP_SIZE)
     left, top, right, bottom = font.getbbox(text)
     width, height = right - left, bottom - top
     if width <= 0 or height <= 0 or width > 1.5 * height:  # empty, or several glyphs side by side
@@ -146,3 +182,25 @@ def render_noto(text: str, font_path: str = NOTO_FONT) -> Image.Image | None:
     canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((-left, -top), text, font=font, embedded_color=True)
     return canvas if canvas.getchannel("A").getbbox() else None
+
+
+def render_symbola(char: str, font_path: str = SYMBOLA_FONT) -> Image.Image | None:
+    """Symbola's glyph of `char`, black on a white GLYPH_CANVAS, centered; None if it draws no ink.
+
+    All glyphs share one font size, so relative sizes stay (a small square stays small); a glyph
+    wider or taller than GLYPH_BOX is rasterized again at the smaller size that makes it fit.
+    """
+    mask = _glyph_mask(char, _font(font_path, SYMBOLA_SIZE))
+    if mask is None:
+        return None
+    scale = min(GLYPH_BOX[0] / mask.width, GLYPH_BOX[1] / mask.height)
+    if scale < 1:
+        mask = _glyph_mask(char, _font(font_path, max(1, int(SYMBOLA_SIZE * scale))))
+        if mask is None:
+            return None
+    if mask.width > GLYPH_BOX[0] or mask.height > GLYPH_BOX[1]:  # hinting can add a pixel or two
+        mask.thumbnail(GLYPH_BOX, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", GLYPH_CANVAS, (255, 255, 255))
+    offset = ((GLYPH_CANVAS[0] - mask.width) // 2, (GLYPH_CANVAS[1] - mask.height) // 2)
+    canvas.paste((0, 0, 0), (*offset, offset[0] + mask.width, offset[1] + mask.height), mask)
+    return canvas
