@@ -69,7 +69,7 @@ class TrainConfig:
     data_dir: str = "runs/demo/data"  # pins.parquet, boards.parquet, splits.json
     out_dir: str = "runs/demo/train"
     cache_dir: str = "runs/cache"
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 128  # global batch (pins); half anchors, half their graph neighbors
     lr: float = 5e-4
     backbone_lr: float = 5e-5
@@ -78,7 +78,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     eval_every: int = 100
-    checkpoint_every: int = 200
+    checkpoint_every: int = 100
     val_max_pins: int = 500
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"

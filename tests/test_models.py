@@ -75,6 +75,19 @@ def test_gradients_reach_only_trained_parts():
         assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
 
 
+def test_length_buckets_equal_the_padded_batch():
+    model = tiny_model()
+    batch = tiny_batch(model)
+    states, mask, field_id = batch["field_states"], batch["field_mask"], batch["field_id"]
+    assert torch.allclose(model.encode_text(states, mask, field_id, bucket=1),
+                          model.encode_text(states, mask, field_id, bucket=1000), atol=1e-5)
+    assert torch.allclose(model.encode_pin(batch, bucket=1), model.encode_pin(batch, bucket=1000), atol=1e-5)
+    padded = torch.cat([states, torch.zeros(states.shape[0], 5, states.shape[2])], dim=1)  # extra padding
+    padded_mask = torch.cat([mask, torch.zeros(mask.shape[0], 5, dtype=torch.bool)], dim=1)
+    assert torch.allclose(model.encode_text(padded, padded_mask, field_id),
+                          model.encode_text(states, mask, field_id), atol=1e-5)
+
+
 def test_pin_without_image_ignores_visual_tokens():
     model = tiny_model()
     batch = tiny_batch(model)

@@ -97,16 +97,34 @@ class PinCLIP(nn.Module):
         mask = torch.ones(vis.shape[:2], dtype=torch.bool, device=vis.device)
         return self._encode([(vis, mask)])
 
-    def encode_text(self, states: torch.Tensor, mask: torch.Tensor, field_id: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, states: torch.Tensor, mask: torch.Tensor, field_id: torch.Tensor,
+                    bucket: int = 128) -> torch.Tensor:
         """(N, L, W) field states, (N, L) mask, (N,) field index -> (N, D)."""
         tagged = states.float() + self.field_embed[field_id].unsqueeze(1)  # (N, L, W)
-        return self._encode([(tagged, mask)])
+        return self._bucketed(tagged, mask, mask.sum(1), 0, bucket)
 
-    def encode_pin(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode_pin(self, batch: dict[str, torch.Tensor], bucket: int = 128) -> torch.Tensor:
         vis = self.visual_tokens(batch)  # (B, T, W)
         vis_mask = batch["has_image"].unsqueeze(1).expand(-1, vis.shape[1])  # (B, T)
         text = batch["pin_states"].float() + self.field_embed[batch["pin_field_ids"]]  # (B, Lp, W)
-        return self._encode([(vis, vis_mask), (text, batch["pin_mask"])])
+        joint = torch.cat([vis, text], dim=1)  # (B, T + Lp, W): visual tokens, then the packed fields
+        mask = torch.cat([vis_mask, batch["pin_mask"]], dim=1)  # (B, T + Lp)
+        return self._bucketed(joint, mask, batch["pin_mask"].sum(1), vis.shape[1], bucket)
+
+    def _bucketed(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, prefix: int,
+                  bucket: int) -> torch.Tensor:
+        """Encode rows sorted by length in buckets, each trimmed to prefix + its longest row.
+
+        Padding is masked anyway, so this equals encoding the whole padded batch (a test checks),
+        without spending attention and MLP work on the padding of short rows.
+        """
+        order = torch.argsort(lengths)
+        out = x.new_empty(x.shape[0], self.head.out_features)  # (N, D)
+        for lo in range(0, x.shape[0], bucket):
+            rows = order[lo : lo + bucket]
+            width = prefix + max(int(lengths[rows].max()), 1 - min(prefix, 1))
+            out[rows] = self._encode([(x[rows, :width], mask[rows, :width])])  # (b, D)
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor], modes: tuple[str, ...] = ("image", "text", "pin")
                 ) -> dict[str, torch.Tensor]:

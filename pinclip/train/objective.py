@@ -32,7 +32,8 @@ def objective(model: torch.nn.Module, out: dict[str, torch.Tensor], anchors: int
     share_board (A_local, A_global) drops pairs that share a board; rows (and columns) of anchors
     without a graph neighbor are dropped entirely so they add nothing to the neighbor term.
     """
-    weights = field_weight_tensor(cfg, out["pin"].device)
+    device = next(v for v in out.values()).device
+    weights = field_weight_tensor(cfg, device)
     mask = out["text_mask"]
     terms: dict[str, torch.Tensor] = {}
     contrastive = partial(multi_positive_contrastive, key_mask=mask, field_weights=weights, mode=cfg.image_text,

@@ -160,7 +160,7 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     for step in bar:
         batch, anchors, share, has_nb = local_batch(data, feats, step, cfg, rank, world, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(batch)
+            out = model(batch, modes=needed_modes(cfg.loss))
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
         terms = objective(model, out, anchors, share, has_nb, cfg.loss, cfg.model.dims)
         optimizer.zero_grad(set_to_none=True)
@@ -188,6 +188,18 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     if dist.is_initialized():
         dist.barrier()
     return final
+
+
+def needed_modes(loss) -> tuple[str, ...]:
+    """The embedding modes the loss terms use (a two-tower recipe needs no fused pass)."""
+    modes = []
+    if loss.image_text_weight > 0:
+        modes += ["image", "text"]
+    if loss.neighbor_weight > 0 or (loss.image_text_weight > 0 and loss.pin_text_weight > 0):
+        modes.append("pin")
+    if "pin" in modes and "text" not in modes:
+        modes.append("text")  # the text mask is read by the objective
+    return tuple(modes)
 
 
 def _broadcast_parameters(model: torch.nn.Module) -> None:
