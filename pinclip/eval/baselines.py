@@ -223,8 +223,9 @@ def scaling_curve(base_cfg: Config, run_dir: str | Path, fractions: Sequence[flo
                   progress: bool = True) -> dict[str, Any]:
     """PinText Recall@10 of PinCLIP trained on each share of the training pins (Figure 5).
 
-    The 1.0 point reuses <run_dir>/train/final when it exists; the others train under
-    <run_dir>/scaling/frac-<share>/ (resumable, skipped when done).
+    Every point sees the same number of epochs: a share f of the pins trains for f of the main
+    run's steps (at least 30; `steps` overrides). The 1.0 point reuses <run_dir>/train/final when
+    it exists; the others train under <run_dir>/scaling/frac-<share>/ (resumable, skipped when done).
     """
     from pinclip.eval.harness import evaluate_checkpoint
     from pinclip.train.dataset import load_dataset_dir
@@ -242,7 +243,8 @@ def scaling_curve(base_cfg: Config, run_dir: str | Path, fractions: Sequence[flo
         else:
             cfg = with_overrides(base_cfg, {"train": {"train_fraction": float(fraction)}})
             cfg.train.out_dir = str(Path(run_dir) / "scaling" / f"frac-{fraction:.2f}")
-            cfg.train.steps = steps or cfg.train.steps
+            cfg.train.steps = steps or max(30, round(cfg.train.steps * fraction))
+            cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.steps // 5))
             checkpoint = _train_once(cfg, progress)
         ev = evaluate_checkpoint(checkpoint, dataset, cache_dir=cache_dir, tasks=PINTEXT_TASKS, quantization=False,
                                  dims=None, progress=progress)

@@ -1,0 +1,40 @@
+"""End to end on the tiny preset: `pinclip demo` runs data → train → eval → embed → index, then the
+index serves a query. Random-weight tiny towers: this checks the wiring, not model quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pinclip.cli import main
+
+
+def test_demo_pipeline_on_tiny_preset(catalog, tmp_path):
+    out = tmp_path / "run"
+    code = main(["demo", "--out", str(out), "--preset", "tiny", "--data", str(catalog["pins"].parent),
+                 "--serve", "0", "--steps", "6"])
+    assert code == 0
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"data", "train", "eval", "embed", "index"}
+
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert {"pinclip", "two_tower", "fused_no_neighbor", "frozen"} <= set(metrics["models"])
+    related = metrics["models"]["pinclip"]["related"]["warm"]["recall@10"]
+    assert 0.0 <= related <= 1.0
+    assert len(metrics["scaling"]["points"]) == 4
+    assert (out / "eval" / "report.md").read_text().count("|") > 20
+
+    manifest = json.loads((out / "embed" / "manifest.json").read_text())
+    assert manifest["complete"] and sum(s["rows"] for s in manifest["shards"]) == 72
+
+    from pinclip.models.embedder import Embedder
+    from pinclip.serve.index import PinIndex
+
+    index = PinIndex.load(out / "index")
+    embedder = Embedder.from_checkpoint(out / "train" / "final")
+    assert index.meta.model_version == embedder.version
+    scores, ids = index.search(embedder.embed_texts(["red circle"], field="queries"), 5)
+    assert len(ids[0]) == 5 and np.all(np.diff(scores[0]) <= 1e-6)  # best first
+    related_scores, related_ids = index.search_by_id("red-circle-0", 5)
+    assert "red-circle-0" not in related_ids
