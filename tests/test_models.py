@@ -88,6 +88,15 @@ def test_length_buckets_equal_the_padded_batch():
                           model.encode_text(states, mask, field_id), atol=1e-5)
 
 
+def test_bf16_autocast_forward_and_backward():
+    model = tiny_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tiny_batch(model))
+    assert out["pin"].dtype == torch.bfloat16
+    out["pin"].float().sum().backward()
+    assert model.head.weight.grad is not None
+
+
 def test_pin_without_image_ignores_visual_tokens():
     model = tiny_model()
     batch = tiny_batch(model)

@@ -119,12 +119,12 @@ class PinCLIP(nn.Module):
         without spending attention and MLP work on the padding of short rows.
         """
         order = torch.argsort(lengths)
-        out = x.new_empty(x.shape[0], self.head.out_features)  # (N, D)
+        chunks = []
         for lo in range(0, x.shape[0], bucket):
             rows = order[lo : lo + bucket]
             width = prefix + max(int(lengths[rows].max()), 1 - min(prefix, 1))
-            out[rows] = self._encode([(x[rows, :width], mask[rows, :width])])  # (b, D)
-        return out
+            chunks.append(self._encode([(x[rows, :width], mask[rows, :width])]))  # (b, D)
+        return torch.cat(chunks)[torch.argsort(order)]  # (N, D) back in input order, autocast dtype kept
 
     def forward(self, batch: dict[str, torch.Tensor], modes: tuple[str, ...] = ("image", "text", "pin")
                 ) -> dict[str, torch.Tensor]:
