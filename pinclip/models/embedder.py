@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,8 @@ class Embedder:
         self.cache = FeatureCache(cache_dir, cache_tag(self.model.vision, self.model.cfg.vision)) \
             if cache_dir is not None and not any(p.requires_grad for p in self.model.vision.parameters()) else None
         self.cache_write = cache_write
+        self.fast_text: Any = None  # set by optimize(): pinclip.models.fast encoders
+        self.fast_image: Any = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
@@ -68,6 +71,19 @@ class Embedder:
 
         model, _, meta = load_model(path, device)
         return cls(model, meta, device, cache_dir, cache_write)
+
+    def optimize(self, backend: str = "auto", precision: str = "fp32") -> Embedder:
+        """Route embed_texts, and embed_images when there is no feature cache, through the fast
+        paths of pinclip.models.fast (see bench/results.md for their speed-ups); returns self.
+        backend "auto" is ONNX Runtime when onnx and onnxruntime are installed, else torch."""
+        from pinclip.models.fast import FastImageEncoder, FastTextEncoder, onnx_available
+
+        if backend == "auto":
+            backend = "onnx" if onnx_available() and precision == "fp32" else "torch"
+        self.fast_text = FastTextEncoder(self.model, backend=backend, precision=precision)
+        self.fast_image = FastImageEncoder(self.model, backend=backend, precision="fp32" if precision == "int8"
+                                           else precision)
+        return self
 
     def _states(self, texts: list[list[str]]) -> TextStates:
         return compute_text_states(self.model.backbone, texts, progress=False)
@@ -91,6 +107,8 @@ class Embedder:
 
     def embed_texts(self, texts: list[str], field: str = "title") -> np.ndarray:
         """Text-only embeddings (N, D); `field` picks the field tag (queries, title, ...)."""
+        if self.fast_text is not None:
+            return self.fast_text.embed(texts, field=field)
         f = TEXT_FIELDS.index(field)
         rows = [["" if i != f else (t or " ") for i in range(len(TEXT_FIELDS))] for t in texts]
         states = self._states(rows)
@@ -100,6 +118,8 @@ class Embedder:
         return out["text"][:, f]
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        if self.fast_image is not None and self.cache is None:
+            return self.fast_image.embed(images)
         vis, ok = self._vis(images)
         states = self._states([[""] * len(TEXT_FIELDS) for _ in images])
         return embed_rows(self.model, vis, ok, states, np.arange(len(images)), ("image",), device=self.device)["image"]

@@ -1,0 +1,81 @@
+"""Fast inference paths (pinclip.models.fast) against the reference Embedder, on the tiny preset."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pinclip.config import load_config
+from pinclip.models.embedder import Embedder
+from pinclip.models.fast import FastImageEncoder, FastTextEncoder, length_buckets
+from pinclip.models.pinclip import PinCLIP
+
+TEXTS = ["red apple", "", "a small grey cat sleeping on a warm windowsill in the sun", "dog",
+         "keycap: #", "the quick brown fox jumps over the lazy dog again and again and again"]
+HAS_ONNX = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    cfg = load_config(preset="tiny")
+    model = PinCLIP(cfg.model).eval()
+    return Embedder(model, {"version": "tiny-test", "dims": list(cfg.model.dims)})
+
+
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40 + 7 * i, 36, 3), dtype=np.uint8)) for i in range(5)]
+
+
+def test_length_buckets_sorts_then_cuts():
+    buckets = length_buckets([5, 1, 3, 1, 9], batch_size=2)
+    # lengths sorted: 1 (pos 1), 1 (pos 3), 3 (pos 2), 5 (pos 0), 9 (pos 4)
+    assert [b.tolist() for b in buckets] == [[1, 3], [2, 0], [4]]
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.skipif(
+    not HAS_ONNX, reason="needs onnx and onnxruntime (bench extra)"))])
+def test_fast_text_matches_reference(embedder, backend):
+    for field in ("title", "queries"):
+        ref = embedder.embed_texts(TEXTS, field=field)
+        fast = FastTextEncoder(embedder.model, backend=backend, batch_size=4).embed(TEXTS, field=field)
+        assert fast.shape == ref.shape == (len(TEXTS), 32)
+        # the reference stores the frozen states as float16; the fast path keeps float32
+        assert np.abs(fast - ref).max() < 2e-3
+        assert np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+
+
+def test_fast_text_int8_and_bf16_stay_close(embedder):
+    ref = embedder.embed_texts(TEXTS)
+    for precision in ("int8", "bf16"):
+        fast = FastTextEncoder(embedder.model, backend="torch", precision=precision).embed(TEXTS)
+        cosine = (fast * ref).sum(1)
+        assert cosine.min() > 0.9, precision
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.skipif(
+    not HAS_ONNX, reason="needs onnx and onnxruntime (bench extra)"))])
+def test_fast_image_matches_reference(embedder, backend):
+    ref = embedder.embed_images(images())
+    fast = FastImageEncoder(embedder.model, backend=backend, batch_size=2).embed(images())
+    assert fast.shape == ref.shape == (5, 32)
+    assert np.abs(fast - ref).max() < 1e-4
+
+
+def test_embedder_optimize_swaps_paths(embedder):
+    ref_text, ref_image = embedder.embed_texts(TEXTS), embedder.embed_images(images())
+    fast = Embedder(embedder.model, embedder.meta).optimize(backend="torch")
+    assert np.abs(fast.embed_texts(TEXTS) - ref_text).max() < 2e-3
+    assert np.abs(fast.embed_images(images()) - ref_image).max() < 1e-4
+
+
+def test_bad_options_are_refused(embedder):
+    with pytest.raises(ValueError, match="unknown backend"):
+        FastTextEncoder(embedder.model, backend="tvm")
+    with pytest.raises(ValueError, match="fp32 only"):
+        FastTextEncoder(embedder.model, backend="onnx", precision="int8")
+    with pytest.raises(ValueError, match="unknown field"):
+        FastTextEncoder(embedder.model, backend="torch").embed(["a"], field="color")
