@@ -31,7 +31,6 @@ class BackboneConfig:
     train_layers: int = 2  # top layers trained; -1 = all; 0 = frozen. Visual tokens enter below them.
     pooling: str = "mean"  # "mean" | "cls" | "last"
     max_field_tokens: int = 24  # per text field, [CLS]/[SEP] included
-    lora_rank: int = 0  # >0: LoRA adapters on the trained layers' linear maps instead of full tuning
 
 
 @dataclass
