@@ -197,18 +197,64 @@ def trained_checkpoint(ctx: BenchContext) -> Path | None:
 
 def load_model(ctx: BenchContext) -> tuple[Any, dict[str, Any], str]:
     """(PinCLIP in eval mode, meta, label): the trained checkpoint if any, else the demo preset untrained."""
-    checkpoint = trained_checkpoint(ctx)
+    from pinclip.cli import UserError
+
+    checkpoint, problem = trained_checkpoint(ctx), ""
     if checkpoint is not None:
         from pinclip.train.checkpoint import load_model as load_checkpoint
 
-        model, _, meta = load_checkpoint(checkpoint, "cpu")
-        return model.eval(), meta, f"trained checkpoint {checkpoint}"
+        try:
+            model, _, meta = load_checkpoint(checkpoint, "cpu")
+            return model.eval(), meta, f"trained checkpoint {checkpoint}"
+        except ValueError as err:  # a config key this version no longer has
+            try:
+                return load_older_checkpoint(checkpoint)
+            except (ValueError, OSError, KeyError, UserError) as again:
+                problem = f"; {checkpoint} unreadable: {err}; {again}"
+        except (OSError, KeyError, UserError) as err:
+            problem = f"; {checkpoint} unreadable: {err}"
     from pinclip.config import load_config
     from pinclip.models.pinclip import PinCLIP
 
     cfg = load_config(preset="demo")
     meta = {"version": "demo-untrained", "dims": list(cfg.model.dims)}
-    return PinCLIP(cfg.model).eval(), meta, "demo preset, UNTRAINED (no trained checkpoint found)"
+    return PinCLIP(cfg.model).eval(), meta, f"demo preset, UNTRAINED (no usable trained checkpoint{problem})"
+
+
+def _drop_unset_unknown(d: dict, known: Any, where: str, dropped: list[str]) -> dict:
+    """d without keys the dataclass `known` lacks, if they are unset (0, false, empty); else ValueError."""
+    import dataclasses
+
+    out = {}
+    for key, value in d.items():
+        if not hasattr(known, key):
+            if value:
+                raise ValueError(f"config key '{where}{key}' = {value!r} is set but unknown to this version")
+            dropped.append(where + key)
+        elif dataclasses.is_dataclass(getattr(known, key)) and isinstance(value, dict):
+            out[key] = _drop_unset_unknown(value, getattr(known, key), f"{where}{key}.", dropped)
+        else:
+            out[key] = value
+    return out
+
+
+def load_older_checkpoint(checkpoint: Path) -> tuple[Any, dict[str, Any], str]:
+    """A checkpoint whose config.yaml has keys this version removed, all unset: loaded without them."""
+    import tempfile
+
+    import yaml
+
+    from pinclip.config import Config
+    from pinclip.train.checkpoint import load_model as load_checkpoint
+
+    dropped: list[str] = []
+    config = _drop_unset_unknown(yaml.safe_load((checkpoint / "config.yaml").read_text()), Config(), "", dropped)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("model.safetensors", "meta.json"):
+            os.symlink((checkpoint / name).resolve(), Path(tmp) / name)
+        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        model, _, meta = load_checkpoint(tmp, "cpu")
+    return model.eval(), meta, f"trained checkpoint {checkpoint} (older config; unset keys dropped: {', '.join(dropped)})"
 
 
 def synthetic_words(rng: np.random.Generator, count: int) -> list[str]:

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                    "results": {n: result_to_json(r) for n, r in results.items()}}
         atomic_write_text(args.out / "results.json", json.dumps(payload, indent=1, default=float) + "\n")
         atomic_write_text(args.out / "results.md", render(results, machine, args.quick))
-    failed = [n for n, r in results.items() if r.error]
+    failed = [n for n in args.only or ORDER if results[n].error]
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'results.md'}"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

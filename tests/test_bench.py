@@ -115,3 +115,16 @@ def test_runner_writes_results(tmp_path):
     assert payload["machine"]["cores"] >= 1 and "date" in payload["machine"]
     assert payload["results"]["demo_stages"]["figures"]["total_s"] == 500.0
     assert "| demo wall time (all stages) | <= 20 min | 8.3 min | met |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_older_checkpoint_config_drops_only_unset_unknown_keys():
+    from bench.common import _drop_unset_unknown
+    from pinclip.config import Config
+
+    dropped: list[str] = []
+    old = {"model": {"backbone": {"name": "minilm", "gone_option": 0}}, "train": {"steps": 5}}
+    assert _drop_unset_unknown(old, Config(), "", dropped) == {"model": {"backbone": {"name": "minilm"}},
+                                                               "train": {"steps": 5}}
+    assert dropped == ["model.backbone.gone_option"]
+    with pytest.raises(ValueError, match="gone_option"):
+        _drop_unset_unknown({"model": {"gone_option": 4}}, Config(), "", [])
