@@ -2,6 +2,7 @@
 #   make demo        # venv + installs + demo data, then the whole pipeline on the demo corpus
 #   make demo SERVE=0  # same, without starting the server at the end (ends by itself)
 #   make test        # venv + installs + demo data, then the test suite
+#   make report      # the demo's evaluation against every baseline + scaling curve (~45 min more)
 #   make bench       # benchmarks against peer tools (long; not part of the tests)
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ SERVE ?= 1
 RUN ?= runs/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install data-deps clean
+.PHONY: demo report test bench lint install data-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ data-deps:
 
 demo: install data-deps
 	$(VENV)/bin/pinclip demo --out $(RUN) --serve $(SERVE)
+
+report: install data-deps
+	$(VENV)/bin/pinclip demo --out $(RUN) --serve 0 --full-eval
 
 test: install data-deps
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

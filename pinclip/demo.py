@@ -3,7 +3,9 @@
 Stages, each a public `pinclip` command, each skipped or resumed when its output is already there:
     data   pinclip data demo            -> <out>/data   (pins, boards, splits, dataset.md, contact sheet)
     train  pinclip train (demo preset)  -> <out>/train  (checkpoints, metrics.jsonl)
-    eval   pinclip eval --baselines     -> <out>/eval   (metrics.json, report.md, plots; <out>/baselines)
+    eval   pinclip eval --run           -> <out>/eval   (metrics.json, report.md, plots; <out>/baselines)
+           beside the frozen-towers baseline; with --full-eval also the two trained baselines and the
+           dataset-scaling curve (five more training runs: about 45 min more on 2 CPU cores)
     embed  pinclip embed                -> <out>/embed  (int8 parquet shards + manifest)
     index  pinclip index build          -> <out>/index  (FAISS index over the int8 codes)
     serve  pinclip serve                   http://127.0.0.1:8000 (skipped with --serve 0)
@@ -30,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="demo", help="model preset: demo (default) or tiny (a quick smoke run)")
     p.add_argument("--data", default=None, help="use this dataset folder (pins.parquet, boards.parquet, "
                    "splits.json) instead of building the demo corpus")
-    p.add_argument("--skip-eval", action="store_true", help="skip baselines and the report")
+    p.add_argument("--skip-eval", action="store_true", help="skip the evaluation and its report")
+    p.add_argument("--full-eval", action="store_true", help="evaluate against every baseline and the "
+                   "scaling curve, training what is missing (`make report`; about 45 min more on 2 CPU cores)")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training config overrides (repeatable)")
     p.set_defaults(func=run)
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
            else main(["data", "demo", "--out", str(data)]))
     _stage("train", timings, out, lambda: 0 if (final / "meta.json").is_file() else main(train_args))
     if not args.skip_eval:
-        _stage("eval", timings, out, lambda: main(["eval", "--run", str(out), "--baselines", "--scaling"]))
+        extent = ["--baselines", "all", "--scaling"] if args.full_eval else ["--baselines", "frozen"]
+        _stage("eval", timings, out, lambda: main(["eval", "--run", str(out), *extent]))
     _stage("embed", timings, out, lambda: main(["embed", "--checkpoint", str(final), "--pins",
                                                   str(data / "pins.parquet"), "--out", str(out / "embed"),
                                                   "--cache-dir", str(cache)]))

@@ -98,6 +98,15 @@ class FakeEmbedder:
             raw.append(sum(p / max(np.linalg.norm(p), 1e-9) for p in parts))  # unit text + unit image
         return self._finish(raw, "pin")
 
+    def embed_pin_modes(self, pins: list[dict], modes: tuple[str, ...] = ("image", "pin")) -> dict[str, np.ndarray]:
+        out = {}
+        if "image" in modes:  # a pin without an image gets the empty vector (the job masks it)
+            out["image"] = self._finish([self._image_raw(p["image"]) if p.get("image") is not None
+                                         else np.zeros(self.dim) for p in pins], "image")
+        if "pin" in modes:
+            out["pin"] = self.embed_pins(pins)
+        return out
+
 
 def color_png(color: tuple[int, int, int], shape: str = "square", size: int = 48) -> bytes:
     """A small PNG: a colored shape on white."""

@@ -114,6 +114,7 @@ def test_cli_all_test_on_a_foreign_catalog_from_tables(tiny_checkpoint, catalog,
     (["eval", "--checkpoint", "X"], "--data-dir"),
     (["eval", "--checkpoint", "X", "--pins", "p.parquet"], "--pins and --boards go together"),
     (["eval", "--checkpoint", "X", "--baselines"], "need --run"),
+    (["eval", "--run", "R", "--baselines", "frozen,clip"], "--baselines: unknown clip"),
     (["eval", "--data-dir", "D"], "either --checkpoint"),
     (["eval", "--checkpoint", "A", "--checkpoint", "B", "--name", "a"], "1 --name for 2 --checkpoint"),
 ])

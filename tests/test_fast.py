@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +13,6 @@ from pinclip.models.pinclip import PinCLIP
 
 TEXTS = ["red apple", "", "a small grey cat sleeping on a warm windowsill in the sun", "dog",
          "keycap: #", "the quick brown fox jumps over the lazy dog again and again and again"]
-HAS_ONNX = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +33,7 @@ def test_length_buckets_sorts_then_cuts():
     assert [b.tolist() for b in buckets] == [[1, 3], [2, 0], [4]]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.skipif(
-    not HAS_ONNX, reason="needs onnx and onnxruntime (bench extra)"))])
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_fast_text_matches_reference(embedder, backend):
     for field in ("title", "queries"):
         ref = embedder.embed_texts(TEXTS, field=field)
@@ -56,8 +52,7 @@ def test_fast_text_int8_and_bf16_stay_close(embedder):
         assert cosine.min() > 0.9, precision
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.skipif(
-    not HAS_ONNX, reason="needs onnx and onnxruntime (bench extra)"))])
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_fast_image_matches_reference(embedder, backend):
     ref = embedder.embed_images(images())
     fast = FastImageEncoder(embedder.model, backend=backend, batch_size=2).embed(images())

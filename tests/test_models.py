@@ -160,3 +160,16 @@ def test_embedder_matches_training_path(tiny_checkpoint, catalog):
     pin = emb.embed_pins([{"image": img, "title": "red circle", "annotations": ["red", "circle"]}])
     assert not np.allclose(pin, pin_img_only)
     assert len(TEXT_FIELDS) == 5
+
+
+def test_embed_pin_modes_equals_the_separate_calls(tiny_checkpoint, catalog):
+    from PIL import Image
+
+    from pinclip.models.embedder import Embedder
+
+    emb = Embedder.from_checkpoint(tiny_checkpoint)
+    img = Image.open(catalog["pins"].parent / "images" / "red-circle-0.png")
+    pins = [{"image": img, "title": "red circle"}, {"image": None, "title": "blue square", "queries": ["blue"]}]
+    both = emb.embed_pin_modes(pins)
+    assert np.allclose(both["pin"], emb.embed_pins(pins), atol=1e-6)
+    assert np.allclose(both["image"][:1], emb.embed_images([img]), atol=1e-6)

@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", action="append", default=[], help="checkpoint folder (repeatable)")
     p.add_argument("--name", action="append", default=[], help="model name per --checkpoint (default: folder name)")
     p.add_argument("--run", help="a run folder (<run>/train/final, <run>/baselines/); writes <run>/eval by default")
-    p.add_argument("--baselines", action="store_true", help="with --run: train the missing baselines first")
+    p.add_argument("--baselines", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="with --run: make the missing baselines first: all (the default) or some of "
+                        "frozen,two_tower,fused_no_neighbor (comma-separated)")
     p.add_argument("--scaling", action="store_true", help="with --run: the dataset-scaling curve (trains models)")
     p.add_argument("--fractions", default="0.1,0.25,0.5,1.0", help="with --scaling: shares of the training pins")
     p.add_argument("--steps", type=int, default=None, help="training steps of baselines and scaling runs")
@@ -106,12 +108,14 @@ def evaluate_models(models: dict[str, Path], dataset: Any, out_dir: str | Path, 
     return write_report(results, out_dir)
 
 
-def evaluate_run(run_dir: str | Path, baselines: bool = True, scaling: bool = True, steps: int | None = None,
-                 fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), dataset: Any = None,
+def evaluate_run(run_dir: str | Path, baselines: bool | Sequence[str] = True, scaling: bool = True,
+                 steps: int | None = None, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), dataset: Any = None,
                  data_dir: str | None = None, cache_dir: str | None = None, out_dir: str | Path | None = None,
                  options: EvalOptions | None = None) -> dict[str, Path]:
-    """A run's PinCLIP model beside its baselines (trained first if `baselines`), the scaling curve
-    (if `scaling`), and the report in out_dir (default <run_dir>/eval); returns the report's paths."""
+    """A run's PinCLIP model beside its baselines, the scaling curve (if `scaling`), and the report in
+    out_dir (default <run_dir>/eval); returns the report's paths. `baselines`: True makes every missing
+    baseline (trains two of them), a list of names makes those; baselines already there are always
+    evaluated."""
     import yaml
 
     from pinclip.config import config_from_dict
@@ -124,12 +128,11 @@ def evaluate_run(run_dir: str | Path, baselines: bool = True, scaling: bool = Tr
     base_cfg = config_from_dict(yaml.safe_load((main / "config.yaml").read_text()))
     base_cfg.train.data_dir = data_dir or base_cfg.train.data_dir
     base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
-    if baselines:
-        models = train_baselines(base_cfg, run_dir, ("pinclip", *BASELINES), steps=steps, progress=options.progress)
-    else:
-        found = {n: run_dir / "baselines" / n for n in BASELINES}
-        models = {"pinclip": main, **{n: p for n, p in found.items()
-                                      if (p / "meta.json").is_file() or (p / "final" / "meta.json").is_file()}}
+    wanted = list(BASELINES) if baselines is True else list(baselines or [])
+    made = train_baselines(base_cfg, run_dir, wanted, steps=steps, progress=options.progress)
+    found = {n: run_dir / "baselines" / n for n in BASELINES}
+    found = {n: p for n, p in found.items() if (p / "meta.json").is_file() or (p / "final" / "meta.json").is_file()}
+    models = {"pinclip": main, **{n: made.get(n, found.get(n)) for n in BASELINES if n in made or n in found}}
     dataset = dataset or load_dataset_dir(base_cfg.train.data_dir)
     curve = scaling_curve(base_cfg, run_dir, fractions, steps=steps, dataset=dataset, cache_dir=base_cfg.train.cache_dir,
                           progress=options.progress) if scaling else None
@@ -141,17 +144,30 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give either --checkpoint C [...] or --run RUN")
     if (args.baselines or args.scaling) and not args.run:
         raise UserError("--baselines and --scaling need --run")
+    baselines = _baseline_names(args.baselines)
     options = EvalOptions(all_test=args.all_test, max_queries=args.max_queries, ann=not args.no_ann,
                           device=args.device, progress=not args.quiet)
     if args.run:
         dataset = _load_data(args) if (args.pins or args.boards) else None
-        paths = evaluate_run(args.run, args.baselines, args.scaling, args.steps, _fractions(args.fractions),
+        paths = evaluate_run(args.run, baselines, args.scaling, args.steps, _fractions(args.fractions),
                              dataset, args.data_dir, args.cache_dir, args.out, options)
     else:
         models = dict(zip(_names(args), map(Path, args.checkpoint)))
         paths = evaluate_models(models, _load_data(args), args.out or "eval", args.cache_dir, options)
     print(f"report: {paths['report']}\nmetrics: {paths['metrics']}")
     return 0
+
+
+def _baseline_names(text: str | None) -> list[str]:
+    from pinclip.eval.baselines import BASELINES
+
+    if not text:
+        return []
+    names = list(BASELINES) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise UserError(f"--baselines: unknown {', '.join(unknown)}; choose from all, {', '.join(BASELINES)}")
+    return names
 
 
 def _fractions(text: str) -> list[float]:

@@ -140,6 +140,10 @@ def headline_section(doc: dict[str, Any]) -> list[str]:
     lines = ["## Headline: Recall@10", ""] + _table(header, rows)
     for model, notes in doc["meta"].get("notes", {}).items():
         lines += [f"- {model}, {task}: {note}" for task, note in notes.items()]
+    missing = [m for m in ("two_tower", "fused_no_neighbor") if m not in models]
+    if "pinclip" in models and missing:
+        lines.append(f"- Not in this report: {', '.join(missing)}. `make report` (or `pinclip eval --run RUN "
+                     "--baselines --scaling`) trains them and the scaling curve, then rewrites it.")
     return lines + [""]
 
 

@@ -126,6 +126,11 @@ class Embedder:
 
     def embed_pins(self, pins: list[dict]) -> np.ndarray:
         """Fused embeddings (N, D) of dicts with `image` (PIL or None) and text fields."""
+        return self.embed_pin_modes(pins, ("pin",))["pin"]
+
+    def embed_pin_modes(self, pins: list[dict], modes: Sequence[str] = ("image", "pin")) -> dict[str, np.ndarray]:
+        """{"image": (N, D), "pin": (N, D)} of pins from one pass over their images and texts
+        (an image row of a pin without an image is meaningless: mask it)."""
         vis, ok = self._vis([p.get("image") for p in pins])
         states = self._states([[field_text(p.get(f)) for f in TEXT_FIELDS] for p in pins])
-        return embed_rows(self.model, vis, ok, states, np.arange(len(pins)), ("pin",), device=self.device)["pin"]
+        return embed_rows(self.model, vis, ok, states, np.arange(len(pins)), tuple(modes), device=self.device)

@@ -13,8 +13,8 @@ sorts by length so each batch is padded only to its own longest text, and runs t
 tower on a whole batch, then the image mode on its pooled tokens.
 
 Backends (bench/text_embed.py and bench/image_embed.py measure each against the reference):
-    "onnx"   the same graph exported to ONNX and run by ONNX Runtime (needs `onnx` and
-             `onnxruntime`, the `bench` extra): same float32 math, fused kernels, faster GEMMs
+    "onnx"   the same graph exported to ONNX and run by ONNX Runtime: same float32 math, fused
+             kernels, faster GEMMs
     "torch"  eager PyTorch under inference_mode, in one of three precisions:
              "fp32"; "bf16" (autocast); "int8" (dynamic int8 linear layers, except the FFN output
              projections, whose GELU inputs have outlier ranges that per-tensor int8 clips)
@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from pinclip.data.schema import TEXT_FIELDS
-from pinclip.models.features import pixels_batch
+from pinclip.models.features import TowerRunner, pixels_batch
 from pinclip.models.pinclip import PinCLIP
 from pinclip.models.vision import grid_to_tokens
 
@@ -80,7 +80,7 @@ def onnx_session(module: nn.Module, inputs: tuple[torch.Tensor, ...], input_name
                  dynamic_axes: dict[str, dict[int, str]]) -> object:
     """An ONNX Runtime CPU session over `module` traced on `inputs`, threads as torch's."""
     if not onnx_available():
-        raise RuntimeError("the onnx backend needs onnx and onnxruntime: pip install 'pinclip[bench]'")
+        raise RuntimeError("the onnx backend needs onnx and onnxruntime: pip install onnx onnxruntime")
     import onnxruntime as ort
 
     buffer = io.BytesIO()
@@ -163,15 +163,6 @@ class FastTextEncoder:
         return out
 
 
-class _TowerGraph(nn.Module):
-    def __init__(self, tower: nn.Module) -> None:
-        super().__init__()
-        self.tower = tower
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.tower(pixels)  # (B, C, h, w)
-
-
 class FastImageEncoder:
     """Image-only embeddings of decoded images: the tower on whole batches, then the image mode."""
 
@@ -183,20 +174,9 @@ class FastImageEncoder:
         self.model, self.backend, self.precision, self.batch_size = model, backend, precision, batch_size
         self.cfg = model.cfg.vision
         self.device = next(model.parameters()).device
-        self.tower = model.vision
-        self.session = None
-        if backend == "onnx":
-            size = self.cfg.image_size
-            self.session = onnx_session(_TowerGraph(model.vision).eval(), (torch.zeros(2, 3, size, size),),
-                                        ["pixels"], {"pixels": {0: "batch"}, "out": {0: "batch"}})
-
-    def _grid(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, C, h, w) float32."""
-        if self.session is not None:
-            return torch.from_numpy(self.session.run(None, {"pixels": pixels.numpy()})[0])
-        x = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.tower(x).float()
+        if backend == "onnx" and not onnx_available():
+            raise RuntimeError("the onnx backend needs onnx and onnxruntime: pip install onnx onnxruntime")
+        self.tower = TowerRunner(model.vision, self.cfg.image_size, backend=backend, precision=precision)
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
@@ -205,7 +185,7 @@ class FastImageEncoder:
         step = batch_size or self.batch_size
         for lo in range(0, len(images), step):
             batch = [img.convert("RGB") for img in images[lo : lo + step]]
-            grid = self._grid(pixels_batch(batch, self.cfg))  # (B, C, h, w)
+            grid = self.tower(pixels_batch(batch, self.cfg))  # (B, C, h, w)
             tokens = grid_to_tokens(grid.to(self.device), self.cfg.regions, self.cfg.patches)  # (B, T, C)
             out[lo : lo + len(batch)] = self.model.encode_image({"vis": tokens}).float().cpu().numpy()
         return out

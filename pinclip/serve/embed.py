@@ -203,11 +203,11 @@ def _embed_batch(embedder: Any, kept: list[tuple]) -> tuple[dict[str, np.ndarray
         "pin": np.ones(n, dtype=bool),
     }
     vectors = {f: np.zeros((n, dim), dtype=np.float32) for f in EMBEDDING_FIELDS}
-    if present["image"].any():
-        vectors["image"][present["image"]] = embedder.embed_images([im for im in images if im is not None])
     if present["text"].any():
         vectors["text"][present["text"]] = embedder.embed_texts([t for t in texts if t])
-    vectors["pin"][:] = embedder.embed_pins([{**fields, "image": image} for _, fields, image in kept])
+    both = embedder.embed_pin_modes([{**fields, "image": image} for _, fields, image in kept])  # one image pass
+    vectors["image"][present["image"]] = both["image"][present["image"]]
+    vectors["pin"][:] = both["pin"]
     return vectors, present
 
 
