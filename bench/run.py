@@ -6,8 +6,7 @@
 
 Writes <out>/results.json (machine info + every measurement's figures) and <out>/results.md
 (one table per measurement with its target, met or missed). With --only, the other measurements
-are kept from the previous results.json. Needs the `bench` extra (sentence-transformers,
-onnxruntime, onnx).
+are kept from the previous results.json. Needs the `bench` extra (sentence-transformers).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ Stages, each a public `pinclip` command, each skipped or resumed when its output
     embed  pinclip embed                -> <out>/embed  (int8 parquet shards + manifest)
     index  pinclip index build          -> <out>/index  (FAISS index over the int8 codes)
     serve  pinclip serve                   http://127.0.0.1:8000 (skipped with --serve 0)
-Stage wall times go to <out>/timings.json and are printed at the end.
+Stage wall times go to <out>/timings.json ({"stages": {name: seconds}, "skipped": [names whose
+output was already there]}) and are printed at the end; "features" is the training stage's first
+pass that fills the image-feature and text-state caches, split out of "train".
 """
 
 from __future__ import annotations
@@ -40,16 +42,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _stage(name: str, timings: dict, out: Path, fn) -> None:
-    print(f"\n=== {name} ===", flush=True)
-    start = time.perf_counter()
-    code = fn()
-    timings[name] = round(time.perf_counter() - start, 1)
-    tmp = out / ".timings.json.tmp"
-    tmp.write_text(json.dumps(timings, indent=2))
-    os.replace(tmp, out / "timings.json")
-    if code:
-        raise UserError(f"demo stage '{name}' failed (exit code {code})")
+class Timings:
+    """Stage wall times, rewritten atomically to <out>/timings.json after every stage."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.stages, self.skipped = out / "timings.json", {}, []
+
+    def save(self) -> None:
+        tmp = self.path.with_name(".timings.json.tmp")
+        tmp.write_text(json.dumps({"stages": self.stages, "skipped": self.skipped}, indent=2))
+        os.replace(tmp, self.path)
+
+    def stage(self, name: str, fn, done: bool = False) -> None:
+        """Run stage `name` (fn returns an exit code) unless `done` (its output is already there)."""
+        print(f"\n=== {name} ===" + (" (already done)" if done else ""), flush=True)
+        start = time.perf_counter()
+        code = 0 if done else fn()
+        self.stages[name] = round(time.perf_counter() - start, 1)
+        if done:
+            self.skipped.append(name)
+        self.save()
+        if code:
+            raise UserError(f"demo stage '{name}' failed (exit code {code})")
+
+    def split_features(self, final: Path) -> None:
+        """Report the training stage's feature-cache pass (from the checkpoint's meta) as its own stage."""
+        if "train" in self.skipped:
+            return
+        try:
+            features = float(json.loads((final / "meta.json").read_text()).get("features_seconds", 0.0))
+        except (OSError, ValueError, TypeError):
+            return
+        features = min(round(features, 1), self.stages["train"])
+        self.stages = {"data": self.stages["data"], "features": features,
+                       "train": round(self.stages["train"] - features, 1)}
+        self.save()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,27 +89,26 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else out / "data"
     train_dir, cache = out / "train", out / "cache"
     final = train_dir / "final"
-    timings: dict[str, float] = {}
+    timings = Timings(out)
     train_args = ["train", "--preset", args.preset, f"train.data_dir={data}", f"train.out_dir={train_dir}",
                   f"train.cache_dir={cache}", *args.train_override]
     if args.steps:
         train_args.append(f"train.steps={args.steps}")
 
-    _stage("data", timings, out, lambda: 0 if (data / "splits.json").is_file()
-           else main(["data", "demo", "--out", str(data)]))
-    _stage("train", timings, out, lambda: 0 if (final / "meta.json").is_file() else main(train_args))
+    timings.stage("data", lambda: main(["data", "demo", "--out", str(data)]), done=(data / "splits.json").is_file())
+    timings.stage("train", lambda: main(train_args), done=(final / "meta.json").is_file())
+    timings.split_features(final)
     if not args.skip_eval:
         extent = ["--baselines", "all", "--scaling"] if args.full_eval else ["--baselines", "frozen"]
-        _stage("eval", timings, out, lambda: main(["eval", "--run", str(out), *extent]))
-    _stage("embed", timings, out, lambda: main(["embed", "--checkpoint", str(final), "--pins",
-                                                  str(data / "pins.parquet"), "--out", str(out / "embed"),
-                                                  "--cache-dir", str(cache)]))
-    _stage("index", timings, out, lambda: main(["index", "build", "--embeddings", str(out / "embed"),
-                                                  "--out", str(out / "index")]))
+        timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
+    timings.stage("embed", lambda: main(["embed", "--checkpoint", str(final), "--pins", str(data / "pins.parquet"),
+                                         "--out", str(out / "embed"), "--cache-dir", str(cache)]))
+    timings.stage("index", lambda: main(["index", "build", "--embeddings", str(out / "embed"),
+                                         "--out", str(out / "index")]))
     print("\n=== done ===")
-    for name, seconds in timings.items():
-        print(f"  {name:<6} {seconds:8.1f} s")
-    print(f"  total  {sum(timings.values()):8.1f} s")
+    for name, seconds in timings.stages.items():
+        print(f"  {name:<8} {seconds:8.1f} s" + ("  (already done)" if name in timings.skipped else ""))
+    print(f"  total    {sum(timings.stages.values()):8.1f} s")
     print(f"outputs under {out}/: data/ (dataset.md, contact_sheet.png), train/ (metrics.jsonl, final/), "
           f"eval/ (report.md, metrics.json), embed/, index/; stage times in {out}/timings.json")
     if args.serve:

@@ -72,6 +72,12 @@ def test_demo_stages_complete_partial_absent(tmp_path):
     partial = demo_stages.run(ctx)
     assert partial.targets[0].met is None and partial.figures["skipped"] == ["data"]
     assert "eval" in partial.figures["missing"]
+    stages = {"data": 20, "features": 60, "train": 500, "eval": 60, "embed": 80, "index": 0.5}
+    (tmp_path / "timings.json").write_text(json.dumps({"stages": stages, "skipped": []}))
+    current = demo_stages.run(ctx)  # the current format: a sub-second index stage is not a skip
+    assert current.targets[0].met is True and current.figures["total_s"] == 720.5
+    (tmp_path / "timings.json").write_text(json.dumps({"stages": stages, "skipped": ["data"]}))
+    assert demo_stages.run(ctx).targets[0].met is None
 
 
 def test_sphere_mixture_and_recall():

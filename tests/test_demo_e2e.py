@@ -16,7 +16,8 @@ def test_demo_pipeline_on_tiny_preset(catalog, tmp_path):
                  "--serve", "0", "--steps", "6"])
     assert code == 0
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) == {"data", "train", "eval", "embed", "index"}
+    assert list(timings["stages"]) == ["data", "features", "train", "eval", "embed", "index"]
+    assert timings["skipped"] == ["data"]  # --data: an existing dataset folder
 
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"pinclip", "frozen"} and metrics["scaling"] is None  # the quick eval
@@ -48,6 +49,7 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     trained = (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns
     assert main([*argv, "--full-eval"]) == 0
     assert (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
+    assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train"]
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"pinclip", "two_tower", "fused_no_neighbor", "frozen"}
     assert len(metrics["scaling"]["points"]) == 4

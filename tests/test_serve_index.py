@@ -42,8 +42,8 @@ def test_exact_top_k_and_recall_by_hand():
 
 
 def test_auto_kind_follows_size():
-    config = IndexConfig(flat_max=100, ivf_min=1000)
-    assert [choose_kind(n, config) for n in (99, 100, 999, 1000)] == ["flat", "hnsw", "hnsw", "ivf"]
+    config = IndexConfig(flat_max=100)
+    assert [choose_kind(n, config) for n in (99, 100, 5_000_000)] == ["flat", "ivf", "ivf"]
     assert choose_kind(10, IndexConfig(kind="hnsw")) == "hnsw"
     with pytest.raises(PinIndexError, match="unknown index kind"):
         choose_kind(10, IndexConfig(kind="lsh"))

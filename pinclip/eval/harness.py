@@ -22,8 +22,8 @@ Result, for one model:
      "notes": {task: why it is None}, "meta": {...}}
 int8_global: the checkpoint's global affine params applied to queries and corpus (dequantized,
 exact search). int8_per_dim: per-dimension ranges fitted on a mix of the eval corpus's image, text
-and pin embeddings. ann: the server's FAISS index (pinclip.serve.index.PinIndex, HNSW from
-`ann_hnsw_min` corpus items, else flat) over the int8 corpus, searched with fp32 queries.
+and pin embeddings. ann: the server's FAISS index (pinclip.serve.index.PinIndex; IVF, the kind the server builds
+at scale, from `ann_min` corpus items, else flat) over the int8 corpus, searched with fp32 queries.
 """
 
 from __future__ import annotations
@@ -266,12 +266,12 @@ def calibration_mix(arrays: dict[str, np.ndarray], dim: int, seed: int = 0) -> n
     return np.concatenate(parts)
 
 
-def ann_top10(vectors: TaskVectors, quant: GlobalAffine, version: str, hnsw_min: int) -> tuple[np.ndarray, str]:
+def ann_top10(vectors: TaskVectors, quant: GlobalAffine, version: str, ann_min: int) -> tuple[np.ndarray, str]:
     """Top-10 corpus positions (Q, 10) from the server's FAISS index over the int8 corpus."""
     from pinclip.serve.index import IndexConfig, PinIndex
 
     n = len(vectors.corpus)
-    kind = "hnsw" if n >= hnsw_min else "flat"
+    kind = "ivf" if n >= ann_min else "flat"
     index = PinIndex.build(quantize(vectors.corpus, quant), [str(i) for i in range(n)], quant, version,
                            config=IndexConfig(kind=kind))
     extra = 0 if vectors.exclude is None else 1
@@ -280,12 +280,12 @@ def ann_top10(vectors: TaskVectors, quant: GlobalAffine, version: str, hnsw_min:
     for q, row in enumerate(found):
         kept = [int(i) for i in row if vectors.exclude is None or int(i) != vectors.exclude[q]][:10]
         ids[q, : len(kept)] = kept
-    params = ", ".join(f"{k}={v}" for k, v in index.meta.params.items() if k in ("hnsw_m", "ef_search"))
+    params = ", ".join(f"{k}={v}" for k, v in index.meta.params.items() if k in ("nlist", "nprobe"))
     return ids, f"{kind}({params})" if params else kind
 
 
 def quantization_recalls(vectors: TaskVectors, quant: GlobalAffine, mix: np.ndarray, fp32: float,
-                         version: str, ann: bool, hnsw_min: int) -> dict[str, Any]:
+                         version: str, ann: bool, ann_min: int) -> dict[str, Any]:
     """Recall@10 at fp32, global int8, per-dimension int8 and through the ANN index."""
     def recall10(q: np.ndarray, c: np.ndarray) -> float:
         return float(retrieval_metrics(q, c, vectors.relevant, ks=(10,), exclude=vectors.exclude)["recall@10"])
@@ -300,7 +300,7 @@ def quantization_recalls(vectors: TaskVectors, quant: GlobalAffine, mix: np.ndar
         "ann": None,
     }
     if ann:
-        ids, kind = ann_top10(vectors, quant, version, hnsw_min)
+        ids, kind = ann_top10(vectors, quant, version, ann_min)
         out["ann"] = float(recall_at_k(ids, vectors.relevant, ks=(10,))["recall@10"])
         out["ann_index"] = kind
     return out
@@ -323,7 +323,7 @@ def evaluate_checkpoint(
     tasks: Sequence[str] | None = None,
     quantization: bool = True,
     max_pins: int = 2000,
-    ann_hnsw_min: int = 500,
+    ann_min: int = 500,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -359,7 +359,7 @@ def evaluate_checkpoint(
                 mix = mixes.setdefault(width, calibration_mix(arrays, width))
                 quant = encoder.quant or fit_global_affine(mix, method="percentile", percentile=99.99)
                 result["quantization"].setdefault(task, {})[split] = quantization_recalls(
-                    v, quant, mix, full["recall@10"], encoder.version, ann, ann_hnsw_min)
+                    v, quant, mix, full["recall@10"], encoder.version, ann, ann_min)
     result["meta"] = _meta(encoder, checkpoint_dir, dataset, splits, specs, all_test, started)
     return result
 

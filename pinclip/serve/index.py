@@ -7,8 +7,9 @@ The index stores exactly our int8 codes: a QT_8bit_uniform ScalarQuantizer whose
 from the embeddings' GlobalAffine (pinclip.quant.faiss_sq_index), so FAISS never retrains it and
 scores a float query q against the stored x_dq = s·(x_q − z) by inner product <q, x_dq>.
 Kinds: "flat" (exact scan of the codes), "hnsw" (graph over the codes), "ivf" (inverted lists
-without residuals); "auto" picks flat below 50k vectors, HNSW (M=32, efConstruction=80) below 2M,
-IVF above. HNSW's efSearch and IVF's nprobe are tuned at build time to the smallest value reaching
+without residuals); "auto" picks flat below 50k vectors and IVF above: at 256 int8 dims HNSW's
+graph links (M=32: 256 bytes a vector) double the memory of the codes, where IVF adds ~8%
+(bench/results.md, search at scale). HNSW (M=32, efConstruction=80) stays a choice. HNSW's efSearch and IVF's nprobe are tuned at build time to the smallest value reaching
 recall@10 >= 0.95 against exact search, both for a sample of stored vectors as queries (self
 excluded, as for related pins) and for random directions (off-distribution, like text queries).
 Ids: FAISS id i is row i of the sidecar ids.parquet (pin_id). `load_embeddings` reads one field's
@@ -100,8 +101,7 @@ class IndexConfig:
     hnsw_m: int = 32
     ef_construction: int = 80
     target_recall: float = 0.95  # recall@10 vs exact that efSearch / nprobe are tuned for
-    flat_max: int = 50_000  # auto: exact scan below this many vectors
-    ivf_min: int = 2_000_000  # auto: IVF from this many vectors
+    flat_max: int = 50_000  # auto: exact scan below this many vectors, IVF from there
     tune_queries: int = 200
     seed: int = 0
 
@@ -124,7 +124,7 @@ def choose_kind(n: int, config: IndexConfig) -> str:
         raise PinIndexError(f"unknown index kind {config.kind!r}; use one of {', '.join(KINDS)}")
     if config.kind != "auto":
         return config.kind
-    return "flat" if n < config.flat_max else ("hnsw" if n < config.ivf_min else "ivf")
+    return "flat" if n < config.flat_max else "ivf"
 
 
 def exact_top_k(queries: np.ndarray, base: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:

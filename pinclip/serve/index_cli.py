@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--embeddings", required=True, help="folder written by `pinclip embed`")
     b.add_argument("--out", required=True, help="index folder to write")
     b.add_argument("--kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
-                   help="auto: exact below 50k vectors, HNSW below 2M, IVF above")
+                   help="auto: exact below 50k vectors, IVF above (HNSW needs ~2x the codes' memory)")
     b.add_argument("--field", choices=FIELDS, default="pin", help="which embedding to index (default pin)")
     b.add_argument("--hnsw-m", type=int, default=32)
     b.add_argument("--ef-construction", type=int, default=80)

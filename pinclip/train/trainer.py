@@ -144,10 +144,13 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     torch.manual_seed(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     dataset = load_dataset_dir(cfg.train.data_dir)
     data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0)
     model = PinCLIP(cfg.model).to(device).eval()
+    features_started = time.perf_counter()
     feats = compute_features(model, data, cfg.train.cache_dir, rank, progress)
+    setup_s = {"prepare_seconds": features_started - started, "features_seconds": time.perf_counter() - features_started}
     optimizer, scheduler = build_optimizer(model, cfg)
     start = _maybe_resume(out_dir / "last", model, optimizer, scheduler, device) if resume else 0
     _broadcast_parameters(model)
@@ -182,7 +185,7 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     final = out_dir / "final"
     if rank == 0:
         meta = {"quant": calibrate_quant(model, data, feats, device), "train_pins": int(len(data.train_rows)),
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, **setup_s}
         version = save_checkpoint(final, model, cfg, cfg.train.steps, meta=meta)
         log.write({"step": cfg.train.steps, "final": str(final), "version": version})
     if dist.is_initialized():
