@@ -7,8 +7,8 @@ All contenders start from the same decoded RGB images and the same preprocessing
   eager-b1    baseline: EfficientNet.from_pretrained('efficientnet-lite0'), eval(), torch.no_grad(),
               one NCHW image at a time, extract_features + global average pool (1280-d features)
   eager-b16   baseline: the same on NCHW batches of 16
-  reference   Embedder.embed_images without a feature cache (channels-last tower under inference_mode,
-              then PinCLIP's image mode: pooling, projector, 2 transformer layers, head)
+  reference   Embedder.embed_images without a feature cache (the frozen tower through ONNX Runtime
+              on the whole list, then PinCLIP's image mode: pooling, projector, 2 transformer layers, head)
   torch-*     pinclip.models.fast.FastImageEncoder, backend torch, fp32 / bf16, batch 16
   onnx-b*     FastImageEncoder, backend onnx (ONNX Runtime), batch 1 / 8 / 32
 Ours do strictly more work than the baselines (the whole image mode after the tower).
