@@ -2,7 +2,7 @@
 #   make demo        # venv + installs + demo data, then the whole pipeline on the demo corpus
 #   make demo SERVE=0  # same, without starting the server at the end (ends by itself)
 #   make test        # venv + installs + demo data, then the test suite
-#   make report      # the demo's evaluation against every baseline + scaling curve (~45 min more)
+#   make report      # the demo's evaluation against every baseline + scaling curve (~30 min more)
 #   make bench       # benchmarks against peer tools (long; not part of the tests)
 PYTHON ?= python3
 VENV := .venv

@@ -5,7 +5,7 @@ Stages, each a public `pinclip` command, each skipped or resumed when its output
     train  pinclip train (demo preset)  -> <out>/train  (checkpoints, metrics.jsonl)
     eval   pinclip eval --run           -> <out>/eval   (metrics.json, report.md, plots; <out>/baselines)
            beside the frozen-towers baseline; with --full-eval also the two trained baselines and the
-           dataset-scaling curve (five more training runs: about 45 min more on 2 CPU cores)
+           dataset-scaling curve (five more training runs: about 30 min more on 2 CPU cores)
     embed  pinclip embed                -> <out>/embed  (int8 parquet shards + manifest)
     index  pinclip index build          -> <out>/index  (FAISS index over the int8 codes)
     serve  pinclip serve                   http://127.0.0.1:8000 (skipped with --serve 0)
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "splits.json) instead of building the demo corpus")
     p.add_argument("--skip-eval", action="store_true", help="skip the evaluation and its report")
     p.add_argument("--full-eval", action="store_true", help="evaluate against every baseline and the "
-                   "scaling curve, training what is missing (`make report`; about 45 min more on 2 CPU cores)")
+                   "scaling curve, training what is missing (`make report`; about 30 min more on 2 CPU cores)")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training config overrides (repeatable)")
     p.set_defaults(func=run)

@@ -96,6 +96,18 @@ def test_restart_skips_complete_shards_and_redoes_damaged_ones(pins_with_problem
     assert {p.name: p.read_bytes() for p in out.iterdir()} == original
 
 
+def test_a_moved_run_folder_resumes(pins_with_problems, tmp_path):
+    import shutil
+
+    embed_pins_table(FakeEmbedder(), pins_with_problems, tmp_path / "out", shard_size=4, progress=False)
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(tmp_path, moved)
+    again = FakeEmbedder()
+    manifest = embed_pins_table(again, moved / "pins.parquet", moved / "out", shard_size=4, progress=False)
+    assert again.calls == [] and manifest.complete  # same table content, same shards: nothing redone
+    assert manifest.pins["path"] == str((moved / "pins.parquet").resolve())
+
+
 def test_other_settings_in_the_same_folder_are_refused(pins_with_problems, tmp_path):
     embed_pins_table(FakeEmbedder(), pins_with_problems, tmp_path / "out", shard_size=4, progress=False)
     with pytest.raises(EmbedJobError, match="shard_size"):

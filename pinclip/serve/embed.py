@@ -81,8 +81,11 @@ class Manifest:
         return -(-self.pins["rows"] // self.shard_size)
 
     def settings(self) -> dict[str, Any]:
-        """What must match for a restart to reuse this run's shards."""
-        return {k: getattr(self, k) for k in ("format", "model_version", "dim", "quant", "pins", "shard_size", "keep_fp32")}
+        """What must match for a restart to reuse this run's shards. The pins table counts by content
+        (rows, fingerprint), not by path: a run folder moved with its data still resumes."""
+        out = {k: getattr(self, k) for k in ("format", "model_version", "dim", "quant", "shard_size", "keep_fp32")}
+        out["pins"] = {k: v for k, v in self.pins.items() if k != "path"}
+        return out
 
     def totals(self) -> dict[str, Any]:
         """Counts over the whole run: rows written, pins skipped by reason, unreadable images."""
