@@ -130,9 +130,11 @@ def evaluate_run(run_dir: str | Path, baselines: bool | Sequence[str] = True, sc
     base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
     wanted = list(BASELINES) if baselines is True else list(baselines or [])
     made = train_baselines(base_cfg, run_dir, wanted, steps=steps, progress=options.progress)
-    found = {n: run_dir / "baselines" / n for n in BASELINES}
-    found = {n: p for n, p in found.items() if (p / "meta.json").is_file() or (p / "final" / "meta.json").is_file()}
-    models = {"pinclip": main, **{n: made.get(n, found.get(n)) for n in BASELINES if n in made or n in found}}
+    models = {"pinclip": main}
+    for name in BASELINES:  # the ones just made, and any an earlier call left in <run>/baselines
+        folder = run_dir / "baselines" / name
+        if name in made or (folder / "meta.json").is_file() or (folder / "final" / "meta.json").is_file():
+            models[name] = made.get(name, folder)
     dataset = dataset or load_dataset_dir(base_cfg.train.data_dir)
     curve = scaling_curve(base_cfg, run_dir, fractions, steps=steps, dataset=dataset, cache_dir=base_cfg.train.cache_dir,
                           progress=options.progress) if scaling else None

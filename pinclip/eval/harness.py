@@ -22,8 +22,9 @@ Result, for one model:
      "notes": {task: why it is None}, "meta": {...}}
 int8_global: the checkpoint's global affine params applied to queries and corpus (dequantized,
 exact search). int8_per_dim: per-dimension ranges fitted on a mix of the eval corpus's image, text
-and pin embeddings. ann: the server's FAISS index (pinclip.serve.index.PinIndex; IVF, the kind the server builds
-at scale, from `ann_min` corpus items, else flat) over the int8 corpus, searched with fp32 queries.
+and pin embeddings. ann: the server's FAISS index (pinclip.serve.index.PinIndex; IVF, the kind the
+server builds at scale, from `ann_min` corpus items, else flat) over the int8 corpus, searched with
+fp32 queries.
 """
 
 from __future__ import annotations

@@ -174,8 +174,6 @@ class FastImageEncoder:
         self.model, self.backend, self.precision, self.batch_size = model, backend, precision, batch_size
         self.cfg = model.cfg.vision
         self.device = next(model.parameters()).device
-        if backend == "onnx" and not onnx_available():
-            raise RuntimeError("the onnx backend needs onnx and onnxruntime: pip install onnx onnxruntime")
         self.tower = TowerRunner(model.vision, self.cfg.image_size, backend=backend, precision=precision)
 
     @torch.inference_mode()

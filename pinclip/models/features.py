@@ -80,6 +80,8 @@ class TowerRunner:
         if backend == "onnx":
             from pinclip.models.fast import onnx_session
 
+            if not onnx_available():  # asked for by name: say so, do not fall back quietly
+                raise RuntimeError("the onnx backend needs onnx and onnxruntime: pip install onnx onnxruntime")
             try:
                 self.session = onnx_session(_TowerGraph(tower).eval(), (torch.zeros(2, 3, image_size, image_size),),
                                             ["pixels"], {"pixels": {0: "batch"}, "out": {0: "batch"}})
