@@ -10,8 +10,9 @@ Kinds: "flat" (exact scan of the codes), "hnsw" (graph over the codes), "ivf" (i
 without residuals); "auto" picks flat below 50k vectors and IVF above: at 256 int8 dims HNSW's
 graph links (M=32: 256 bytes a vector) double the memory of the codes, where IVF adds ~8%
 (bench/results.md, search at scale). HNSW (M=32, efConstruction=80) stays a choice. HNSW's
-efSearch and IVF's nprobe are tuned at build time to the smallest value reaching recall@10 >= 0.95 against exact search, both for a sample of stored vectors as queries (self
-excluded, as for related pins) and for random directions (off-distribution, like text queries).
+efSearch and IVF's nprobe are tuned at build time to the smallest value reaching recall@10 >= 0.95
+against exact search, both for a sample of stored vectors as queries (self excluded, as for related
+pins) and for random directions (off-distribution, like text queries).
 Ids: FAISS id i is row i of the sidecar ids.parquet (pin_id). `load_embeddings` reads one field's
 codes back from the shards of a finished `pinclip embed` run.
 
