@@ -39,6 +39,7 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka dims; the first is the full embedding
     projector_hidden: int = 1024
+    pin_mode: str = "fused"  # "fused": one pass over [visual; text] tokens | "late": unit(image) + unit(mean text)
 
 
 @dataclass

@@ -3,9 +3,9 @@
 Stages, each a public `pinclip` command, each skipped or resumed when its output is already there:
     data   pinclip data demo            -> <out>/data   (pins, boards, splits, dataset.md, contact sheet)
     train  pinclip train (demo preset)  -> <out>/train  (checkpoints, metrics.jsonl)
-    eval   pinclip eval --run           -> <out>/eval   (metrics.json, report.md, plots; <out>/baselines)
-           beside the frozen-towers baseline; with --full-eval also the two trained baselines and the
-           dataset-scaling curve (five more training runs: about 30 min more on 2 CPU cores)
+    eval   pinclip eval --run           -> <out>/eval   (metrics.json, report.md, plots, TREC files;
+           beside the untrained baselines bm25 and frozen; with --full-eval (`make report`) every
+           trained baseline, 3 seeds of each trained model and the dataset-scaling curves)
     embed  pinclip embed                -> <out>/embed  (int8 parquet shards + manifest)
     index  pinclip index build          -> <out>/index  (FAISS index over the int8 codes)
     serve  pinclip serve                   http://127.0.0.1:8000 (skipped with --serve 0)
@@ -35,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="use this dataset folder (pins.parquet, boards.parquet, "
                    "splits.json) instead of building the demo corpus")
     p.add_argument("--skip-eval", action="store_true", help="skip the evaluation and its report")
-    p.add_argument("--full-eval", action="store_true", help="evaluate against every baseline and the "
-                   "scaling curve, training what is missing (`make report`; about 30 min more on 2 CPU cores)")
+    p.add_argument("--full-eval", action="store_true", help="evaluate against every baseline with 3 seeds and "
+                   "the scaling curves, training what is missing (`make report`)")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training config overrides (repeatable)")
     p.set_defaults(func=run)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     timings.stage("train", lambda: main(train_args), done=(final / "meta.json").is_file())
     timings.split_features(final)
     if not args.skip_eval:
-        extent = ["--baselines", "all", "--scaling"] if args.full_eval else ["--baselines", "frozen"]
+        extent = ["--baselines", "all", "--seeds", "3", "--scaling"] if args.full_eval else ["--baselines", "bm25,frozen"]
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
     timings.stage("embed", lambda: main(["embed", "--checkpoint", str(final), "--pins", str(data / "pins.parquet"),
                                          "--out", str(out / "embed"), "--cache-dir", str(cache)]))

@@ -28,10 +28,11 @@ from pinclip.cli import UserError
 from pinclip.data import demo_clipart, demo_emoji
 from pinclip.data.demo_clipart import ClipartItem, FilterStep
 from pinclip.data.demo_emoji import EmojiConcept
+from pinclip.data.groups import audit_lines
 from pinclip.data.images import ImageError, composite_on_white, open_image, shrink_to_png
 from pinclip.data.schema import MAX_IMAGE_PIXELS
 from pinclip.data.sheet import contact_sheet
-from pinclip.data.splits import make_splits, split_sizes, write_splits
+from pinclip.data.splits import SplitConfig, split_sizes, split_tables, write_splits
 from pinclip.data.tables import load_edges, load_pins
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,8 +83,9 @@ class DemoConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     workers: int = 2
     cold_frac: float = 0.1
-    val_frac: float = 0.02
-    heldout_board_frac: float = 0.15
+    val_frac: float = 0.05
+    heldout_board_frac: float = 0.65  # of the curated boards (HELDOUT_KINDS): about 100 test Search queries
+    val_board_frac: float = 0.3
 
 
 @dataclass
@@ -115,6 +117,7 @@ class BuildLog:
     clipart_steps: list[FilterStep] = field(default_factory=list)
     emoji_notes: list[str] = field(default_factory=list)
     image_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    duplicates: list[str] = field(default_factory=list)  # the duplicate-group audit
 
 
 @dataclass
@@ -280,6 +283,11 @@ def drop_small_boards(pins: list[DemoPin]) -> None:
         pin.boards = [b for b in pin.boards if size[b[0]] >= 2]
 
 
+def _concept_group(pin: DemoPin) -> str | None:
+    """The emoji concept a pin draws (its styles are one group for the splits); None for clip art."""
+    return next((b[0] for b in pin.boards if b[2] == "concept"), None)
+
+
 def write_tables(pins: list[DemoPin], out_dir: str) -> tuple[pa.Table, pa.Table]:
     """pins.parquet and boards.parquet, rows sorted, written atomically with fixed settings."""
     pins = sorted(pins, key=lambda p: p.pin_id)
@@ -294,6 +302,7 @@ def write_tables(pins: list[DemoPin], out_dir: str) -> tuple[pa.Table, pa.Table]
             "queries": pa.array([p.queries for p in pins], strings),
             "annotations": pa.array([p.annotations for p in pins], strings),
             "source": pa.array([p.source for p in pins], string),
+            "group_id": pa.array([_concept_group(p) for p in pins], string),
         }
     )
     edges = sorted((board_id, p.pin_id, title, kind) for p in pins for board_id, title, kind in p.boards)
@@ -358,8 +367,19 @@ Boards with a single pin are dropped.
 ## Splits
 
 {splits}
+
+Cold-start and validation pins are whole duplicate groups (one emoji concept in every style, identical
+normalized titles, near-duplicate images), so none has a twin among the training pins. Only curated
+boards ({heldout_kinds}) are held out as ground truth; keyword and concept boards are derived from pin
+text and stay in the training graph.
+
+{duplicates}
 """
 SOURCES = ("openclipart", "noto", "twemoji", "symbola")
+# Boards whose membership comes from curation, not from pin text: only these are held out as ground truth.
+# Keyword boards (members = pins whose keywords contain the board title) and concept boards (members share
+# their title) would make Search a string-matching test; they stay in the training graph.
+HELDOUT_KINDS = ("category", "subgroup")
 BOARD_KINDS = {
     "category": "an Open Clip Art leaf category folder",
     "subgroup": "a Unicode emoji subgroup, all emoji styles",
@@ -411,6 +431,8 @@ def dataset_card(pins: list[DemoPin], config: DemoConfig, log: BuildLog, splits_
         coverage="\n".join(_coverage_row(pins, source) for source in SOURCES),
         boards=_board_rows(pins, config),
         splits=splits_line,
+        heldout_kinds=", ".join(HELDOUT_KINDS),
+        duplicates="\n".join(f"- {line.strip()}" for line in log.duplicates),
     )
 
 
@@ -469,18 +491,17 @@ def build_demo_corpus(
     )
     drop_small_boards(pins)
     write_tables(pins, out_dir)
-    pin_ids = [p.pin_id for p in pins]
-    edge_pins, edge_boards = (
-        [p.pin_id for p in pins for _ in p.boards],
-        [b[0] for p in pins for b in p.boards],
-    )
-    fractions = (config.cold_frac, config.val_frac, config.heldout_board_frac)
-    splits = make_splits(pin_ids, zip(edge_pins, edge_boards), config.seed, *fractions)
-    write_splits(splits, os.path.join(out_dir, "splits.json"))
-    splits_line = split_sizes(splits, pin_ids, edge_pins, edge_boards)
-    print(splits_line)
     loaded, _ = load_pins(os.path.join(out_dir, "pins.parquet"), check_images=False)
     edges, _ = load_edges(os.path.join(out_dir, "boards.parquet"), loaded.pin_ids)
+    split_config = SplitConfig(config.cold_frac, config.val_frac, config.heldout_board_frac, config.val_board_frac,
+                               HELDOUT_KINDS)
+    splits, groups = split_tables(loaded, edges, config.seed, split_config)
+    write_splits(splits, os.path.join(out_dir, "splits.json"))
+    edge_pins = [loaded.pin_ids[i] for i in edges.pin_index.tolist()]
+    edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
+    splits_line = split_sizes(splits, loaded.pin_ids, edge_pins, edge_boards)
+    print(splits_line)
+    log.duplicates = audit_lines(groups, loaded)
     contact_sheet(loaded, edges, os.path.join(out_dir, "contact_sheet.png"), seed=config.seed)
     _atomic_write(os.path.join(out_dir, "dataset.md"), dataset_card(pins, config, log, splits_line).encode())
     by_source = {s: sum(p.source == s for p in pins) for s in SOURCES}
