@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pinclip.baselines import BASELINES, TRAINED, create_untrained
+from pinclip.baselines import BASELINES, create_untrained
 from pinclip.cli import UserError
 from pinclip.config import Config, config_from_dict, config_to_dict
 
