@@ -53,8 +53,14 @@ class LossConfig:
     pin_text_weight: float = 0.5  # fused pin <-> text term
     neighbor_weight: float = 1.0  # lambda of L = L_image_text + lambda * L_neighbor
     image_text_weight: float = 1.0  # 0 switches the image-text terms off (ablations)
+    image_neighbor_weight: float = 0.0  # neighbor term on the image embedding too (visual search)
     quant_aware: bool = False  # add the straight-through global int8 term
     chunk_size: int = 0  # >0: compute contrastive losses over row chunks
+    mask_duplicates: bool = True  # duplicates (same group or text) in a batch are not negatives
+    mask_boards_in_image_text: bool = False  # pins sharing a training board are not image-text negatives
+    neighbor_candidates: str = "all"  # "all": every other batch row is a negative | "partners": the other
+    #                                   side only (a pin against the other neighbors, as in CLIP)
+    logq: bool = True  # subtract each candidate's log sampling probability (sampling-bias correction)
 
 
 @dataclass
@@ -64,6 +70,7 @@ class GraphConfig:
     restart_prob: float = 0.5
     top_k: int = 10
     board_damping: float = 0.5  # step into a board with probability ~ degree^-damping
+    hard_ranks: tuple[int, ...] = (20, 60)  # walk ranks [lo, hi) give hard negatives (with train.hard_negatives)
 
 
 @dataclass
@@ -75,6 +82,7 @@ class TrainConfig:
     batch_size: int = 128  # global batch (pins); half anchors, half their graph neighbors
     lr: float = 5e-4
     backbone_lr: float = 5e-5
+    scalar_lr: float = 1e-2  # contrastive temperatures and biases (own group, no weight decay)
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 1.0
@@ -85,6 +93,13 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
     train_fraction: float = 1.0  # share of the training pins used (dataset-scaling curves)
+    hard_negatives: bool = False  # one hard negative per anchor (graph.hard_ranks) joins the batch
+    memory_size: int = 0  # cross-batch memory of recent pin embeddings, extra neighbor negatives
+    field_dropout: float = 0.0  # fused pass: each text field dropped with this probability
+    text_dropout: float = 0.0  # fused pass: all text dropped (an image-only pin) with this probability
+    title_only: float = 0.0  # fused pass: only the title kept with this probability
+    feature_noise: float = 0.0  # Gaussian noise on cached visual tokens, in units of their std
+    token_dropout: float = 0.0  # each regional visual token zeroed with this probability
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
 
 

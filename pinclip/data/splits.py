@@ -143,6 +143,17 @@ def partition_boards(splits: dict, partition: str = "test") -> list[str]:
     return [b for b in splits["heldout_boards"] if (b in val) == (partition == "val")]
 
 
+def duplicate_group_of(pin_ids: Sequence[str], splits: dict) -> np.ndarray:
+    """(P,) group id per pin: pins of one splits.json duplicate group share it, other pins are alone."""
+    index = {p: i for i, p in enumerate(pin_ids)}
+    group = np.arange(len(pin_ids), dtype=np.int64)
+    for members in splits.get("duplicate_groups") or []:
+        rows = [index[p] for p in members if p in index]
+        if rows:
+            group[rows] = min(rows)
+    return group
+
+
 def training_edge_mask(edge_pins: Sequence[str], edge_boards: Sequence[str], splits: dict) -> np.ndarray:
     """(E,) bool: True for edges of the training graph (no held-out pin, no held-out board)."""
     held_pins = set(splits["cold_start_pins"]) | set(splits["val_pins"])

@@ -44,7 +44,7 @@ import numpy as np
 
 from pinclip.data.groups import normalize_text
 from pinclip.data.schema import TEXT_FIELDS, field_text
-from pinclip.data.splits import partition_boards
+from pinclip.data.splits import duplicate_group_of, partition_boards
 
 SPLITS: tuple[str, ...] = ("warm", "cold")
 TASKS: tuple[str, ...] = ("pintext_i2t", "pintext_t2i", "related", "search")
@@ -159,17 +159,6 @@ def split_pins(pin_ids: Sequence[str], splits: dict[str, Any], partition: str) -
         held[key] = np.array(sorted(index[p] for p in ids if p in index), np.int64)
     warm = np.setdiff1d(np.arange(len(pin_ids)), np.concatenate([held["cold_start_pins"], held["val_pins"]]))
     return {"warm": warm, "cold": held["val_pins" if partition == "val" else "cold_start_pins"]}
-
-
-def duplicate_group_of(pin_ids: Sequence[str], splits: dict[str, Any]) -> np.ndarray:
-    """(P,) group id per pin: pins of one splits.json duplicate group share it, other pins are alone."""
-    index = {p: i for i, p in enumerate(pin_ids)}
-    group = np.arange(len(pin_ids), dtype=np.int64)
-    for members in splits.get("duplicate_groups") or []:
-        rows = [index[p] for p in members if p in index]
-        if rows:
-            group[rows] = min(rows)
-    return group
 
 
 def board_members(data: EvalData, partition: str) -> dict[str, np.ndarray]:
