@@ -61,6 +61,8 @@ class LossConfig:
     neighbor_candidates: str = "all"  # "all": every other batch row is a negative | "partners": the other
     #                                   side only (a pin against the other neighbors, as in CLIP)
     logq: bool = True  # subtract each candidate's log sampling probability (sampling-bias correction)
+    distill_weight: float = 0.0  # relational distillation toward the frozen towers (keeps generality)
+    distill_tau: float = 0.05
 
 
 @dataclass

@@ -6,8 +6,9 @@ Sources (install with `bash scripts/install_demo_data.sh`): the Debian packages 
 openclipart-svg, fonts-noto-color-emoji (color emoji), fonts-symbola (monochrome outline emoji),
 unicode-data and unicode-cldr-core (names and keywords), and the npm package emoji-datasource-twitter
 (Twemoji). Each emoji concept is a Noto pin, a Twemoji pin and, if Symbola draws it, a Symbola pin.
-Writes pins.parquet, boards.parquet, splits.json, dataset.md, contact_sheet.png and images/ (PNGs,
-longer side <= 256 px, on white). The same seed and inputs give byte-identical files.
+Writes pins.parquet, boards.parquet, splits.json, splits_domain.json (whole top-level categories held
+out: the domain-shift split), dataset.md, contact_sheet.png and images/ (PNGs, longer side <= 256 px,
+on white). The same seed and inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from pinclip.data.groups import audit_lines
 from pinclip.data.images import ImageError, composite_on_white, open_image, shrink_to_png
 from pinclip.data.schema import MAX_IMAGE_PIXELS
 from pinclip.data.sheet import contact_sheet
-from pinclip.data.splits import SplitConfig, split_sizes, split_tables, write_splits
+from pinclip.data.splits import (
+    SplitConfig,
+    board_kinds_of,
+    make_domain_split,
+    split_sizes,
+    split_tables,
+    write_splits,
+)
 from pinclip.data.tables import load_edges, load_pins
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,6 +94,7 @@ class DemoConfig:
     val_frac: float = 0.05
     heldout_board_frac: float = 0.65  # of the curated boards (HELDOUT_KINDS): about 100 test Search queries
     val_board_frac: float = 0.3
+    domain_frac: float = 0.15  # the domain-shift split: whole top-level categories held out (splits_domain.json)
 
 
 @dataclass
@@ -98,6 +107,7 @@ class DemoPin:
     queries: list[str] | None = None
     annotations: list[str] | None = None
     boards: list[tuple[str, str, str]] = field(default_factory=list)  # (board_id, title, kind)
+    domain: str | None = None  # top-level clip art folder or emoji group (the domain-shift split)
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,7 @@ def clipart_pins(items: list[ClipartItem], root: str) -> list[DemoPin]:
             item.pin_id, "openclipart", job, item.title, description, annotations=item.keywords or None
         )
         pin.boards.append(category)
+        pin.domain = f"clipart/{item.rel_path.split('/')[0]}"
         pins.append(pin)
     return pins
 
@@ -169,9 +180,8 @@ def emoji_pins(concepts: list[EmojiConcept]) -> list[DemoPin]:
             styles.append(("tw", "twemoji", ("file", c.twemoji_png)))
         for prefix, source, job in styles:
             queries, keywords = list(c.short_names) or None, list(c.keywords) or None
-            pins.append(
-                DemoPin(f"{prefix}-{c.key}", source, job, c.title, None, queries, keywords, list(boards))
-            )
+            pins.append(DemoPin(f"{prefix}-{c.key}", source, job, c.title, None, queries, keywords, list(boards),
+                                domain=f"emoji/{c.group}"))
     return pins
 
 
@@ -283,6 +293,26 @@ def drop_small_boards(pins: list[DemoPin]) -> None:
         pin.boards = [b for b in pin.boards if size[b[0]] >= 2]
 
 
+def edge_pins_of(pins, edges) -> list[str]:
+    return [pins.pin_ids[i] for i in edges.pin_index.tolist()]
+
+
+def edge_boards_of(edges) -> list[str]:
+    return [edges.board_ids[b] for b in edges.board_index.tolist()]
+
+
+def domain_shift_folder(data_dir: str, out_dir: str) -> str:
+    """A dataset folder for the domain-shift split: links to the demo tables and images, its own splits.json."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("pins.parquet", "boards.parquet", "images"):
+        link = os.path.join(out_dir, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.relpath(os.path.join(data_dir, name), out_dir), link)
+    with open(os.path.join(data_dir, "splits_domain.json"), "rb") as f:
+        _write_if_changed(os.path.join(out_dir, "splits.json"), f.read())
+    return out_dir
+
+
 def _concept_group(pin: DemoPin) -> str | None:
     """The emoji concept a pin draws (its styles are one group for the splits); None for clip art."""
     return next((b[0] for b in pin.boards if b[2] == "concept"), None)
@@ -303,6 +333,7 @@ def write_tables(pins: list[DemoPin], out_dir: str) -> tuple[pa.Table, pa.Table]
             "annotations": pa.array([p.annotations for p in pins], strings),
             "source": pa.array([p.source for p in pins], string),
             "group_id": pa.array([_concept_group(p) for p in pins], string),
+            "domain": pa.array([p.domain for p in pins], string),
         }
     )
     edges = sorted((board_id, p.pin_id, title, kind) for p in pins for board_id, title, kind in p.boards)
@@ -497,8 +528,12 @@ def build_demo_corpus(
                                HELDOUT_KINDS)
     splits, groups = split_tables(loaded, edges, config.seed, split_config)
     write_splits(splits, os.path.join(out_dir, "splits.json"))
-    edge_pins = [loaded.pin_ids[i] for i in edges.pin_index.tolist()]
-    edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
+    domain = make_domain_split(loaded.pin_ids, zip(edge_pins_of(loaded, edges), edge_boards_of(edges)),
+                               dict(zip(loaded.pin_ids, loaded.extra["domain"])), config.seed, config.domain_frac,
+                               heldout_kinds=HELDOUT_KINDS, groups=dict(zip(loaded.pin_ids, groups.group.tolist())),
+                               board_kinds=board_kinds_of(edges))
+    write_splits(domain, os.path.join(out_dir, "splits_domain.json"))
+    edge_pins, edge_boards = edge_pins_of(loaded, edges), edge_boards_of(edges)
     splits_line = split_sizes(splits, loaded.pin_ids, edge_pins, edge_boards)
     print(splits_line)
     log.duplicates = audit_lines(groups, loaded)

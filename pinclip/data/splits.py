@@ -266,3 +266,43 @@ def split_tables(pins, edges, seed: int = 0, config: SplitConfig | None = None, 
     )
     splits["config"]["duplicates"] = {**asdict(duplicates), "images_hashed": found.images_hashed}
     return splits, found
+
+
+def make_domain_split(pin_ids: Sequence[str], edges: Iterable[tuple[str, str]], domains: Mapping[str, str | None],
+                      seed: int = 0, domain_frac: float = 0.15, *, heldout_kinds: Collection[str] | None = None,
+                      groups: Mapping[str, object] | None = None, board_kinds: Mapping[str, str | None] | None = None,
+                      min_board_pins: int = 3) -> dict:
+    """A domain-shift split: whole domains (e.g. top-level categories) held out as cold-start pins.
+
+    Domains are visited in a seeded order and held out while they fit under `domain_frac` of the pins
+    (at least one is). The held-out boards are the boards of `heldout_kinds` whose pins all lie in the
+    held-out domains: the model never saw those domains, their pins or their boards. No validation
+    share: settings are chosen on the ordinary split, and this one only measures generality."""
+    if not 0.0 < domain_frac < 1.0:
+        raise UserError(f"domain_frac must be in (0, 1), got {domain_frac}")
+    pins = sorted(set(pin_ids))
+    known = {p: d for p, d in domains.items() if d}
+    if len(set(known.values())) < 2:
+        raise UserError("a domain-shift split needs a domain column with at least two domains")
+    rng = np.random.default_rng([seed, 11])
+    cold, _ = held_out_groups([p for p in pins if p in known], known, round(domain_frac * len(pins)), 0, rng)
+    if not cold:  # every domain is larger than the target: hold out the smallest
+        sizes = defaultdict(list)
+        for p, d in known.items():
+            sizes[d].append(p)
+        cold = set(min(sizes.values(), key=len))
+    members: dict[str, set[str]] = defaultdict(set)
+    for pin_id, board_id in edges:
+        members[board_id].add(pin_id)
+    kinds = set(heldout_kinds) if heldout_kinds is not None else None
+    heldout = sorted(b for b, m in members.items() if m <= cold and len(m) >= min_board_pins
+                     and (kinds is None or (board_kinds or {}).get(b) in kinds))
+    duplicate = defaultdict(list)
+    for pin in pins:
+        if groups and pin in groups:
+            duplicate[groups[pin]].append(pin)
+    return {"seed": int(seed), "cold_start_pins": sorted(cold), "val_pins": [], "heldout_boards": heldout,
+            "val_boards": [], "duplicate_groups": sorted(g for g in duplicate.values() if len(g) > 1),
+            "config": {"kind": "domain_shift", "domain_frac": domain_frac,
+                       "heldout_kinds": sorted(kinds) if kinds is not None else None,
+                       "domains": sorted({known[p] for p in cold})}}

@@ -26,6 +26,7 @@ import torch
 
 from pinclip.config import LossConfig
 from pinclip.data.schema import TEXT_FIELDS
+from pinclip.losses.distill import relational_distillation
 from pinclip.losses.gather import rank_and_world
 from pinclip.losses.image_text import multi_positive_contrastive
 from pinclip.losses.matryoshka import fake_quant_global_affine, matryoshka_loss
@@ -45,6 +46,8 @@ class BatchContext:
     log_q: torch.Tensor  # (N,) log sampling probability of each row's pin
     rows: torch.Tensor  # (N,) pin row of each batch row (bank bookkeeping)
     bank_ignore: torch.Tensor | None = None  # (b, M) local rows vs bank entries not to use as negatives
+    teacher_pin: torch.Tensor | None = None  # (b, W) frozen towers' pin of each local row (distillation)
+    teacher_text: torch.Tensor | None = None  # (b, F, W') frozen text embedding of each field
 
 
 def field_weight_tensor(cfg: LossConfig, device: torch.device) -> torch.Tensor:
@@ -101,13 +104,30 @@ def objective(model: torch.nn.Module, out: dict[str, torch.Tensor], ctx: BatchCo
         if cfg.image_neighbor_weight > 0:
             terms.update(matryoshka_loss(lambda image: nb(image, logit_scale=model.nb_logit_scale,
                                                           name="image_neighbor"), {"image": out["image"]}, dims))
+    if cfg.distill_weight > 0:
+        terms.update(_distillation(out, ctx, cfg))
     if cfg.quant_aware and cfg.image_text_weight > 0:
         terms.update(_quant_aware_term(out, contrastive))
     terms["loss"] = (cfg.image_text_weight * terms.get("image_text", 0.0)
                      + cfg.pin_text_weight * terms.get("pin_text", 0.0)
                      + cfg.neighbor_weight * terms.get("neighbor", 0.0)
                      + cfg.image_neighbor_weight * terms.get("image_neighbor", 0.0)
+                     + cfg.distill_weight * terms.get("distill", 0.0)
                      + terms.get("quant_image_text", 0.0))
+    return terms
+
+
+def _distillation(out: dict[str, torch.Tensor], ctx: BatchContext, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Relational distillation of the fused pin and of every present text field toward the frozen towers."""
+    terms: dict[str, torch.Tensor] = {}
+    if "pin" in out and ctx.teacher_pin is not None:
+        terms.update(relational_distillation(out["pin"], ctx.teacher_pin, tau=cfg.distill_tau, name="distill_pin"))
+    if "text" in out and ctx.teacher_text is not None:
+        b, f, d = out["text"].shape
+        terms.update(relational_distillation(out["text"].reshape(b * f, d), ctx.teacher_text.reshape(b * f, -1),
+                                             valid=out["text_mask"].reshape(-1), tau=cfg.distill_tau,
+                                             name="distill_text"))
+    terms["distill"] = sum(terms.values())
     return terms
 
 

@@ -51,6 +51,7 @@ class Features:
     has_image: np.ndarray  # (P,) bool
     states: TextStates
     feature_std: float = 1.0  # std of the visual tokens of pins with an image (noise scale)
+    teacher_text: np.ndarray | None = None  # (P, F, W) frozen towers' unit field embeddings (distillation)
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -68,8 +69,10 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: int, progress: bool) -> Features:
-    """Image features and text states of every pin; rank 0 fills the caches, the others read them."""
+def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: int, progress: bool,
+                     teacher: bool = False) -> Features:
+    """Image features and text states of every pin (and the frozen teacher's field embeddings when
+    `teacher`); rank 0 fills the caches, the others read them."""
     pins = data.dataset.pins
     texts = field_strings(pins.texts, len(pins))
     for turn in (0, 1):
@@ -77,10 +80,26 @@ def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: i
             vis, ok = image_features(model.vision, model.cfg.vision, pins.images, cache_dir,
                                      progress=progress and rank == 0)
             states = compute_text_states(model.backbone, texts, cache_dir=cache_dir, progress=progress and rank == 0)
+            teacher_text = teacher_field_embeddings(model, texts, cache_dir, progress and rank == 0) if teacher else None
         if dist.is_initialized():
             dist.barrier()
     std = float(vis[ok].astype(np.float32).std()) if ok.any() else 1.0
-    return Features(vis, ok, states, std)
+    return Features(vis, ok, states, std, teacher_text)
+
+
+def teacher_field_embeddings(model: PinCLIP, texts: list[list[str]], cache_dir: str, progress: bool) -> np.ndarray:
+    """(P, F, W) unit mean-pooled embeddings of every field by the whole frozen backbone (the `frozen`
+    baseline's text tower), cached like any text state."""
+    import copy
+
+    from pinclip.baselines.frozen import mean_pooled_fields
+    from pinclip.models.backbone import Backbone
+
+    frozen_cfg = copy.deepcopy(model.cfg.backbone)
+    frozen_cfg.train_layers = 0
+    frozen = Backbone(frozen_cfg).to(next(model.parameters()).device).eval()
+    fields, _ = mean_pooled_fields(compute_text_states(frozen, texts, cache_dir=cache_dir, progress=progress))
+    return fields / np.maximum(np.linalg.norm(fields, axis=-1, keepdims=True), 1e-12)
 
 
 SCALARS = ("it_logit_scale", "it_logit_bias", "nb_logit_scale", "nb_logit_bias")
@@ -163,7 +182,22 @@ def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, ran
                        torch.from_numpy(gb.same).to(device), torch.from_numpy(gb.share_board).to(device),
                        torch.from_numpy(gb.log_q).float().to(device), torch.from_numpy(gb.rows).to(device),
                        bank_ignore)
+    if feats.teacher_text is not None:
+        text, pin = teacher_rows(feats, rows, gb.fused_keep[lo:hi])
+        ctx.teacher_text, ctx.teacher_pin = torch.from_numpy(text).to(device), torch.from_numpy(pin).to(device)
     return batch, ctx
+
+
+def teacher_rows(feats: Features, rows: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher field embeddings (b, F, W) and teacher pins (b, C + W) of batch rows, the pin formed as the
+    `frozen` baseline forms it (unit image beside the unit mean of the fields the fused pass kept)."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    text = feats.teacher_text[rows].astype(np.float32)  # (b, F, W)
+    image = unit(feats.vis[rows, 0].astype(np.float32)) * feats.has_image[rows, None]  # (b, C) global token
+    kept = unit((text * keep[..., None]).sum(1))  # (b, W)
+    return text, unit(np.concatenate([image, kept], axis=1))
 
 
 def validate(model: PinCLIP, data: TrainingData, feats: Features, cfg: Config, device: torch.device) -> dict:
@@ -206,7 +240,7 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     model = PinCLIP(cfg.model).to(device).eval()
     init_contrastive_scalars(model, cfg)
     features_started = time.perf_counter()
-    feats = compute_features(model, data, cfg.train.cache_dir, rank, progress)
+    feats = compute_features(model, data, cfg.train.cache_dir, rank, progress, teacher=cfg.loss.distill_weight > 0)
     setup_s = {"prepare_seconds": features_started - started, "features_seconds": time.perf_counter() - features_started}
     optimizer, scheduler = build_optimizer(model, cfg)
     bank = EmbeddingMemory(cfg.train.memory_size, cfg.model.dims[0], device) if cfg.train.memory_size else None
