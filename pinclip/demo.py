@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     timings.stage("train", lambda: main(train_args), done=(final / "meta.json").is_file())
     timings.split_features(final)
     if not args.skip_eval:
-        extent = ["--baselines", "all", "--seeds", "3", "--scaling"] if args.full_eval else ["--baselines", "bm25,frozen"]
+        extent = ["--baselines", "all", "--seeds", "3", "--scaling", "--domain-shift"] if args.full_eval \
+            else ["--baselines", "bm25,frozen"]
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
     timings.stage("embed", lambda: main(["embed", "--checkpoint", str(final), "--pins", str(data / "pins.parquet"),
                                          "--out", str(out / "embed"), "--cache-dir", str(cache)]))

@@ -127,3 +127,21 @@ def scaling_runs(base_cfg: Config, run_dir: str | Path, fractions: Sequence[floa
                 checkpoint = train_once(cfg, progress)
             points.append({"fraction": float(fraction), "budget": budget, "checkpoint": str(checkpoint)})
     return points
+
+
+def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True) -> tuple[Path, dict[str, list[Path]]]:
+    """(dataset folder, {name: [folder]}) of the domain-shift experiment: PinCLIP trained on the split that
+    holds whole top-level categories out (the data folder's splits_domain.json), beside the untrained
+    baselines, which need no training and so are the run's own."""
+    from pinclip.data.demo import domain_shift_folder
+
+    data_dir = Path(base_cfg.train.data_dir)
+    if not (data_dir / "splits_domain.json").is_file():
+        raise UserError(f"{data_dir / 'splits_domain.json'} not found: the domain-shift split is written by "
+                        "`pinclip data demo`, or by `pinclip data split --domain-column ... --out splits_domain.json`")
+    folder = Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
+    cfg = with_overrides(base_cfg, {"train": {"data_dir": str(folder), "out_dir": str(Path(run_dir) / "domain" / "train"),
+                                              "seed": 0}})
+    models = {"pinclip": [train_once(cfg, progress)]}
+    models.update(make_models(base_cfg, run_dir, ["frozen", "bm25"], progress=progress))
+    return folder, models

@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1, help="with --run: train PinCLIP and each trained baseline "
                    "with this many seeds (report mean +- std)")
     p.add_argument("--scaling", action="store_true", help="with --run: the dataset-scaling curves (trains models)")
+    p.add_argument("--domain-shift", action="store_true", help="with --run: train PinCLIP on the domain-shift split "
+                   "(whole top-level categories held out) and judge it beside frozen and bm25 (<run>/eval-domain)")
     p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help="with --scaling: shares of the training pins")
     p.add_argument("--steps", type=int, default=None, help="training steps of trained baselines and seeds")
     p.add_argument("--partition", default="test", choices=("test", "val"),
@@ -54,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the model's train.cache_dir)")
     p.add_argument("--max-queries", type=int, default=1000, help="queries per task and split")
     p.add_argument("--no-ann", action="store_true", help="skip the FAISS index comparison")
+    p.add_argument("--no-quant", action="store_true", help="skip the int8, ANN and Matryoshka-prefix tables")
     p.add_argument("--no-trec", action="store_true", help="do not write TREC run and qrels files")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -103,6 +106,7 @@ class EvalOptions:
     all_test: bool = False
     max_queries: int = 1000
     ann: bool = True
+    quantization: bool = True
     trec: bool = True
     device: str = "cpu"
     progress: bool = True
@@ -124,7 +128,9 @@ def evaluate_models(models: dict[str, Sequence[Path]], dataset: Any, out_dir: st
             evaluations.setdefault(name, []).append(evaluate_checkpoint(
                 folder, dataset, partition=options.partition, all_test=options.all_test, regimes=options.regimes,
                 tasks=options.tasks, cache_dir=cache_dir or _cache_of(folder), max_queries=options.max_queries,
-                ann=options.ann, device=options.device, progress=options.progress, trec_dir=trec, name=name))
+                ann=options.ann, quantization=options.quantization, dims=None if options.quantization else [],
+                device=options.device,
+                progress=options.progress, trec_dir=trec, name=name))
     results = {"models": evaluations, "scaling": scaling, "dataset": dataset_summary(dataset),
                "partition": options.partition}
     return write_report(results, out_dir)
@@ -161,6 +167,29 @@ def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int 
                            options, curve)
 
 
+def evaluate_domain_shift(run_dir: str | Path, cache_dir: str | None = None, options: EvalOptions | None = None
+                          ) -> dict[str, Path]:
+    """Train PinCLIP on the domain-shift split (pinclip.experiments.domain_shift_models) and write its report,
+    beside frozen and bm25, to <run>/eval-domain (test partition: the held-out domains are the cold pins)."""
+    import dataclasses
+
+    import yaml
+
+    from pinclip.config import config_from_dict
+    from pinclip.experiments import domain_shift_models
+    from pinclip.train.dataset import load_dataset_dir
+
+    options = dataclasses.replace(options or EvalOptions(), partition="test")
+    main = Path(run_dir) / "train" / "final"
+    if not (main / "meta.json").is_file():
+        raise UserError(f"{main}: no trained PinCLIP model; train it first")
+    base_cfg = config_from_dict(yaml.safe_load((main / "config.yaml").read_text()))
+    base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
+    folder, models = domain_shift_models(base_cfg, run_dir, options.progress)
+    return evaluate_models(models, load_dataset_dir(folder), Path(run_dir) / "eval-domain", base_cfg.train.cache_dir,
+                           options)
+
+
 def _scaling_curve(points: list[dict[str, Any]], dataset: Any, cache_dir: str, options: EvalOptions
                    ) -> dict[str, Any]:
     """PinText Recall@10 (mean of both directions over warm and cold) of every scaling point."""
@@ -188,16 +217,19 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.run) == bool(args.checkpoint):
         raise UserError("give either --checkpoint C [...] or --run RUN")
-    if (args.baselines or args.scaling or args.seeds != 1) and not args.run:
-        raise UserError("--baselines, --seeds and --scaling need --run")
+    if (args.baselines or args.scaling or args.domain_shift or args.seeds != 1) and not args.run:
+        raise UserError("--baselines, --seeds, --scaling and --domain-shift need --run")
     regimes = _names_list(args.regimes, REGIMES, "--regimes")
     tasks = _names_list(args.tasks, TASKS, "--tasks") if args.tasks else None
     options = EvalOptions(args.partition, regimes, tasks, args.all_test, args.max_queries, not args.no_ann,
-                          not args.no_trec, args.device, not args.quiet)
+                          not args.no_quant, not args.no_trec, args.device, not args.quiet)
     if args.run:
         dataset = _load_data(args) if (args.pins or args.boards) else None
         paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
                              _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options)
+        if args.domain_shift:
+            domain = evaluate_domain_shift(args.run, args.cache_dir, options)
+            print(f"domain-shift report: {domain['report']}")
     else:
         models = {name: [Path(c)] for name, c in zip(_names(args), args.checkpoint)}
         paths = evaluate_models(models, _load_data(args), args.out or "eval", args.cache_dir, options)

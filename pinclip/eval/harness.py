@@ -212,7 +212,7 @@ def evaluate_checkpoint(
             **{k: values[k] for k in SUMMARY_METRICS}, "query_ids": [spec.query_ids[q] for q in values["rows"]]}
         if trec_dir is not None:
             _write_trec(Path(trec_dir), name, spec, ids, scores)
-        if vectors is not None and regime == "full":
+        if vectors is not None and regime == "full" and (quantization or dims):
             embedded[(task, split, regime)] = vectors
     _dims_and_quantization(result, encoder, specs, embedded, dims, quantization, ann, ann_min)
     result["meta"] = _meta(encoder, checkpoint_dir, dataset, splits, specs, partition, all_test, started)

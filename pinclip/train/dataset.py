@@ -170,6 +170,8 @@ class Batch:
     share_board: np.ndarray  # (N, N) bool: share a training board (i != j)
     fused_keep: np.ndarray  # (N, F) bool: text fields the fused pass sees
     log_q: np.ndarray  # (N,) log sampling probability of each row's pin
+    canonical: np.ndarray  # (N,) each row's position in [all anchors; all partners; all hard]: per-row
+    #                        randomness is drawn in that order, so it does not depend on the world size
 
 
 def draw_partners(data: TrainingData, anchors: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -223,12 +225,13 @@ def batch_at(data: TrainingData, step: int, cfg: BatchConfig, world: int = 1) ->
     partners, has_neighbor = draw_partners(data, anchors, rng)
     hard = draw_hard(data, anchors, rng) if cfg.hard_negatives else np.zeros(0, np.int64)
     per, extra = half // world, len(hard) // world
-    blocks = [np.concatenate([anchors[r * per:(r + 1) * per], partners[r * per:(r + 1) * per],
-                              hard[r * extra:(r + 1) * extra]]) for r in range(world)]
-    order = np.concatenate(blocks)  # (N,)
-    keep = fused_field_mask(len(order), cfg, np.random.default_rng([cfg.seed, 3, step]))
+    canonical = np.concatenate([anchors, partners, hard])  # (N,)
+    position = np.concatenate([np.concatenate([np.arange(r * per, (r + 1) * per), half + np.arange(r * per, (r + 1) * per),
+                                               2 * half + np.arange(r * extra, (r + 1) * extra)]) for r in range(world)])
+    order = canonical[position]  # (N,) rank blocks of [anchors; partners; hard]
+    keep = fused_field_mask(len(order), cfg, np.random.default_rng([cfg.seed, 3, step]))[position]
     return Batch(order, per, extra, has_neighbor.reshape(world, per), same_mask(data, order),
-                 share_board_mask(data, order), keep, data.log_q[order])
+                 share_board_mask(data, order), keep, data.log_q[order], position)
 
 
 def same_mask(data: TrainingData, rows: np.ndarray) -> np.ndarray:

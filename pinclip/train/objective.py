@@ -45,6 +45,7 @@ class BatchContext:
     share_board: torch.Tensor  # (N, N) bool shared training board
     log_q: torch.Tensor  # (N,) log sampling probability of each row's pin
     rows: torch.Tensor  # (N,) pin row of each batch row (bank bookkeeping)
+    canonical: torch.Tensor | None = None  # (N,) each row's position in [all anchors; all partners; all hard]
     bank_ignore: torch.Tensor | None = None  # (b, M) local rows vs bank entries not to use as negatives
     teacher_pin: torch.Tensor | None = None  # (b, W) frozen towers' pin of each local row (distillation)
     teacher_text: torch.Tensor | None = None  # (b, F, W') frozen text embedding of each field

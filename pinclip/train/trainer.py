@@ -145,12 +145,21 @@ def init_contrastive_scalars(model: PinCLIP, cfg: Config) -> None:
         model.it_logit_bias.fill_(bias)
 
 
-def augment_features(vis: torch.Tensor, cfg: Config, generator: torch.Generator, feature_std: float) -> torch.Tensor:
-    """Feature-level augmentation of cached visual tokens (B, T, C): Gaussian noise and regional-token dropout."""
+def augment_features(vis: torch.Tensor, cfg: Config, step: int, rows: np.ndarray, total: int, feature_std: float
+                     ) -> torch.Tensor:
+    """Feature-level augmentation of this rank's cached visual tokens (b, T, C): Gaussian noise and
+    regional-token dropout, drawn for the whole global batch of `total` rows from (seed, step) in the
+    batch's canonical order and indexed by `rows` (their canonical positions), so 1 or N ranks see the
+    same noise."""
+    if cfg.train.feature_noise <= 0 and cfg.train.token_dropout <= 0:
+        return vis
+    generator = torch.Generator().manual_seed(int(np.random.default_rng([cfg.train.seed, 4, step]).integers(2**62)))
+    index = torch.from_numpy(rows)
+    noise = torch.randn((total, *vis.shape[1:]), generator=generator)[index]  # (b, T, C)
+    drop = (torch.rand((total, vis.shape[1]), generator=generator) < cfg.train.token_dropout)[index]  # (b, T)
     if cfg.train.feature_noise > 0:
-        vis = vis + cfg.train.feature_noise * feature_std * torch.randn(vis.shape, generator=generator)
+        vis = vis + cfg.train.feature_noise * feature_std * noise
     if cfg.train.token_dropout > 0 and vis.shape[1] > 1:
-        drop = torch.rand(vis.shape[:2], generator=generator) < cfg.train.token_dropout  # (B, T)
         drop[:, 0] = False  # the global token always stays
         vis = vis.masked_fill(drop[..., None], 0.0)
     return vis
@@ -167,10 +176,8 @@ def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, ran
     lo, hi = rank * b, (rank + 1) * b
     rows = gb.rows[lo:hi]
     batch = text_batch(feats.states, rows, pin_keep=gb.fused_keep[lo:hi])
-    generator = torch.Generator().manual_seed(int(np.random.default_rng([cfg.train.seed, 4, step, rank])
-                                                  .integers(2**62)))
     vis = torch.from_numpy(feats.vis[rows].astype(np.float32))
-    batch["vis"] = augment_features(vis, cfg, generator, feats.feature_std)
+    batch["vis"] = augment_features(vis, cfg, step, gb.canonical[lo:hi], len(gb.rows), feats.feature_std)
     batch["has_image"] = torch.from_numpy(feats.has_image[rows])
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     bank_ignore = None
@@ -181,7 +188,7 @@ def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, ran
     ctx = BatchContext(gb.anchors, gb.extra, torch.from_numpy(gb.has_neighbor[rank]).to(device),
                        torch.from_numpy(gb.same).to(device), torch.from_numpy(gb.share_board).to(device),
                        torch.from_numpy(gb.log_q).float().to(device), torch.from_numpy(gb.rows).to(device),
-                       bank_ignore)
+                       torch.from_numpy(gb.canonical).to(device), bank_ignore)
     if feats.teacher_text is not None:
         text, pin = teacher_rows(feats, rows, gb.fused_keep[lo:hi])
         ctx.teacher_text, ctx.teacher_pin = torch.from_numpy(text).to(device), torch.from_numpy(pin).to(device)
@@ -345,11 +352,9 @@ def _push_bank(bank: EmbeddingMemory, out: dict[str, torch.Tensor], ctx: BatchCo
     """Every rank pushes the gathered anchor and partner embeddings of this step (the same on all ranks)."""
     pins = all_gather_no_grad(out["pin"].detach())  # (N, D)
     _, world = rank_and_world()
-    b = pins.shape[0] // world
-    keep = torch.zeros(pins.shape[0], dtype=torch.bool, device=pins.device)
-    for r in range(world):
-        keep[r * b: r * b + 2 * ctx.anchors] = True  # hard rows are not pushed (they are not sampled uniformly)
-    bank.push(pins[keep], ctx.rows[keep], ctx.log_q[keep])
+    order = torch.argsort(ctx.canonical)  # anchors, then partners, then hard rows, whatever the world size
+    order = order[: 2 * ctx.anchors * world]  # hard rows are not pushed (they are not sampled uniformly)
+    bank.push(pins[order], ctx.rows[order], ctx.log_q[order])
 
 
 def _save_last(out_dir: Path, model, cfg, step, optimizer, scheduler, rank, bank=None) -> None:
