@@ -253,7 +253,7 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     bank = EmbeddingMemory(cfg.train.memory_size, cfg.model.dims[0], device) if cfg.train.memory_size else None
     start = _maybe_resume(out_dir / "last", model, optimizer, scheduler, device, bank) if resume else 0
     _broadcast_parameters(model)
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    bf16 = use_bf16(cfg.train.precision, device)
     log = _Log(out_dir / "metrics.jsonl", start, enabled=rank == 0)
     if rank == 0 and start == 0:
         log.write({"step": 0, **validate(model, data, feats, cfg, device)})
@@ -292,6 +292,25 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     if dist.is_initialized():
         dist.barrier()
     return final
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or "auto" on a GPU or on a CPU with native bf16 instructions."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
 def needed_modes(loss) -> tuple[str, ...]:
