@@ -31,7 +31,8 @@ from pinclip.models.pinclip import PinCLIP
 from pinclip.models.text_states import TextStates, compute_text_states, field_strings
 from pinclip.quant import fit_global_affine
 from pinclip.train.checkpoint import save_checkpoint
-from pinclip.train.dataset import TrainingData, batch_at, load_dataset_dir, prepare_training
+from pinclip.train.data_source import load_source, training_source
+from pinclip.train.dataset import TrainingData, batch_at, prepare_training
 from pinclip.train.objective import objective
 
 
@@ -145,7 +146,7 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     out_dir = Path(cfg.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    dataset = load_dataset_dir(cfg.train.data_dir)
+    dataset = load_source(training_source(cfg.train))
     data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0)
     model = PinCLIP(cfg.model).to(device).eval()
     features_started = time.perf_counter()
