@@ -70,7 +70,8 @@ def build_paths(model_dir: Path, work: Path, calibration: list[str], max_tokens:
 
     timed("st-torch-fp32", lambda: _load(folder, "torch", None, max_tokens))
     timed("st-onnx-fp32", lambda: _load(folder, "onnx", None, max_tokens))
-    models["st-onnx-fp32"].save_pretrained(str(folder))  # onnx/model.onnx, the base of the exports
+    if not (folder / "onnx" / "model.onnx").exists():
+        models["st-onnx-fp32"].save_pretrained(str(folder))  # onnx/model.onnx, the base of the exports
     if not (folder / "onnx" / "model_O3.onnx").exists():
         export_optimized_onnx_model(models["st-onnx-fp32"], "O3", str(folder))
     timed("st-onnx-O3", lambda: _load(folder, "onnx", "onnx/model_O3.onnx", max_tokens))
@@ -78,7 +79,8 @@ def build_paths(model_dir: Path, work: Path, calibration: list[str], max_tokens:
         export_dynamic_quantized_onnx_model(models["st-onnx-fp32"], "avx512_vnni", str(folder))
     timed("st-onnx-qint8-vnni", lambda: _load(folder, "onnx", "onnx/model_qint8_avx512_vnni.onnx", max_tokens))
     timed("st-openvino-fp32", lambda: _load(folder, "openvino", None, max_tokens))
-    models["st-openvino-fp32"].save_pretrained(str(folder))
+    if not (folder / "openvino" / "openvino_model.xml").exists():
+        models["st-openvino-fp32"].save_pretrained(str(folder))
     if not (folder / "openvino" / "openvino_model_qint8_quantized.xml").exists():
         export_static_quantized_openvino_model(
             models["st-openvino-fp32"], None, str(folder), dataset_name=str(_calibration_folder(work, calibration)),
