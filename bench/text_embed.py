@@ -15,7 +15,7 @@ is the reference.
 
 Ours: the reference path (Embedder.embed_texts) and pinclip.models.fast.FastTextEncoder on torch
 (fp32, int8, bf16), ONNX Runtime (fp32) and OpenVINO (fp32, bf16, int8 calibrated on 300 other demo
-titles). Quality: each title retrieving its own pin's keyword list among all of them, Recall@10 with
+titles with the FFN output projections in float, and int8-all with them in int8 too). Quality: each title retrieving its own pin's keyword list among all of them, Recall@10 with
 queries and corpus from the same path; ours relative to our reference path, the peer's relative to
 its torch path. Ours is the fastest path keeping >= 99% of Recall@10.
 """
@@ -122,6 +122,9 @@ def our_paths(model, meta, calibration: list[str]) -> dict:
         encoder = FastTextEncoder(model, backend=backend, precision=precision, batch_size=BATCH,
                                   calibration_texts=calibration)
         paths[f"{backend}-{precision}"] = encoder.embed
+    every_linear = FastTextEncoder(model, backend="openvino", precision="int8", batch_size=BATCH,
+                                   calibration_texts=calibration, int8_ffn_out=True)
+    paths["openvino-int8-all"] = every_linear.embed  # FFN output projections in int8 too
     return paths
 
 

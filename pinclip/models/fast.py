@@ -18,7 +18,7 @@ Backends (bench/text_embed.py and bench/image_embed.py measure each against the 
     "openvino"  (text) that ONNX graph compiled by OpenVINO (models/openvino_runner.py), batches
              in flight on throughput streams: "fp32", "bf16" (native bf16 kernels), or "int8"
              (NNCF static int8 calibrated on `calibration_texts`; FFN output projections stay in
-             float, as in the torch int8 path)
+             float, as in the torch int8 path, unless int8_ffn_out)
     "torch"  eager PyTorch under inference_mode, in one of three precisions:
              "fp32"; "bf16" (autocast); "int8" (dynamic int8 linear layers, except the FFN output
              projections, whose GELU inputs have outlier ranges that per-tensor int8 clips)
@@ -133,7 +133,7 @@ class FastTextEncoder:
     """Text-only embeddings of raw strings: tokenize once, length-bucket, one pass per batch."""
 
     def __init__(self, model: PinCLIP, backend: str = "onnx", precision: str = "fp32", batch_size: int = 64,
-                 calibration_texts: Sequence[str] = ()) -> None:
+                 calibration_texts: Sequence[str] = (), int8_ffn_out: bool = False) -> None:
         _check_options(backend, precision)
         model.eval()
         self.model, self.backend, self.precision, self.batch_size = model, backend, precision, batch_size
@@ -156,7 +156,7 @@ class FastTextEncoder:
 
             calibration = self._feeds(list(calibration_texts), "title") if precision == "int8" else []
             self.runner = OpenVinoRunner(onnx_bytes(*export), precision, torch.get_num_threads(), calibration,
-                                         FFN_OUTPUT_NODES)
+                                         () if int8_ffn_out else FFN_OUTPUT_NODES)
 
     def _batch(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         if self.session is not None:
