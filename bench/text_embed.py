@@ -237,6 +237,7 @@ def run(ctx: BenchContext) -> BenchResult:
         "time ratios (peer reference time / path time). The peer's int8 and OpenVINO paths are measured "
         "against its own torch path's Recall@10.",
         "st runs MiniLM + mean pooling; ours runs MiniLM + a summary token + field tag + a trained head "
-        "(slightly more work per text).",
+        "(slightly more work per text). OpenVINO computes in bf16 on a CPU with AVX512-BF16 unless told f32: "
+        "st-openvino-fp32 is bf16 here (our openvino-fp32 forces f32).",
     ]
     return result
