@@ -8,6 +8,7 @@
     pinclip index build --embeddings DIR --out INDEX
     pinclip serve --index INDEX --checkpoint C
     pinclip demo --out runs/demo
+    pinclip run --pins pins.jsonl --boards boards.jsonl --out runs/mine
 
 Each module named below defines `add_parser(subparsers) -> None`, which registers its parser and
 sets `func` (a callable taking the parsed namespace and returning an exit code). Heavy imports
@@ -28,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "index": "pinclip.serve.index_cli",
     "serve": "pinclip.serve.serve_cli",
     "demo": "pinclip.demo",
+    "run": "pinclip.run",
 }
 
 

@@ -77,7 +77,10 @@ class GraphConfig:
 
 @dataclass
 class TrainConfig:
-    data_dir: str = "runs/demo/data"  # pins.parquet, boards.parquet, splits.json
+    data_dir: str = "runs/demo/data"  # pins.*, boards.* (parquet, jsonl or csv), splits.json
+    pins: str = ""  # your own tables instead of data_dir: pins table (.parquet, .jsonl or .csv) ...
+    boards: str = ""  # ... board edges table (same formats) ...
+    splits: str = ""  # ... and splits.json (empty: nothing held out)
     out_dir: str = "runs/demo/train"
     cache_dir: str = "runs/cache"
     steps: int = 300

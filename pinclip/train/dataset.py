@@ -82,11 +82,11 @@ def load_dataset(pins_path: str | Path, boards_path: str | Path, splits_path: st
 
 
 def load_dataset_dir(data_dir: str | Path) -> Dataset:
-    d = Path(data_dir)
-    for name in ("pins.parquet", "boards.parquet", "splits.json"):
-        if not (d / name).is_file():
-            raise UserError(f"{d / name} not found (build the demo corpus with `pinclip data demo --out {d}`)")
-    return load_dataset(d / "pins.parquet", d / "boards.parquet", d / "splits.json")
+    """A dataset folder: pins and boards tables in any documented format and splits.json
+    (pinclip.train.data_source.folder_source says what is missing)."""
+    from pinclip.train.data_source import folder_source, load_source
+
+    return load_source(folder_source(data_dir))
 
 
 def duplicate_ids(pins: PinsTable, splits: dict) -> np.ndarray:

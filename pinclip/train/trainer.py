@@ -34,14 +34,8 @@ from pinclip.models.pinclip import PinCLIP
 from pinclip.models.text_states import TextStates, compute_text_states, field_strings
 from pinclip.quant import fit_global_affine
 from pinclip.train.checkpoint import save_checkpoint
-from pinclip.train.dataset import (
-    BatchConfig,
-    TrainingData,
-    batch_at,
-    load_dataset_dir,
-    prepare_training,
-    share_board_mask,
-)
+from pinclip.train.data_source import load_source, training_source
+from pinclip.train.dataset import BatchConfig, TrainingData, batch_at, prepare_training, share_board_mask
 from pinclip.train.objective import BatchContext, objective
 
 
@@ -241,7 +235,7 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     out_dir = Path(cfg.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    dataset = load_dataset_dir(cfg.train.data_dir)
+    dataset = load_source(training_source(cfg.train))
     data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0,
                             hard_negatives=cfg.train.hard_negatives)
     model = PinCLIP(cfg.model).to(device).eval()
