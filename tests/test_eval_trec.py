@@ -80,3 +80,22 @@ def test_excluded_items_are_in_neither_file(written):
     assert len(search["shape-circle"]) == 72 - 9 and not held & search["shape-circle"].keys()
     assert len(relevant["shape-circle"]) == 18 - 9 and not held & relevant["shape-circle"].keys()
     assert "red-square-0" in search["shape-circle"]  # a cold pin of another board competes in the corpus
+
+
+def test_a_second_evaluation_in_the_same_folder_leaves_no_stale_file(tiny_checkpoint, catalog, tmp_path):
+    """Qrels are rewritten by every evaluation, and `pinclip eval` clears the run files of an earlier one."""
+    from pinclip.eval.cli import EvalOptions, evaluate_models
+
+    dataset = load_dataset(catalog["pins"], catalog["boards"], None)
+    dataset.splits = eval_splits()
+    trec = tmp_path / "trec"
+    evaluate_checkpoint(tiny_checkpoint, dataset, tasks=["search"], quantization=False, progress=False, trec_dir=trec)
+    evaluate_checkpoint(tiny_checkpoint, dataset, partition="val", tasks=["search"], quantization=False,
+                        progress=False, trec_dir=trec)
+    assert list(read_qrels(trec / "qrels" / "search.warm.full.qrels")) == ["color-yellow"]  # the val board
+    options = EvalOptions(partition="val", regimes=("image",), tasks=("search",), ann=False, progress=False)
+    evaluate_models({"pinclip": [tiny_checkpoint]}, dataset, tmp_path, options=options)
+    assert sorted(p.name for p in (trec / "pinclip").iterdir()) == ["search.cold.image.run.gz",
+                                                                     "search.warm.image.run.gz"]
+    assert sorted(p.name for p in (trec / "qrels").iterdir()) == ["search.cold.image.qrels", "search.warm.image.qrels"]
+    assert not (trec / "model").exists()
