@@ -189,3 +189,51 @@ def test_only_curated_boards_are_held_out(demo):
     assert {"keyword", "concept"} <= set(kind.values())  # they exist, and stay in training
     assert splits["val_boards"] and set(splits["val_boards"]) < set(splits["heldout_boards"])
     assert splits["config"]["heldout_kinds"] == ["category", "subgroup"]
+
+
+def write_jsonl_tables(folder) -> tuple[str, str]:
+    """Ten pins: emoji-like twins by group_id, a title shared by two more, and curated and keyword boards."""
+    import json
+
+    titles = ["cat", "cat face", "dog", "Dog!", "owl", "fox", "bee", "ant", "elk", "yak"]
+    group_id = ["c", "c", None, None, None, None, None, None, None, None]
+    pins = [{"pin_id": f"p{i}", "title": t, "group_id": g} for i, (t, g) in enumerate(zip(titles, group_id))]
+    edges = [{"pin_id": f"p{i}", "board_id": "animals", "board_kind": "category"} for i in range(10)] + \
+        [{"pin_id": f"p{i}", "board_id": "kw-d", "board_kind": "keyword"} for i in range(2, 6)]
+    (folder / "pins.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pins))
+    (folder / "boards.jsonl").write_text("".join(json.dumps(e) + "\n" for e in edges))
+    return str(folder / "pins.jsonl"), str(folder / "boards.jsonl")
+
+
+def test_validate_command_prints_the_dedup_audit(tmp_path, capsys):
+    from pinclip.cli import main
+
+    pins, boards = write_jsonl_tables(tmp_path)
+    assert main(["data", "validate", "--pins", pins, "--boards", boards, "--no-image-check"]) == 0
+    out = capsys.readouterr().out
+    assert "duplicate groups: 2 groups of 2 or more pins hold 4 of 10 pins (sizes 2: 2)" in out
+    assert "links: same group_id 1, same normalized text 1, near-duplicate image 0 (not checked" in out
+    assert "e.g. 2 pins: cat | cat face" in out and "e.g. 2 pins: dog | dog" in out
+
+
+def test_split_command_holds_out_groups_whole_and_only_the_named_kinds(tmp_path, capsys):
+    import json
+
+    from pinclip.cli import main
+
+    pins, boards = write_jsonl_tables(tmp_path)
+    out = tmp_path / "splits.json"
+    argv = ["data", "split", "--pins", pins, "--boards", boards, "--out", str(out), "--no-image-check",
+            "--cold-frac", "0.2", "--val-frac", "0.2", "--heldout-board-frac", "0.99"]
+    for seed in range(6):
+        assert main([*argv, "--seed", str(seed), "--heldout-kinds", "category"]) == 0
+        splits = json.loads(out.read_text())
+        held = set(splits["cold_start_pins"]) | set(splits["val_pins"])
+        for pair in ({"p0", "p1"}, {"p2", "p3"}):
+            assert pair <= set(splits["cold_start_pins"]) or pair <= set(splits["val_pins"]) or not pair & held
+        assert splits["heldout_boards"] == ["animals"] and splits["duplicate_groups"] == [["p0", "p1"], ["p2", "p3"]]
+    capsys.readouterr()
+    assert main([*argv, "--heldout-kinds", "subgroup"]) == 2
+    err = capsys.readouterr().err
+    assert "held-out board kinds ['subgroup'] are not in the boards table's board_kind column" in err
+    assert "kinds present: category, keyword" in err
