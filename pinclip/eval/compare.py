@@ -53,7 +53,7 @@ def ablation_table(folders: dict[str, str | Path], reference: str, metric: str =
     cells = _cells(ref_doc, ref_model)
     header = ["model", *(f"{SHORT[t]} {s} {r}" for t, s, r in cells), "mean"]
     rows = []
-    for name, (doc, per_query, model) in loaded.items():
+    for name, (_doc, per_query, model) in loaded.items():
         values, cell_texts = [], []
         for cell in cells:
             ours = _seed_mean(per_query, model, cell, metric)
