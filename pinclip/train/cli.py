@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pinclip.cli import UserError
 
@@ -23,12 +24,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pinclip.config import load_config
+    from pinclip.data.splits import read_splits
     from pinclip.train.trainer import train
 
     try:
         cfg = load_config(args.config, args.overrides, preset=args.preset)
     except ValueError as err:
         raise UserError(str(err)) from None
+    splits = Path(cfg.train.data_dir) / "splits.json"
+    if splits.is_file():
+        read_splits(str(splits))  # a wrongly typed splits.json stops here, naming the key
     final = train(cfg, resume=not args.no_resume, progress=not args.quiet)
     print(f"final checkpoint: {final}")
     return 0
