@@ -6,6 +6,7 @@ app turns into {"detail": message} responses.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import urllib.parse
@@ -27,6 +28,7 @@ from pinclip.serve.index import PinIndexError
 
 IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF87a": "image/gif",
                     b"GIF89a": "image/gif"}
+_LIBC: Any = None  # ctypes handle of glibc, False where there is none
 CARD_IMAGE_SIDE = 512  # images of pins added over HTTP are kept as PNGs at most this large
 
 
@@ -58,6 +60,20 @@ def image_type(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return next((kind for sig, kind in IMAGE_SIGNATURES.items() if data.startswith(sig)), None)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a large decode back to the OS (glibc keeps it in per-thread arenas otherwise)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim(0)
+        except (OSError, AttributeError):
+            _LIBC = False
+        return
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def unicode_problem(text: str) -> str | None:
@@ -129,6 +145,9 @@ class PinService:
             except ImageError as err:
                 status = 413 if err.reason.startswith("image too large") else 422
                 raise ServiceError(status, f"uploaded file {name!r}: {err.reason}") from None
+            finally:
+                if len(data) > 32_768 or self.limits.max_decodes == 1:
+                    release_freed_memory()
 
     def pin_image(self, pin_id: str) -> tuple[bytes, str]:
         """The image bytes and media type of a pin; only image files under the allowed folders."""
