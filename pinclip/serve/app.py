@@ -24,10 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pinclip.serve.service import PinService, ServeLimits, ServiceError
 
@@ -41,6 +45,7 @@ class ErrorBody(BaseModel):
 
 
 ERROR_TEXT = {
+    400: "the body cannot be parsed: not UTF-8 JSON, or broken multipart data",
     401: "missing or invalid bearer token",
     404: "unknown pin, or no image for it",
     409: "the write is for another model version than the index's",
@@ -107,6 +112,30 @@ async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
+async def method_not_allowed(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """405 whose Allow header lists the methods of the routes for this path (Starlette names one route's).
+
+    A path like /pins/a/image matches both GET /pins/{pin_id}/image and DELETE /pins/{pin_id} (pin ids
+    may hold "/"); the routes that match with the least text in their parameters are the ones meant.
+    """
+    if exc.status_code != 405:
+        if request.url.path.startswith("/v1/"):
+            from pinclip.serve.openai_api import openai_error
+
+            return openai_error(exc.status_code, str(exc.detail), exc.headers)
+        return await http_exception_handler(request, exc)
+    candidates: dict[int, set[str]] = {}
+    for route in request.app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        match, child = route.matches({**request.scope, "method": next(iter(route.methods))})
+        if match != Match.NONE:
+            absorbed = sum(len(str(v)) for v in child.get("path_params", {}).values())
+            candidates.setdefault(absorbed, set()).update(route.methods)
+    allowed = ", ".join(sorted(candidates[min(candidates)])) if candidates else ""
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allowed})
+
+
 async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
     return await service_error(request, ServiceError(422, "the JSON is nested too deeply"))
 
@@ -134,6 +163,7 @@ def create_app(embedder: Any, index: Any, pins_meta: dict[str, dict], token: str
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RecursionError, too_deep)
+    app.add_exception_handler(StarletteHTTPException, method_not_allowed)
     embed_routes(app, svc)
     search_routes(app, svc)
     pin_routes(app, svc, token)

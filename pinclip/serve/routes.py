@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StringConstraints, create_model
 
 from pinclip.data.schema import LIST_FIELDS, STRING_FIELDS, TEXT_FIELDS
 from pinclip.serve.app import errors
@@ -44,7 +44,7 @@ def request_models(svc: PinService) -> tuple[type[BaseModel], type[BaseModel]]:
     """The JSON bodies of /embed/text and POST /search/text, with this server's limits."""
     text, limits = text_type(svc.limits), svc.limits
     texts_request = create_model("TextsRequest", texts=(list[text], Field(min_length=1, max_length=limits.max_texts)),
-                                 dim=(dim_type(svc), None), int8=(bool, False))
+                                 dim=(dim_type(svc), None), int8=(StrictBool, False))
     text_query = create_model("TextQuery", q=(text, ...), k=(int, Field(10, ge=1, le=limits.max_k)))
     return texts_request, text_query
 
@@ -68,13 +68,11 @@ def embed_routes(app: FastAPI, svc: PinService) -> None:
         return {"status": "ok", "model_version": svc.embedder.version, "index_size": len(svc.backend),
                 "index_kind": meta.kind, "field": meta.field, "dim": meta.dim, "backend": svc.backend.name}
 
-    @app.post("/embed/text", response_model=EmbedResponse, response_model_exclude_none=True,
-              responses=errors(413, 422, 503))
+    @app.post("/embed/text", response_model=EmbedResponse, responses=errors(400, 413, 422, 503))
     def embed_text(body: texts_request) -> dict:  # type: ignore[valid-type]
         return svc.shape_vectors(svc.embed("text", body.texts), body.dim, body.int8)
 
-    @app.post("/embed/image", response_model=EmbedResponse, response_model_exclude_none=True,
-              responses=errors(413, 422, 503))
+    @app.post("/embed/image", response_model=EmbedResponse, responses=errors(400, 413, 422, 503))
     def embed_image(file: UploadFile = File(...), dim: dim_t = Form(None), int8: bool = Form(False)) -> dict:  # type: ignore[valid-type]
         image = svc.decode(file.file.read(svc.limits.max_body_bytes + 1), file.filename or "file")
         return svc.shape_vectors(svc.embed("image", [image]), dim, int8)
@@ -102,19 +100,19 @@ class SearchResponse(BaseModel):
 def search_routes(app: FastAPI, svc: PinService) -> None:
     _, text_query = request_models(svc)
     k_query = Query(10, ge=1, le=svc.limits.max_k)
-    found = {"response_model": SearchResponse, "response_model_exclude_none": True}
+    found = {"response_model": SearchResponse}
 
-    @app.get("/search/text", **found, responses=errors(413, 422, 503))
+    @app.get("/search/text", **found, responses=errors(400, 413, 422, 503))
     def search_text_get(q: Annotated[str, BeforeValidator(valid_unicode)] = Query(
             ..., min_length=1, max_length=svc.limits.max_text_chars, pattern=r"\S"), k: int = k_query) -> dict:
         return search_text(text_query(q=q, k=k))
 
-    @app.post("/search/text", **found, responses=errors(413, 422, 503))
+    @app.post("/search/text", **found, responses=errors(400, 413, 422, 503))
     def search_text(body: text_query) -> dict:  # type: ignore[valid-type]
         vector = svc.embed("text", [body.q], field="queries")[0]  # (D,) typed searches carry the queries tag
         return {"query": body.q} | svc.search_vector(vector, body.k)
 
-    @app.post("/search/image", **found, responses=errors(413, 422, 503))
+    @app.post("/search/image", **found, responses=errors(400, 413, 422, 503))
     def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=svc.limits.max_k)) -> dict:
         image = svc.decode(file.file.read(svc.limits.max_body_bytes + 1), file.filename or "file")
         return svc.search_vector(svc.embed("image", [image])[0], k)
@@ -206,7 +204,7 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
     auth = [Depends(token_checker(token))]
 
     @app.post("/pins", status_code=201, dependencies=auth, response_model=PinWritten,
-              responses=errors(401, 409, 413, 422, 503))
+              responses=errors(400, 401, 409, 413, 422, 503))
     def add_pin(
         image: UploadFile | None = File(None),
         texts: str | None = text_form("JSON object: title, description, caption, queries, annotations",
