@@ -56,7 +56,7 @@ def test_text_search_ranks_matching_titles_first(service):
     assert all(t.startswith("blue circle") for t in titles[:2])  # p002 and p020 are the two blue circles
     expected_scores, _ = index.search(embedder.embed_texts(["blue circle"]), 3)
     assert [h["score"] for h in body["results"]] == pytest.approx(expected_scores[0].tolist(), abs=1e-5)
-    assert body["results"][0]["image_url"] == f"/pins/{body['results'][0]['pin_id']}/image"
+    assert body["results"][0]["image_url"] == f"/images/{body['results'][0]['pin_id']}"
     posted = client.post("/search/text", json={"q": "blue circle", "k": 3}).json()
     assert posted["results"] == body["results"]
 
@@ -92,10 +92,10 @@ def test_pin_neighbors_and_related_exclude_self(service):
     assert related["query"]["title"] == "purple circle 4" and len(related["results"]) == 4
     assert "p004" not in [h["pin_id"] for h in related["results"]]
     assert [h["pin_id"] for h in related["results"]][:3] == [h["pin_id"] for h in with_self["results"]][1:]
-    image = client.get("/pins/p004/image")
+    image = client.get("/images/p004")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert client.get("/pins/p004").json() == {"pin_id": "p004", "title": "purple circle 4",
-                                               "image_url": "/pins/p004/image"}
+                                               "image_url": "/images/p004"}
 
 
 def test_add_pin_needs_the_token_and_is_searchable_at_once(service):
@@ -109,7 +109,7 @@ def test_add_pin_needs_the_token_and_is_searchable_at_once(service):
     assert added.status_code == 201 and added.json()["pin_id"] == "zig-1" and added.json()["index_size"] == 31
     assert client.get("/search/text", params={"q": "magenta zigzag", "k": 1}).json()["results"][0]["pin_id"] == "zig-1"
     assert client.get("/related/zig-1", params={"k": 3}).status_code == 200
-    stored = Image.open(io.BytesIO(client.get("/pins/zig-1/image").content))
+    stored = Image.open(io.BytesIO(client.get("/images/zig-1").content))
     assert stored.size == (40, 40) and stored.convert("RGB").getpixel((5, 5)) == (255, 0, 255)
     fresh = client.post("/pins", data={"title": "plain words", "queries": "one|two"}, headers=AUTH).json()
     assert fresh["pin_id"].startswith("fresh-") and len(index) == 32
@@ -130,7 +130,7 @@ def test_re_adding_a_pin_replaces_it_and_delete_removes_it(service):
     assert client.get("/pins/w-1").status_code == 404 and client.get("/related/w-1").status_code == 404
     assert client.delete("/pins/w-1", headers=AUTH).status_code == 404
     assert client.delete("/pins/p003", headers=AUTH).status_code == 200  # a pin of the table
-    assert client.get("/pins/p003/image").status_code == 404 and len(index) == 29
+    assert client.get("/images/p003").status_code == 404 and len(index) == 29
     hits = client.get("/search/text", params={"q": "green circle", "k": 29}).json()["results"]
     assert "p003" not in [hit["pin_id"] for hit in hits] and len(hits) == 29
 
@@ -160,7 +160,7 @@ BAD_REQUESTS = [
     ("get", "/related/nope", {}, 404, "pin 'nope' is not in the index"),
     ("get", "/search/pin/nope", {"params": {"k": 3}}, 404, "not in the index"),
     ("get", "/related/p001", {"params": {"k": 51}}, 422, "less than or equal to 50"),
-    ("get", "/pins/nope/image", {}, 404, "has no image"),
+    ("get", "/images/nope", {}, 404, "has no image"),
     ("get", "/pins/nope", {}, 404, "unknown pin"),
     ("post", "/embed/text", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
      "request body is not valid JSON"),

@@ -80,13 +80,13 @@ def test_deeply_nested_json_body_is_a_4xx(hostile, url):
 @pytest.mark.parametrize(("pin_id", "why"), [("p001", "outside"), ("p002", "outside"), ("p003", "no image"),
                                              ("p004", "outside")])
 def test_the_image_route_serves_only_images_under_the_tables_folder(hostile, pin_id, why):
-    response = hostile.get(f"/pins/{pin_id}/image")
+    response = hostile.get(f"/images/{pin_id}")
     assert response.status_code == 404 and why in response.json()["detail"]
     assert b"root:" not in response.content and b"PNG" not in response.content
 
 
 def test_an_image_inside_the_folder_is_served_with_its_sniffed_type(hostile):
-    response = hostile.get("/pins/p000/image")
+    response = hostile.get("/images/p000")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert response.content.startswith(b"\x89PNG")
 

@@ -10,7 +10,7 @@ Endpoints (JSON; OpenAPI at /openapi.json, docs at /docs):
     GET  /related/{pin_id}?k=             related pins: neighbors with the pin itself left out
     POST /pins  (Authorization: Bearer)   add or replace a pin (image + texts), durable before the answer
     DELETE /pins/{pin_id}  (Bearer)       remove a pin, durable before the answer
-    GET  /pins/{pin_id}   GET /pins/{pin_id}/image   metadata and image of a pin, for the page
+    GET  /pins/{pin_id}   GET /images/{pin_id}   metadata and image of a pin, for the page
     POST /v1/embeddings   GET /v1/models  the OpenAI embeddings API (pinclip.serve.openai_api)
 Errors are {"detail": message} (the /v1 routes answer in OpenAI's {"error": {...}} shape): 401
 missing or wrong token, 404 unknown pin, 409 another model version, 413 body over the limit, 422

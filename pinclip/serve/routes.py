@@ -231,7 +231,7 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
     def delete_pin(pin_id: str) -> dict:
         return svc.delete_pin(pin_id)
 
-    @app.get("/pins/{pin_id:path}/image", response_class=Response, responses={
+    @app.get("/images/{pin_id:path}", response_class=Response, responses={
         200: {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in
                           ("image/png", "image/jpeg", "image/gif", "image/webp")}, "description": "the image"},
         **errors(404)})

@@ -171,7 +171,7 @@ class PinService:
 
     def card(self, pin_id: str) -> dict[str, Any]:
         meta = self.backend.card(pin_id) or self.pins_meta.get(pin_id, {})
-        image_url = f"/pins/{urllib.parse.quote(pin_id, safe='')}/image" if meta.get("image") is not None else None
+        image_url = f"/images/{urllib.parse.quote(pin_id, safe='')}" if meta.get("image") is not None else None
         return {"pin_id": pin_id, "title": meta.get("title"), "image_url": image_url}
 
     def results(self, scores: np.ndarray, pin_ids: list[str]) -> dict[str, Any]:
