@@ -180,6 +180,11 @@ def test_cli_build_add_and_refuse_another_model(tmp_path, capsys):
     assert main(["index", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(fresh / "emb")]) == 0
     index = PinIndex.load(tmp_path / "idx")
     assert len(index) == 23 and "fresh-p001" in index
+    from pinclip.serve.faiss_backend import FaissBackend
+
+    store = FaissBackend.open(tmp_path / "idx")
+    assert store.card("fresh-p001")["title"] == "green circle 1"  # titles from the new pins' table
+    store.close()
     assert index.meta.sources == [str(first.resolve())]
 
     other = _embed(tmp_path / "c", 4, version="fake-2")

@@ -35,12 +35,19 @@ class MicroBatcher:
 
     def submit(self, item: Any, timeout: float | None = None) -> Any:
         """This item's result; QueueFull when the queue is at its limit."""
-        future: Future = Future()
-        try:
-            self.items.put_nowait((item, future))
-        except queue.Full:
-            raise QueueFull(f"{self.items.maxsize} requests are already waiting") from None
-        return future.result(timeout)
+        return self.submit_all([item], timeout)[0]
+
+    def submit_all(self, items: list[Any], timeout: float | None = None) -> list[Any]:
+        """The results of several items, queued together (they may share one call); QueueFull when the
+        queue cannot take them all (the ones already queued are still computed, and dropped)."""
+        futures: list[Future] = []
+        for item in items:
+            futures.append(Future())
+            try:
+                self.items.put_nowait((item, futures[-1]))
+            except queue.Full:
+                raise QueueFull(f"{self.items.maxsize} requests are already waiting") from None
+        return [future.result(timeout) for future in futures]
 
     def _collect(self) -> list[tuple[Any, Future]]:
         batch = [self.items.get()]

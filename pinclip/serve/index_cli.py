@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from pinclip.cli import UserError
 
@@ -68,12 +69,24 @@ def add(args: argparse.Namespace) -> int:
         emb = load_embeddings(args.embeddings, store.meta.field)
         store.index.check_compatible(emb.model_version, emb.quant, emb.dim)
         replaced = sum(p in store for p in emb.pin_ids)
-        store.put(emb.pin_ids, emb.codes, [{} for _ in emb.pin_ids], emb.model_version)
+        titles = titles_of(args.embeddings)
+        store.put(emb.pin_ids, emb.codes, [{"title": titles.get(p)} for p in emb.pin_ids], emb.model_version)
         print(f"added {len(emb.pin_ids) - replaced} pins and replaced {replaced} in {args.index}: now "
               f"{len(store)} ({store.meta.kind}); written to the index's log", file=sys.stderr)
     finally:
         store.close()
     return 0
+
+
+def titles_of(embeddings: str) -> dict[str, str | None]:
+    """pin_id -> title from the pins table an embedding run was made from (empty if it is gone)."""
+    from pinclip.serve.embed import Manifest
+    from pinclip.serve.serve_cli import load_pins_meta
+
+    path = Manifest.read(embeddings).pins.get("path")
+    if not path or not Path(path).is_file():
+        return {}
+    return {pin_id: meta["title"] for pin_id, meta in load_pins_meta(path).items()}
 
 
 def compact(args: argparse.Namespace) -> int:

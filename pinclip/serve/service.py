@@ -114,7 +114,7 @@ class PinService:
         """Embeddings (N, D) of texts, images or pin dicts, batched with other requests' items."""
         batcher = self._batcher(kind, field)
         try:
-            return np.stack([batcher.submit(item) for item in items])  # (N, D)
+            return np.stack(batcher.submit_all(items))  # (N, D)
         except QueueFull as err:
             raise ServiceError(503, f"server busy ({err}); retry shortly", {"Retry-After": "1"}) from None
 
