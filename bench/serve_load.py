@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchContext, BenchResult, Target, fmt, median, percentile, trained_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` importable when run as a script
+
+from bench.common import BenchContext, BenchResult, Target, fmt, median, percentile, trained_checkpoint  # noqa: E402
 
 CLIENTS = 16
 SECONDS = {"text search": 5.0, "image search": 5.0, "related pins": 5.0, "/v1/embeddings": 5.0,
@@ -113,6 +115,53 @@ def drive(url: str, make: Any, clients: int, seconds: float, pid: int) -> dict[s
             "peak_rss_mb": peak[0]}
 
 
+def big_png(side: int = 4400) -> bytes:
+    """A 4400x4400 RGB PNG of a few flat shapes: ~60 KB encoded, 58 MB of pixels (under the 20 M guard)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (side, side), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((600, 600, 3800, 3800), fill=(30, 60, 220))
+    draw.rectangle((1800, 200, 2600, 4200), fill=(220, 30, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def image_burst(url: str, pid: int, clients: int = 32) -> dict[str, Any]:
+    """`clients` concurrent image searches, one 4400x4400 PNG each: server RSS before, at peak, after."""
+    import httpx
+
+    png = big_png()
+    before = server_memory_mb(pid)["VmRSS"]
+    peak, done = [before], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], server_memory_mb(pid)["VmRSS"])
+            time.sleep(0.02)
+
+    def post(_: int) -> int:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            return http.post("/search/image", files={"file": ("big.png", png, "image/png")}, data={"k": "10"}).status_code
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        statuses = list(pool.map(post, range(clients)))
+    seconds = time.perf_counter() - started
+    time.sleep(1.0)
+    done.set()
+    watcher.join()
+    return {"clients": clients, "png_bytes": len(png), "ok": statuses.count(200), "seconds": seconds,
+            "rss_before_mb": before, "rss_peak_mb": peak[0], "rss_after_mb": server_memory_mb(pid)["VmRSS"]}
+
+
 def run_setting(ctx: BenchContext, checkpoint: Path, extra: list[str], port: int) -> dict[str, Any]:
     proc, url = start(ctx.demo_run / "index", checkpoint, extra, port)
     try:
@@ -127,6 +176,7 @@ def run_setting(ctx: BenchContext, checkpoint: Path, extra: list[str], port: int
             clients = 1 if name.endswith("1 client") else CLIENTS
             out[name] = drive(url, make, clients, seconds * (0.25 if ctx.quick else 1), proc.pid)
         out["server_peak_rss_mb"] = server_memory_mb(proc.pid)["VmHWM"]
+        out["image_burst"] = image_burst(url, proc.pid)
         return out
     finally:
         proc.kill()
@@ -152,7 +202,7 @@ def run(ctx: BenchContext) -> BenchResult:
 def report(f: dict[str, Any]) -> BenchResult:
     result = BenchResult("serve_load", f"Serving load test ({CLIENTS} concurrent loopback clients)", figures=f)
     after, before = f["batching"], f["no batching"]
-    errors = sum(v["errors"] for setting in f.values() for v in setting.values() if isinstance(v, dict))
+    errors = sum(v["errors"] for setting in f.values() for v in setting.values() if isinstance(v, dict) and "rps" in v)
     speedup = after["text search"]["rps"] / max(after["text search, 1 client"]["rps"], 1e-9)
     result.targets = [
         Target("errors over every run", "0", str(errors), errors == 0),
@@ -162,12 +212,32 @@ def report(f: dict[str, Any]) -> BenchResult:
     ]
     for setting, runs in f.items():
         for name, v in runs.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and "rps" in v:
                 result.table.append({"setting": setting, "endpoint": name, "req/s": fmt(v["rps"]),
                                      "p50 (ms)": fmt(v["p50_ms"] or 0), "p99 (ms)": fmt(v["p99_ms"] or 0),
                                      "errors": v["errors"], "server peak RSS (MiB)": f"{v['peak_rss_mb']:.0f}"})
+    burst = after["image_burst"]
+    result.targets.append(Target("image burst: 32 clients x 4400x4400 PNG, server RSS before / peak / after", "flat",
+                                 f"{burst['rss_before_mb']:.0f} / {burst['rss_peak_mb']:.0f} / "
+                                 f"{burst['rss_after_mb']:.0f} MiB ({burst['ok']} of 32 answered)", None))
     result.notes = [f"`pinclip serve` on the demo index and final model, 127.0.0.1; each endpoint driven for "
                     f"{SECONDS['text search']:g} s after a 0.5 s warm-up; 'no batching' is --batch-size 1, "
                     "'batching' --batch-size 32 --batch-wait-ms 5",
                     "peak RSS: the server's resident memory sampled every 50 ms during that endpoint's run"]
     return result
+
+
+if __name__ == "__main__":  # the image burst alone, e.g. against another checkout: PYTHONPATH=OTHER python bench/serve_load.py
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="image burst against `pinclip serve` on a demo run")
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+    proc, url = start(args.index, args.checkpoint, [], free_port())
+    try:
+        print(json.dumps(image_burst(url, proc.pid, args.clients)))
+    finally:
+        proc.kill()
