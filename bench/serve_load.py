@@ -116,15 +116,15 @@ def drive(url: str, make: Any, clients: int, seconds: float, pid: int) -> dict[s
 
 
 def big_png(side: int = 4400) -> bytes:
-    """A 4400x4400 RGB PNG of a few flat shapes: ~60 KB encoded, 58 MB of pixels (under the 20 M guard)."""
+    """A 4400x4400 RGBA PNG of a few flat shapes: ~60 KB encoded, 77 MB of pixels (under the 20 M guard)."""
     import io
 
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (side, side), (250, 250, 250))
+    image = Image.new("RGBA", (side, side), (0, 0, 0, 0))  # clip art: shapes on a transparent canvas
     draw = ImageDraw.Draw(image)
-    draw.ellipse((600, 600, 3800, 3800), fill=(30, 60, 220))
-    draw.rectangle((1800, 200, 2600, 4200), fill=(220, 30, 30))
+    draw.ellipse((600, 600, 3800, 3800), fill=(30, 60, 220, 255))
+    draw.rectangle((1800, 200, 2600, 4200), fill=(220, 30, 30, 200))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

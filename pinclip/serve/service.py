@@ -43,6 +43,7 @@ class ServeLimits:
     max_decodes: int = 2  # images decoded at once; more uploads wait their turn
     decode_side: int = 512  # large images are decoded down to about this longer side
     batch_size: int = 32  # items per model call across concurrent requests (1: no batching)
+    image_batch_size: int = 8  # images per model call: the tower's activations grow with the batch
     batch_wait_ms: float = 5.0  # how long the first item of a batch waits for company
     max_queue: int = 256  # items waiting for the model; beyond it requests get 503
 
@@ -106,7 +107,9 @@ class PinService:
                     "image": self.embedder.embed_images,
                     "pin": self.embedder.embed_pins,
                 }[kind]
-                self.batchers[(kind, field)] = MicroBatcher(fn, self.limits.batch_size, self.limits.batch_wait_ms,
+                size = self.limits.batch_size if kind == "text" else min(self.limits.batch_size,
+                                                                          self.limits.image_batch_size)
+                self.batchers[(kind, field)] = MicroBatcher(fn, size, self.limits.batch_wait_ms,
                                                             self.limits.max_queue, f"embed-{kind}-{field}")
             return self.batchers[(kind, field)]
 
