@@ -209,7 +209,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (expected UTF-8 YAML)") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
     preset = data.pop("preset", None) or preset or "demo"
