@@ -40,6 +40,8 @@ class ModelConfig:
     dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka dims; the first is the full embedding
     projector_hidden: int = 1024
     pin_mode: str = "fused"  # "fused": one pass over [visual; text] tokens | "late": unit(image) + unit(mean text)
+    mode_tokens: bool = False  # a learned embedding per mode on the summary token: an image-only fused pin
+    #                            is then not the image embedding, each free to serve its own task
 
 
 @dataclass
