@@ -34,9 +34,31 @@ class BackboneConfig:
 
 
 @dataclass
+class VLMConfig:
+    """A pretrained vision-language model as the whole backbone (replaces vision + backbone above)."""
+
+    path: str = ""  # a local Hugging Face VLM folder (Qwen2/2.5/3-VL, Idefics3/SmolVLM, LLaVA); "" = embedded
+    finetune: str = "lora"  # "lora" | "full" (every language-model layer) | "frozen" (zero-shot)
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_vision: bool = False  # adapters in the vision encoder too (its features are then not cached)
+    pooling: str = "last"  # "last" (left padding) | "mean"
+    regions: int = 2  # global + regions x regions tokens pooled from the patch grid; -1 = none
+    head: str = "linear"  # "linear" (trained, to dims[0]) | "none" (the pooled state, truncated to dims[0])
+    prompt: str = "auto"  # "auto" (the chat template when the processor has one) | "chat" | "plain"
+    max_text_tokens: int = 64  # per text field
+    max_image_tokens: int = 256  # tokens per image for dynamic-resolution families; 0 = the processor's own
+    attn_implementation: str = "sdpa"  # "sdpa" | "eager" | "flash_attention_2"
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # weights: "auto" (bf16 with a GPU, else fp32) | "bf16" | "fp32"
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
     dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka dims; the first is the full embedding
     projector_hidden: int = 1024
 
@@ -85,6 +107,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
     train_fraction: float = 1.0  # share of the training pins used (dataset-scaling curves)
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
+    parallel: str = "ddp"  # "ddp" (replicated weights) | "fsdp" (FSDP2-sharded, Distributed Checkpoint)
 
 
 @dataclass
