@@ -7,6 +7,7 @@
     pinclip embed --checkpoint C --pins P --out DIR
     pinclip index build --embeddings DIR --out INDEX
     pinclip serve --index INDEX --checkpoint C
+    pinclip export --checkpoint C --out DIR                 # merge a VLM run's LoRA adapters
     pinclip demo --out runs/demo
 
 Each module named below defines `add_parser(subparsers) -> None`, which registers its parser and
@@ -27,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "embed": "pinclip.serve.embed_cli",
     "index": "pinclip.serve.index_cli",
     "serve": "pinclip.serve.serve_cli",
+    "export": "pinclip.export",
     "demo": "pinclip.demo",
 }
 

@@ -32,3 +32,18 @@ def tiny_checkpoint(catalog, tmp_path_factory) -> Path:
         f"train.data_dir={catalog['pins'].parent}", f"train.out_dir={out}", f"train.cache_dir={out / 'cache'}",
         "train.steps=4"])
     return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """family -> a folder holding a tiny random-init VLM of that family and its processor (built once)."""
+    from pinclip.models.vlm.tiny import write_tiny_vlm
+
+    built: dict[str, Path] = {}
+
+    def folder(family: str) -> Path:
+        if family not in built:
+            built[family] = write_tiny_vlm(family, tmp_path_factory.mktemp(f"vlm-{family}"))
+        return built[family]
+
+    return folder

@@ -41,9 +41,10 @@ def family_for(model_type: str, folder: str | Path) -> Family:
 
 
 def model_version(folder: str | Path) -> str:
-    """A short id of the weights and processor: config and processor files, weight files' names,
-    sizes and first MiB (cheap for a many-GB model, and it changes when any of them do)."""
+    """A short id of the weights and processor, from content only (a moved folder keeps it): config
+    and processor files, weight files' names, sizes and first MiB (cheap for a many-GB model)."""
     folder = Path(folder)
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type", "vlm")
     h = hashlib.sha1()
     for path in sorted(folder.iterdir()):
         if path.suffix in (".json", ".jinja", ".txt", ".model"):
@@ -51,7 +52,7 @@ def model_version(folder: str | Path) -> str:
         elif path.suffix in (".safetensors", ".bin"):
             with path.open("rb") as f:
                 h.update(f"{path.name}:{path.stat().st_size}".encode() + f.read(1 << 20))
-    return f"hf:{folder.name}-{h.hexdigest()[:12]}"
+    return f"{model_type}-{h.hexdigest()[:12]}"
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -151,9 +152,3 @@ class VLMBackbone(nn.Module):
     def vision_frozen(self) -> bool:
         """True when nothing in the vision encoder or connector learns: its outputs can be cached."""
         return not any(p.requires_grad for m in self.family.vision_modules(self.hf) for p in m.parameters())
-
-
-def describe(folder: str | Path) -> dict:
-    """Model type and family of a folder, for error messages and the export manifest."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    return {"model_type": config.get("model_type"), "family": family_for(config.get("model_type", "?"), folder).name}

@@ -106,15 +106,15 @@ def load_processor(folder: str | Path) -> Any:
 
     transformers 5 builds a video processor beside the image processor for Qwen-VL and SmolVLM,
     and video processors need torchvision. PinCLIP embeds images only, so when torchvision is
-    missing the family's processor is built without its video processor (same image and text
-    processing; videos refused).
+    missing (or a folder saved without one has no video settings) the family's processor is
+    built without its video processor: the same image and text processing, videos refused.
     """
     from transformers import AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(str(folder))
-    except ImportError as err:
-        if "torchvision" not in str(err).lower():
+    except (ImportError, OSError) as err:
+        if "torchvision" not in str(err).lower() and "video processor" not in str(err).lower():
             raise
         processor = _images_only_processor(Path(folder))
     processor.tokenizer.padding_side = "left"
@@ -128,7 +128,7 @@ def _images_only_processor(folder: Path) -> Any:
     from transformers import AutoImageProcessor, AutoTokenizer
 
     settings: dict[str, Any] = {}
-    for name in ("preprocessor_config.json", "processor_config.json"):
+    for name in ("preprocessor_config.json", "processor_config.json"):  # the second may nest the first
         if (folder / name).is_file():
             settings.update(json.loads((folder / name).read_text()))
     cls = getattr(transformers, str(settings.get("processor_class")), None)
@@ -137,14 +137,18 @@ def _images_only_processor(folder: Path) -> Any:
     chat = folder / "chat_template.jinja"
     if chat.is_file():
         settings["chat_template"] = chat.read_text()
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in settings.items() if k in accepted and k not in ("image_processor", "tokenizer",
-                                                                              "video_processor")}
+    signature = inspect.signature(cls.__init__)
+    params = [p for p in signature.parameters.values() if p.name != "video_processor"]
+    names = [p.name for p in params[1:]]  # after self
 
     class ImagesOnly(cls):  # the family's processor with no video processor: the same image and text steps
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kw):
-            cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kw)
+        def __init__(self, *args, **kwargs):
+            kwargs.update(zip(names, args))
+            cls.__init__(self, video_processor=None, **kwargs)
 
+    # its own signature lists what it saves (`to_dict`) and which sub-processors it holds
+    ImagesOnly.__init__.__signature__ = signature.replace(parameters=params)
     ImagesOnly.__name__ = cls.__name__
+    kwargs = {k: v for k, v in settings.items() if k in names and k not in ("image_processor", "tokenizer")}
     return ImagesOnly(AutoImageProcessor.from_pretrained(str(folder)), AutoTokenizer.from_pretrained(str(folder)),
                       **kwargs)
