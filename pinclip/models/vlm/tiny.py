@@ -31,6 +31,8 @@ def _tokenizer(extra: list[str]):
 
     tok = AutoTokenizer.from_pretrained(minilm_folder())
     tok.add_special_tokens({"additional_special_tokens": extra})
+    tok.init_kwargs.pop("max_length", None)  # MiniLM truncates at 128 tokens; a VLM prompt must not be cut
+    tok.backend_tokenizer.no_truncation()
     return tok
 
 
