@@ -133,11 +133,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Pretrained EfficientNet-Lite0 + MiniLM, top 2 layers trained: about 10 minutes on 2 CPU cores.
     "demo": {},
-    # A GPU run: the whole backbone trained, bigger batches.
+    # A pretrained VLM (model.vlm.path, default ./models/vlm) fine-tuned with LoRA on GPUs: bf16,
+    # gradient checkpointing, FSDP2 across ranks (one GPU: no sharding), Distributed Checkpoints.
     "gpu": {
-        "model": {"backbone": {"train_layers": -1, "max_field_tokens": 32}},
-        "train": {"steps": 3000, "batch_size": 1024, "lr": 1e-3, "backbone_lr": 2e-5, "warmup_steps": 200,
-                  "eval_every": 500, "checkpoint_every": 500},
+        "model": {"vlm": {"path": "models/vlm", "finetune": "lora", "lora_rank": 16, "lora_alpha": 32,
+                          "gradient_checkpointing": True, "max_image_tokens": 256, "max_text_tokens": 64}},
+        "train": {"steps": 3000, "batch_size": 256, "lr": 1e-3, "backbone_lr": 1e-4, "warmup_steps": 100,
+                  "eval_every": 500, "checkpoint_every": 500, "parallel": "fsdp"},
     },
 }
 

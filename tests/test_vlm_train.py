@@ -5,17 +5,14 @@ errors a user meets (unsupported model type, missing flash-attn)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from synthetic import COLORS, draw
-from test_train import free_port, losses
+from test_train import losses, train_two_ranks
 
 from pinclip.config import load_config
 from pinclip.models.build import build_model
@@ -40,12 +37,7 @@ def test_fsdp_two_ranks_match_one_process_and_resume_at_world_size_one(catalog, 
     assert shards  # the frozen vision encoder's outputs were cached ...
 
     two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "pinclip", "train", "--preset", "tiny", "--quiet",
-           *vlm_overrides(catalog, folder, two)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_two_ranks(vlm_overrides(catalog, folder, two), timeout=600)
     assert sorted(shards) == sorted((tmp_path / "cache" / "vlm").glob("*/shard-*.safetensors"))  # ... and reused
     single, double = losses(one), losses(two)
     assert sorted(single) == sorted(double) == [1, 2, 3, 4]

@@ -62,6 +62,7 @@ class VLMPinCLIP(nn.Module):
         self.it_logit_bias = nn.Parameter(torch.tensor([-10.0]))
         self.nb_logit_scale = nn.Parameter(torch.tensor([math.log(10.0)]))
         self.nb_logit_bias = nn.Parameter(torch.tensor([-10.0]))
+        self.token_counts: list[tuple[int, int]] | None = None  # set to a list to count tokens (gpu_check)
 
     # -- prompts ------------------------------------------------------------------------------
     def prompt(self, mode: str, body: str, with_image: bool) -> str:
@@ -134,6 +135,8 @@ class VLMPinCLIP(nn.Module):
         grid = processed.get("image_grid_thw")
         positions = bb.family.position_ids(bb.hf, ids, mask, grid.to(device) if grid is not None else None)
         hidden = bb.family.run_text_model(bb.hf, x, mask, positions, image_mask, deepstack)  # (R, L', W)
+        if self.token_counts is not None:  # (valid tokens, length) per row, for FLOP counts
+            self.token_counts += [(n, n) for n in mask.sum(1).tolist()]
         return F.normalize(self._head(self._pool(hidden, mask)), dim=-1)  # (R, D)
 
     def _with_granularity(self, x, mask, ids, image_mask, row_images, feats):

@@ -5,8 +5,8 @@
 Each folder holds what a real checkpoint holds (model weights, config, image processor, tokenizer,
 processor config), so the code that loads a user's Qwen2.5-VL or SmolVLM loads these the same way.
 The weights are random: a tiny model exercises code paths, never quality. The tokenizer is MiniLM's
-word-piece vocabulary with the family's special tokens added; `scale` widens every dimension for
-throughput checks (`scripts/gpu_check.sh --random`).
+word-piece vocabulary with the family's special tokens added; `width`, `layers` and `heads` size
+the language model (`scripts/gpu_check.sh --random` builds a ~1B one for throughput figures).
 """
 
 from __future__ import annotations
@@ -128,12 +128,12 @@ def _llava(family: str, width: int, layers: int, heads: int):
     return LlavaForConditionalGeneration(config), tok, image_processor, processor, None
 
 
-def write_tiny_vlm(family: str, folder: str | Path, scale: int = 1, seed: int = 0) -> Path:
+def write_tiny_vlm(family: str, folder: str | Path, width: int = 32, layers: int = 2, heads: int = 2,
+                   seed: int = 0) -> Path:
     """A random-init VLM of `family` (see TINY_FAMILIES), saved with its processor files under `folder`."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"no tiny model for '{family}': choose one of {', '.join(TINY_FAMILIES)}")
     torch.manual_seed(seed)
-    width, layers, heads = 32 * scale, 2 * scale, 2 * scale
     build = _qwen if family.startswith("qwen") else _llava if family == "llava" else _idefics3
     model, tok, image_processor, processor, chat = build(family, width, layers, heads)
     folder = Path(folder)
