@@ -63,6 +63,19 @@ def test_fsdp_two_ranks_match_one_process_and_resume_at_world_size_one(catalog, 
     assert meta_final["quant"] and meta_final["vlm_version"] == model.backbone.version
     assert json.loads((two / "final" / "meta.json").read_text())["step"] == 4
 
+    # merged for serving: the embed job and the Embedder interface read the export like any checkpoint
+    from pinclip.cli import main
+    from pinclip.models.embedder import Embedder
+
+    assert main(["export", "--checkpoint", str(two / "final"), "--out", str(tmp_path / "export")]) == 0
+    assert main(["embed", "--checkpoint", str(tmp_path / "export"), "--pins", str(catalog["pins"]),
+                 "--out", str(tmp_path / "embed"), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    manifest = json.loads((tmp_path / "embed" / "manifest.json").read_text())
+    assert manifest["model_version"] == meta_final["version"] and manifest["pins"]["rows"] == 72
+    emb = Embedder.from_checkpoint(tmp_path / "export")
+    text, image = emb.embed_texts(["red circle"]), emb.embed_images([draw(COLORS["red"], "circle", 40)])
+    assert text.shape == image.shape == (1, emb.dim) and abs(float((text @ image.T)[0, 0])) <= 1.0 + 1e-6
+
 
 def test_cached_vision_features_give_the_same_embeddings(tiny_vlm, tmp_path):
     from pinclip.models.features import pixel_key

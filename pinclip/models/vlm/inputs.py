@@ -46,16 +46,25 @@ class VLMInputs:
         cached = [self.cache.get(self.keys[r]) if self.cache is not None and self.keys[r] else None for r in rows]
         return {"images": images, "texts": [self.texts[r] for r in rows], "image_features": cached}
 
-    @torch.no_grad()
     def embed(self, model, rows: np.ndarray, modes: Sequence[str] = ("image", "text", "pin"),
               device: torch.device | None = None, batch_size: int = 32) -> dict[str, np.ndarray]:
         """Embeddings of pins `rows`: image (N, D), pin (N, D), text (N, F, D) with text_mask (N, F)."""
-        chunks: dict[str, list[np.ndarray]] = {}
-        for lo in range(0, len(rows), batch_size):
-            out = model(self.batch(rows[lo : lo + batch_size]), modes=tuple(modes))
-            for k, v in out.items():
-                chunks.setdefault(k, []).append((v.float() if v.is_floating_point() else v).cpu().numpy())
-        return {k: np.concatenate(v) for k, v in chunks.items()}
+        batches = (self.batch(rows[lo : lo + batch_size]) for lo in range(0, len(rows), batch_size))
+        return embed_batches(model, batches, modes)
+
+
+@torch.no_grad()
+def embed_batches(model, batches, modes: Sequence[str]) -> dict[str, np.ndarray]:
+    """The model's outputs over input dicts, as numpy arrays joined along the first axis (bf16
+    autocast on a GPU)."""
+    device = model.backbone.device
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(batch, modes=tuple(modes))
+        for k, v in out.items():
+            chunks.setdefault(k, []).append((v.float() if v.is_floating_point() else v).cpu().numpy())
+    return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
 def prepare_vlm_inputs(model, pins: Any, cache_dir: str | Path | None, rank: int = 0, world: int = 1,
