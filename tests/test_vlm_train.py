@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import torch.distributed.checkpoint as dcp
 from synthetic import COLORS, draw
 from test_train import losses, train_two_ranks
 
+from pinclip.cli import UserError
 from pinclip.config import load_config
 from pinclip.models.build import build_model
 
@@ -131,17 +134,20 @@ def test_attention_kernels_agree_and_flash_attention_is_checked(tiny_vlm):
     if not is_flash_attn_2_available():
         cfg = load_config(preset="tiny", overrides=[f"model.vlm.path={folder}",
                                                     "model.vlm.attn_implementation=flash_attention_2"])
-        with pytest.raises(ValueError, match="flash-attn"):
+        with pytest.raises(UserError, match="flash-attn"):
             build_model(cfg.model)
 
 
-def test_unsupported_models_are_named(tmp_path):
+def test_unsupported_models_are_named(catalog, tmp_path):
     from transformers import BertConfig
 
     BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path)
     cfg = load_config(preset="tiny", overrides=[f"model.vlm.path={tmp_path}"])
-    with pytest.raises(ValueError, match="'bert' is not a supported .*qwen2_5_vl.*idefics3.*smolvlm.*llava"):
+    with pytest.raises(UserError, match="'bert' is not a supported .*qwen2_5_vl.*idefics3.*smolvlm.*llava"):
         build_model(cfg.model)
-    cfg = load_config(preset="tiny", overrides=[f"model.vlm.path={tmp_path / 'nowhere'}"])
-    with pytest.raises(ValueError, match="not a Hugging Face model folder"):
-        build_model(cfg.model)
+    # from the command line: exit code 2 and one line, no traceback
+    result = subprocess.run([sys.executable, "-m", "pinclip", "train", "--preset", "gpu", "--quiet",
+                             f"model.vlm.path={tmp_path / 'nowhere'}", f"train.data_dir={catalog['pins'].parent}",
+                             f"train.out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not a Hugging Face model folder" in result.stderr

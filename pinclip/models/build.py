@@ -11,10 +11,15 @@ from pinclip.config import ModelConfig
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    """Raises UserError when the VLM folder or its settings cannot make a model."""
     if cfg.vlm.path:
+        from pinclip.cli import UserError
         from pinclip.models.vlm.model import VLMPinCLIP
 
-        return VLMPinCLIP(cfg)
+        try:
+            return VLMPinCLIP(cfg)
+        except (ValueError, OSError) as err:  # the user's folder or settings, said plainly
+            raise UserError(str(err)) from None
     from pinclip.models.pinclip import PinCLIP
 
     return PinCLIP(cfg)

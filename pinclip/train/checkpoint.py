@@ -133,10 +133,7 @@ def _build_for_checkpoint(path: Path, cfg: Config, meta: dict[str, Any]):
     vlm = cfg.model.vlm
     if vlm.path and not Path(vlm.path).is_absolute() and (path / vlm.path).is_dir():
         vlm.path = str(path / vlm.path)
-    try:
-        model = build_model(cfg.model)
-    except (ValueError, OSError) as err:
-        raise UserError(f"{path}: cannot build its model: {err}") from None
+    model = build_model(cfg.model)
     if meta.get("vlm_version") and meta["vlm_version"] != model.backbone.version:
         raise UserError(f"{path}: trained on VLM {meta['vlm_version']}, but {vlm.path} now holds "
                         f"{model.backbone.version}: its adapters would not fit")
