@@ -80,18 +80,19 @@ def make_step(model, cfg, batch, optimizer, scheduler, bf16: bool, step_optimize
               phases: dict[str, list[float]] | None = None):
     """A callable running one training step as the trainer does; returns the loss. With `phases`,
     the wall seconds of forward (+ objective), backward and optimizer are appended to it."""
-    from pinclip.train.objective import objective
+    from pinclip.train.objective import BatchContext, objective
 
-    anchors = cfg.train.batch_size // 2
-    share = torch.zeros(anchors, anchors, dtype=torch.bool)
-    has_nb = torch.ones(anchors, dtype=torch.bool)
+    anchors, n = cfg.train.batch_size // 2, cfg.train.batch_size
+    none = torch.zeros(n, n, dtype=torch.bool)
+    ctx = BatchContext(anchors, 0, torch.ones(anchors, dtype=torch.bool), none, none, torch.zeros(n),
+                       torch.arange(n))
 
     def step() -> float:
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(batch)
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-        terms = objective(model, out, anchors, share, has_nb, cfg.loss, cfg.model.dims)
+        terms = objective(model, out, ctx, cfg.loss, cfg.model.dims)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()

@@ -9,6 +9,7 @@
     pinclip serve --index INDEX --checkpoint C
     pinclip export --checkpoint C --out DIR                 # merge a VLM run's LoRA adapters
     pinclip demo --out runs/demo
+    pinclip run --pins pins.jsonl --boards boards.jsonl --out runs/mine
 
 Each module named below defines `add_parser(subparsers) -> None`, which registers its parser and
 sets `func` (a callable taking the parsed namespace and returning an exit code). Heavy imports
@@ -30,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "serve": "pinclip.serve.serve_cli",
     "export": "pinclip.export",
     "demo": "pinclip.demo",
+    "run": "pinclip.run",
 }
 
 

@@ -61,6 +61,7 @@ class ModelConfig:
     vlm: VLMConfig = field(default_factory=VLMConfig)
     dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka dims; the first is the full embedding
     projector_hidden: int = 1024
+    pin_mode: str = "fused"  # "fused": one pass over [visual; text] tokens | "late": unit(image) + unit(mean text)
 
 
 @dataclass
@@ -74,8 +75,16 @@ class LossConfig:
     pin_text_weight: float = 0.5  # fused pin <-> text term
     neighbor_weight: float = 1.0  # lambda of L = L_image_text + lambda * L_neighbor
     image_text_weight: float = 1.0  # 0 switches the image-text terms off (ablations)
+    image_neighbor_weight: float = 0.0  # neighbor term on the image embedding too (visual search)
     quant_aware: bool = False  # add the straight-through global int8 term
     chunk_size: int = 0  # >0: compute contrastive losses over row chunks
+    mask_duplicates: bool = True  # duplicates (same group or text) in a batch are not negatives
+    mask_boards_in_image_text: bool = False  # pins sharing a training board are not image-text negatives
+    neighbor_candidates: str = "all"  # "all": every other batch row is a negative | "partners": the other
+    #                                   side only (a pin against the other neighbors, as in CLIP)
+    logq: bool = True  # subtract each candidate's log sampling probability (sampling-bias correction)
+    distill_weight: float = 0.0  # relational distillation toward the frozen towers (keeps generality)
+    distill_tau: float = 0.05
 
 
 @dataclass
@@ -85,17 +94,22 @@ class GraphConfig:
     restart_prob: float = 0.5
     top_k: int = 10
     board_damping: float = 0.5  # step into a board with probability ~ degree^-damping
+    hard_ranks: tuple[int, ...] = (20, 60)  # walk ranks [lo, hi) give hard negatives (with train.hard_negatives)
 
 
 @dataclass
 class TrainConfig:
-    data_dir: str = "runs/demo/data"  # pins.parquet, boards.parquet, splits.json
+    data_dir: str = "runs/demo/data"  # pins.*, boards.* (parquet, jsonl or csv), splits.json
+    pins: str = ""  # your own tables instead of data_dir: pins table (.parquet, .jsonl or .csv) ...
+    boards: str = ""  # ... board edges table (same formats) ...
+    splits: str = ""  # ... and splits.json (empty: nothing held out)
     out_dir: str = "runs/demo/train"
     cache_dir: str = "runs/cache"
     steps: int = 300
     batch_size: int = 128  # global batch (pins); half anchors, half their graph neighbors
     lr: float = 5e-4
     backbone_lr: float = 5e-5
+    scalar_lr: float = 1e-2  # contrastive temperatures and biases (own group, no weight decay)
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 1.0
@@ -104,8 +118,15 @@ class TrainConfig:
     checkpoint_every: int = 100
     val_max_pins: int = 500
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
+    precision: str = "fp32"  # "auto" (bf16 on a GPU or a CPU with AVX512-BF16/AMX) | "fp32" | "bf16"
     train_fraction: float = 1.0  # share of the training pins used (dataset-scaling curves)
+    hard_negatives: bool = False  # one hard negative per anchor (graph.hard_ranks) joins the batch
+    memory_size: int = 0  # cross-batch memory of recent pin embeddings, extra neighbor negatives
+    field_dropout: float = 0.0  # fused pass: each text field dropped with this probability
+    text_dropout: float = 0.0  # fused pass: all text dropped (an image-only pin) with this probability
+    title_only: float = 0.0  # fused pass: only the title kept with this probability
+    feature_noise: float = 0.0  # Gaussian noise on cached visual tokens, in units of their std
+    token_dropout: float = 0.0  # each regional visual token zeroed with this probability
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
     parallel: str = "ddp"  # "ddp" (replicated weights) | "fsdp" (FSDP2-sharded, Distributed Checkpoint)
 

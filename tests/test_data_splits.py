@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pinclip.cli import UserError, main
-from pinclip.data.splits import make_splits, read_splits, training_edge_mask, write_splits
+from pinclip.data.splits import make_splits, partition_boards, read_splits, training_edge_mask, write_splits
 
 PINS = [f"p{i:02d}" for i in range(40)]
 EDGES = (
@@ -78,7 +78,8 @@ def test_write_and_read_round_trip(tmp_path):
     write_splits(make_splits(PINS, EDGES, seed=1), str(path))
     assert path.read_bytes() == first
     assert read_splits(str(path)) == splits
-    assert list(json.loads(first)) == ["seed", "cold_start_pins", "val_pins", "heldout_boards"]
+    assert list(json.loads(first)) == ["seed", "cold_start_pins", "val_pins", "heldout_boards", "val_boards",
+                                       "duplicate_groups", "config"]
     assert [p.name for p in tmp_path.iterdir()] == ["splits.json"]  # no temp file left
 
 
@@ -102,9 +103,11 @@ def test_split_command(tmp_path, capsys):
         ["data", "split", "--pins", str(pins), "--boards", str(boards), "--out", str(out), "--seed", "2"]
     )
     assert code == 0
-    assert read_splits(str(out)) == make_splits(PINS, EDGES, seed=2)
+    written, expected = read_splits(str(out)), make_splits(PINS, EDGES, seed=2)
+    assert written.pop("config")["duplicates"]["max_hash_distance"] == 6
+    assert written == {k: v for k, v in expected.items() if k != "config"}
     printed = capsys.readouterr().out
-    assert "35 train pins, 1 val pins, 4 cold-start pins" in printed
+    assert "34 train pins, 2 val pins, 4 cold-start pins" in printed
     assert (
         main(
             [
@@ -122,3 +125,49 @@ def test_split_command(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_groups_are_held_out_whole_and_fill_up_to_the_target():
+    groups = {p: i // 5 for i, p in enumerate(PINS)}  # 8 groups of 5 pins
+    for seed in range(8):
+        splits = make_splits(PINS, EDGES, seed=seed, cold_frac=0.25, val_frac=0.125, groups=groups)
+        cold, val = set(splits["cold_start_pins"]), set(splits["val_pins"])
+        assert len(cold) == 10 and len(val) == 5  # two groups and one group: exactly the targets
+        for g in set(groups.values()):
+            members = {p for p in PINS if groups[p] == g}
+            assert members <= cold or members <= val or not members & (cold | val)
+        assert len(splits["duplicate_groups"]) == 8
+
+
+def test_a_group_larger_than_the_target_is_never_held_out():
+    groups = {p: (0 if i < 30 else i) for i, p in enumerate(PINS)}  # one group of 30, ten singletons
+    splits = make_splits(PINS, EDGES, seed=0, cold_frac=0.1, val_frac=0.05, groups=groups)
+    assert not set(splits["cold_start_pins"]) & set(PINS[:30])
+    assert len(splits["cold_start_pins"]) == 4 and len(splits["val_pins"]) == 2
+
+
+def test_only_boards_of_the_heldout_kinds_are_held_out_and_val_boards_are_a_share():
+    kinds = {b: ("curated" if b.startswith("small") else "keyword") for _, b in EDGES}
+    for seed in range(5):
+        splits = make_splits(PINS, EDGES, seed=seed, heldout_board_frac=0.5, val_board_frac=0.5,
+                             heldout_kinds=["curated"], board_kinds=kinds)
+        assert splits["heldout_boards"] and all(b.startswith("small") for b in splits["heldout_boards"])
+        assert set(splits["val_boards"]) < set(splits["heldout_boards"])
+        assert len(splits["val_boards"]) == round(0.5 * len(splits["heldout_boards"]))
+        assert set(partition_boards(splits, "val")) == set(splits["val_boards"])
+        assert set(partition_boards(splits, "test")) == set(splits["heldout_boards"]) - set(splits["val_boards"])
+
+
+def test_splits_without_val_boards_judge_both_partitions_on_every_heldout_board():
+    old = {"cold_start_pins": [], "val_pins": [], "heldout_boards": ["a", "b"]}
+    assert partition_boards(old, "val") == partition_boards(old, "test") == ["a", "b"]
+
+
+def test_read_splits_checks_the_optional_keys(tmp_path):
+    bad = tmp_path / "s.json"
+    bad.write_text('{"cold_start_pins": [], "val_pins": [], "heldout_boards": [], "val_boards": "b1"}')
+    with pytest.raises(UserError, match="key 'val_boards' must be a list of strings"):
+        read_splits(str(bad))
+    bad.write_text('{"cold_start_pins": [], "val_pins": [], "heldout_boards": [], "duplicate_groups": [[1]]}')
+    with pytest.raises(UserError, match="duplicate_groups"):
+        read_splits(str(bad))

@@ -49,7 +49,7 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     trained = (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns
     assert main([*argv, "--full-eval"]) == 0
     assert (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
-    assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train"]
+    assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train", "embed", "index"]
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"pinclip", "two_tower", "fused_no_neighbor", "frozen"}
     assert len(metrics["scaling"]["points"]) == 4

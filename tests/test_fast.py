@@ -44,6 +44,23 @@ def test_fast_text_matches_reference(embedder, backend):
         assert np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
 
 
+def test_openvino_text_paths_match_reference(embedder):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    ref = embedder.embed_texts(TEXTS, field="queries")
+    exact = FastTextEncoder(embedder.model, backend="openvino", precision="fp32", batch_size=2)
+    assert exact.runner.requests >= 1
+    fast = exact.embed(TEXTS, field="queries")  # 3 batches in flight, written back in text order
+    assert np.abs(fast - ref).max() < 2e-3
+    calibration = [f"{c} {s}" for c in ("red", "blue", "tiny green") for s in ("cat", "house on a hill", "star")]
+    for precision in ("bf16", "int8"):
+        encoder = FastTextEncoder(embedder.model, backend="openvino", precision=precision, calibration_texts=calibration)
+        cosine = (encoder.embed(TEXTS, field="queries") * ref).sum(1)
+        assert cosine.min() > 0.9, precision
+    with pytest.raises(ValueError, match="calibration"):
+        FastTextEncoder(embedder.model, backend="openvino", precision="int8")
+
+
 def test_fast_text_int8_and_bf16_stay_close(embedder):
     ref = embedder.embed_texts(TEXTS)
     for precision in ("int8", "bf16"):
@@ -72,5 +89,7 @@ def test_bad_options_are_refused(embedder):
         FastTextEncoder(embedder.model, backend="tvm")
     with pytest.raises(ValueError, match="fp32 only"):
         FastTextEncoder(embedder.model, backend="onnx", precision="int8")
+    with pytest.raises(ValueError, match="runs the text path"):
+        FastImageEncoder(embedder.model, backend="openvino")
     with pytest.raises(ValueError, match="unknown field"):
         FastTextEncoder(embedder.model, backend="torch").embed(["a"], field="color")

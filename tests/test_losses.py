@@ -164,47 +164,63 @@ def test_chunked_equals_full_values_and_gradients(mode, chunk_size):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_neighbor_infonce_with_shared_board_by_hand():
-    pins = torch.eye(3)
-    neighbors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.8, 0.0, 0.6]])
-    share = torch.zeros(3, 3, dtype=torch.bool)
-    share[0, 2] = True  # pin 0 and neighbor 2 share a board: dropped in both directions
-    share[1, 1] = True  # the positive pair is never dropped
-    loss = neighbor_loss(pins, neighbors, share, torch.tensor(0.0), mode="infonce")["neighbor"]
-    # scale 1: logits pin->neighbor = P @ N^T = N^T
-    logits = neighbors.T.tolist()
-    e = math.exp
-    pin_side = (
-        -math.log(e(logits[0][0]) / (e(logits[0][0]) + e(logits[0][1])))
-        - math.log(e(logits[1][1]) / sum(e(v) for v in logits[1]))
-        - math.log(e(logits[2][2]) / sum(e(v) for v in logits[2]))
-    )
-    cols = neighbors.tolist()  # neighbor->pin logits = N @ P^T = N
-    neighbor_side = (
-        -math.log(e(cols[0][0]) / sum(e(v) for v in cols[0]))
-        - math.log(e(cols[1][1]) / sum(e(v) for v in cols[1]))
-        - math.log(e(cols[2][2]) / (e(cols[2][1]) + e(cols[2][2])))
-    )
-    assert loss.item() == pytest.approx((pin_side + neighbor_side) / 6, rel=1e-6)
+def _softmax_nll(logits: list[float], positive: int, candidates: list[int]) -> float:
+    return -(logits[positive] - math.log(sum(math.exp(logits[j]) for j in candidates)))
 
 
-def test_neighbor_siglip_drops_shared_board_pairs():
-    gen = torch.Generator().manual_seed(4)
-    pins = F.normalize(torch.randn(4, 5, generator=gen), dim=-1)
-    neighbors = F.normalize(torch.randn(4, 5, generator=gen), dim=-1)
-    share = torch.rand(4, 4, generator=gen) > 0.5
-    scale, bias = torch.tensor(LOG10), torch.tensor(-10.0)
-    loss = neighbor_loss(pins, neighbors, share, scale, bias, mode="siglip")["neighbor"]
-    logits = (10 * pins @ neighbors.T - 10).tolist()
-    expected = sum(
-        softplus(-logits[i][j] if i == j else logits[i][j])
-        for i in range(4)
-        for j in range(4)
-        if i == j or not share[i, j]
-    )
-    assert loss.item() == pytest.approx(expected / 4, rel=1e-6)
-    unmasked = neighbor_loss(pins, neighbors, None, scale, bias, mode="siglip")["neighbor"]
-    assert unmasked.item() > loss.item()
+def test_neighbor_loss_by_hand_with_anchors_as_negatives_and_a_shared_board():
+    # rows [a0, a1, p0, p1]: a0 <-> p0 and a1 <-> p1 are neighbor pairs; a0 and p1 share a board
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, -0.6]])
+    positive = torch.tensor([2, 3, 0, 1])
+    ignore = torch.zeros(4, 4, dtype=torch.bool)
+    ignore[0, 3] = ignore[3, 0] = True
+    loss = neighbor_loss(x, positive, ignore, torch.tensor(0.0))["neighbor"]
+    dots = (x @ x.T).tolist()
+    expected = (_softmax_nll(dots[0], 2, [1, 2])  # a0: not itself, not p1 (shared board)
+                + _softmax_nll(dots[1], 3, [0, 2, 3])
+                + _softmax_nll(dots[2], 0, [0, 1, 3])
+                + _softmax_nll(dots[3], 1, [1, 2])) / 4  # p1: not itself, not a0
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_neighbor_loss_skips_rows_without_a_positive_and_corrects_by_log_q():
+    x = F.normalize(torch.randn(4, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    positive = torch.tensor([2, -1, 0, -1])  # anchor 1 has no neighbor: rows 1 and 3 are not queries
+    log_q = torch.tensor([0.0, -1.0, -2.0, -0.5])
+    loss = neighbor_loss(x, positive, None, torch.tensor(math.log(5.0)), log_q=log_q)["neighbor"]
+    logits = (5 * x @ x.T - log_q[None, :]).tolist()
+    expected = (_softmax_nll(logits[0], 2, [1, 2, 3]) + _softmax_nll(logits[2], 0, [0, 1, 3])) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_neighbor_loss_with_an_empty_bank_equals_the_in_batch_loss_and_a_bank_adds_negatives():
+    gen = torch.Generator().manual_seed(3)
+    x = F.normalize(torch.randn(6, 4, generator=gen), dim=-1)
+    positive = torch.tensor([3, 4, 5, 0, 1, 2])
+    ignore = torch.rand(6, 6, generator=gen) > 0.7
+    scale = torch.tensor(1.0)
+    in_batch = neighbor_loss(x, positive, ignore, scale)["neighbor"]
+    empty = neighbor_loss(x, positive, ignore, scale, bank=torch.zeros(0, 4), bank_ignore=torch.zeros(6, 0, dtype=torch.bool))
+    assert empty["neighbor"].item() == in_batch.item()
+    bank = F.normalize(torch.randn(5, 4, generator=gen), dim=-1)
+    with_bank = neighbor_loss(x, positive, ignore, scale, bank=bank)["neighbor"]
+    assert with_bank.item() > in_batch.item()  # more negatives, never fewer
+    all_ignored = neighbor_loss(x, positive, ignore, scale, bank=bank,
+                                bank_ignore=torch.ones(6, 5, dtype=torch.bool))["neighbor"]
+    assert all_ignored.item() == pytest.approx(in_batch.item(), rel=1e-6)
+
+
+def test_bank_gets_no_gradient():
+    from pinclip.losses.memory import EmbeddingMemory
+
+    memory = EmbeddingMemory(size=3, dim=2)
+    memory.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([7, 8]))
+    memory.push(torch.tensor([[0.6, 0.8], [0.8, 0.6]]), torch.tensor([9, 10]), torch.tensor([-1.0, -2.0]))
+    assert memory.pins.tolist() == [8, 9, 10] and memory.log_q.tolist() == [0.0, -1.0, -2.0]  # FIFO of 3
+    bank = memory.embeddings.clone().requires_grad_(True)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    neighbor_loss(x, torch.tensor([1, 0]), None, torch.tensor(0.0), bank=bank)["neighbor"].backward()
+    assert bank.grad is None and x.grad is not None
 
 
 def test_matryoshka_sums_per_prefix_terms():
@@ -251,7 +267,9 @@ def test_bad_inputs_are_reported():
         multi_positive_contrastive(query, keys, mask, torch.tensor(0.0), mode="clip")
     with pytest.raises(ValueError, match="key_mask"):
         multi_positive_contrastive(query, keys, mask[:, :2], torch.tensor(0.0))
-    with pytest.raises(ValueError, match="share_board"):
-        neighbor_loss(query, query, torch.ones(5, 4, dtype=torch.bool), torch.tensor(0.0))
+    with pytest.raises(ValueError, match="ignore"):
+        neighbor_loss(query, torch.zeros(len(query), dtype=torch.long), torch.ones(5, 4, dtype=torch.bool), torch.tensor(0.0))
+    with pytest.raises(ValueError, match="positive"):
+        neighbor_loss(query, torch.full((len(query),), 99), None, torch.tensor(0.0))
     with pytest.raises(ValueError, match="positive scale"):
         fake_quant_global_affine(query, 0.0, 0)

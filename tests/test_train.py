@@ -34,11 +34,18 @@ def test_config_overrides_and_errors():
         load_config(preset="tiny", overrides=["train.steps=1.5"])
 
 
-def test_resume_reproduces_the_uninterrupted_run(catalog, tmp_path):
+# every part of the objective and the batch that carries state or randomness
+EVERYTHING = ["train.memory_size=24", "train.hard_negatives=true", "train.field_dropout=0.3", "train.text_dropout=0.2",
+              "train.title_only=0.2", "train.feature_noise=0.1", "train.token_dropout=0.3",
+              "loss.image_neighbor_weight=0.5", "loss.distill_weight=0.5"]
+
+
+@pytest.mark.parametrize("extra", [[], EVERYTHING], ids=["default", "everything"])
+def test_resume_reproduces_the_uninterrupted_run(catalog, tmp_path, extra):
     from pinclip.train.trainer import train
 
     full = tmp_path / "full"
-    train(load_config(preset="tiny", overrides=tiny_overrides(catalog, full)), progress=False)
+    train(load_config(preset="tiny", overrides=tiny_overrides(catalog, full) + extra), progress=False)
     reference = losses(full)
     assert sorted(reference) == [1, 2, 3, 4]
     assert json.loads((full / "last" / "meta.json").read_text())["step"] == 2
@@ -46,7 +53,7 @@ def test_resume_reproduces_the_uninterrupted_run(catalog, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(full / "last", resumed / "last")  # as if killed after the step-2 checkpoint
-    train(load_config(preset="tiny", overrides=tiny_overrides(catalog, resumed)), progress=False)
+    train(load_config(preset="tiny", overrides=tiny_overrides(catalog, resumed) + extra), progress=False)
     after = losses(resumed)
     assert sorted(after) == [3, 4]
     for step in (3, 4):
@@ -68,14 +75,15 @@ def train_two_ranks(overrides: list[str], timeout: int = 300) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_ranks_match_one_process(catalog, tmp_path):
+@pytest.mark.parametrize("extra", [[], EVERYTHING], ids=["default", "everything"])
+def test_two_ranks_match_one_process(catalog, tmp_path, extra):
     from pinclip.train.trainer import train
 
     one = tmp_path / "one"
-    train(load_config(preset="tiny", overrides=[*tiny_overrides(catalog, one, steps=3), "loss.quant_aware=false"]),
-          progress=False)
+    train(load_config(preset="tiny", overrides=[*tiny_overrides(catalog, one, steps=3), "loss.quant_aware=false",
+                                                *extra]), progress=False)
     two = tmp_path / "two"
-    train_two_ranks(tiny_overrides(catalog, two, steps=3))
+    train_two_ranks([*tiny_overrides(catalog, two, steps=3), *extra])
     single, double = losses(one), losses(two)
     assert sorted(single) == sorted(double) == [1, 2, 3]
     for step in single:

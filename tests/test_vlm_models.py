@@ -102,11 +102,11 @@ def test_a_batch_equals_its_rows(family, pooling, tiny_vlm):
 
 
 def fixed_batch_loss(model, cfg):
+    from pinclip.train.gpu_check import plain_batch_context
     from pinclip.train.objective import objective
 
     out = model({"images": images(), "texts": TEXTS})
-    share = torch.zeros(2, 2, dtype=torch.bool)
-    return objective(model, out, 2, share, torch.ones(2, dtype=torch.bool), cfg.loss, cfg.model.dims)["loss"]
+    return objective(model, out, plain_batch_context(2, torch.device("cpu")), cfg.loss, cfg.model.dims)["loss"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

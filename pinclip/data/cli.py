@@ -3,6 +3,7 @@
 pinclip data validate --pins pins.parquet --boards boards.parquet [--max-image-pixels N] [--no-image-check]
 pinclip data demo --out runs/demo/data [--seed 0] [--max-clipart N] [--max-emoji N]
 pinclip data split --pins pins.parquet --boards boards.parquet --out splits.json [--seed 0]
+                   [--heldout-kinds category,subgroup] [--no-image-check]
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
     summary, report = validate(args.pins, args.boards, args.max_image_pixels, not args.no_image_check)
     print(format_summary(summary))
+    if summary.duplicates:
+        print("\n".join(summary.duplicates))
     lines = problem_lines(report)
     if lines:
         print(f"\n{len(lines)} problem(s):")
@@ -49,24 +52,21 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from pinclip.data.splits import make_splits, split_sizes, write_splits
+    from pinclip.data.groups import DuplicateConfig
+    from pinclip.data.splits import SplitConfig, split_sizes, split_tables, write_splits
     from pinclip.data.tables import load_edges, load_pins
 
     pins, report = load_pins(args.pins, check_images=False)
     edges, edge_report = load_edges(args.boards, pins.pin_ids, pins.skipped_ids)
     report.extend(edge_report)
     report.raise_if_fatal()
+    kinds = tuple(k.strip() for k in args.heldout_kinds.split(",") if k.strip()) if args.heldout_kinds else None
+    config = SplitConfig(args.cold_frac, args.val_frac, args.heldout_board_frac, args.val_board_frac, kinds)
+    duplicates = DuplicateConfig(args.max_hash_distance, args.max_color_distance)
+    splits, groups = split_tables(pins, edges, args.seed, config, duplicates, check_images=not args.no_image_check)
+    write_splits(splits, args.out)
     edge_pins = [pins.pin_ids[i] for i in edges.pin_index.tolist()]
     edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
-    splits = make_splits(
-        pins.pin_ids,
-        zip(edge_pins, edge_boards),
-        args.seed,
-        args.cold_frac,
-        args.val_frac,
-        args.heldout_board_frac,
-    )
-    write_splits(splits, args.out)
     print(split_sizes(splits, pins.pin_ids, edge_pins, edge_boards))
     print(f"wrote {args.out}")
     return 0
@@ -116,11 +116,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--out", required=True, help="splits.json to write")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--cold-frac", type=float, default=0.1, help="share of pins held out entirely")
-    split.add_argument("--val-frac", type=float, default=0.02, help="share of pins for validation")
-    split.add_argument(
-        "--heldout-board-frac",
-        type=float,
-        default=0.15,
-        help="share of eligible boards (>= 3 pins) held out of the training graph",
-    )
+    split.add_argument("--val-frac", type=float, default=0.05, help="share of pins for choosing settings")
+    split.add_argument("--heldout-board-frac", type=float, default=0.15,
+                       help="share of eligible boards (>= 3 pins) held out of the training graph")
+    split.add_argument("--val-board-frac", type=float, default=0.25,
+                       help="share of the held-out boards reserved for validation (the rest is test)")
+    split.add_argument("--heldout-kinds", default=None, metavar="KINDS",
+                       help="comma-separated board_kind values that may be held out (default: every board); "
+                            "hold out boards whose membership is not derived from pin text")
+    split.add_argument("--max-hash-distance", type=int, default=6,
+                       help="near-duplicate images: pHash bits (of 64) that may differ")
+    split.add_argument("--max-color-distance", type=float, default=8.0,
+                       help="near-duplicate images: mean |difference| of 8x8 colour thumbnails (0-255)")
+    split.add_argument("--no-image-check", action="store_true",
+                       help="group duplicates by group_id and text only (no image hashing)")
     split.set_defaults(func=run_split)

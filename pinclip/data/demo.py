@@ -6,8 +6,9 @@ Sources (install with `bash scripts/install_demo_data.sh`): the Debian packages 
 openclipart-svg, fonts-noto-color-emoji (color emoji), fonts-symbola (monochrome outline emoji),
 unicode-data and unicode-cldr-core (names and keywords), and the npm package emoji-datasource-twitter
 (Twemoji). Each emoji concept is a Noto pin, a Twemoji pin and, if Symbola draws it, a Symbola pin.
-Writes pins.parquet, boards.parquet, splits.json, dataset.md, contact_sheet.png and images/ (PNGs,
-longer side <= 256 px, on white). The same seed and inputs give byte-identical files.
+Writes pins.parquet, boards.parquet, splits.json, splits_domain.json (whole top-level categories held
+out: the domain-shift split), dataset.md, contact_sheet.png and images/ (PNGs, longer side <= 256 px,
+on white). The same seed and inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -28,10 +29,18 @@ from pinclip.cli import UserError
 from pinclip.data import demo_clipart, demo_emoji
 from pinclip.data.demo_clipart import ClipartItem, FilterStep
 from pinclip.data.demo_emoji import EmojiConcept
+from pinclip.data.groups import audit_lines
 from pinclip.data.images import ImageError, composite_on_white, open_image, shrink_to_png
 from pinclip.data.schema import MAX_IMAGE_PIXELS
 from pinclip.data.sheet import contact_sheet
-from pinclip.data.splits import make_splits, split_sizes, write_splits
+from pinclip.data.splits import (
+    SplitConfig,
+    board_kinds_of,
+    make_domain_split,
+    split_sizes,
+    split_tables,
+    write_splits,
+)
 from pinclip.data.tables import load_edges, load_pins
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,8 +91,10 @@ class DemoConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     workers: int = 2
     cold_frac: float = 0.1
-    val_frac: float = 0.02
-    heldout_board_frac: float = 0.15
+    val_frac: float = 0.05
+    heldout_board_frac: float = 0.65  # of the curated boards (HELDOUT_KINDS): about 100 test Search queries
+    val_board_frac: float = 0.3
+    domain_frac: float = 0.15  # the domain-shift split: whole top-level categories held out (splits_domain.json)
 
 
 @dataclass
@@ -96,6 +107,7 @@ class DemoPin:
     queries: list[str] | None = None
     annotations: list[str] | None = None
     boards: list[tuple[str, str, str]] = field(default_factory=list)  # (board_id, title, kind)
+    domain: str | None = None  # top-level clip art folder or emoji group (the domain-shift split)
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,7 @@ class BuildLog:
     clipart_steps: list[FilterStep] = field(default_factory=list)
     emoji_notes: list[str] = field(default_factory=list)
     image_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    duplicates: list[str] = field(default_factory=list)  # the duplicate-group audit
 
 
 @dataclass
@@ -147,6 +160,7 @@ def clipart_pins(items: list[ClipartItem], root: str) -> list[DemoPin]:
             item.pin_id, "openclipart", job, item.title, description, annotations=item.keywords or None
         )
         pin.boards.append(category)
+        pin.domain = f"clipart/{item.rel_path.split('/')[0]}"
         pins.append(pin)
     return pins
 
@@ -166,9 +180,8 @@ def emoji_pins(concepts: list[EmojiConcept]) -> list[DemoPin]:
             styles.append(("tw", "twemoji", ("file", c.twemoji_png)))
         for prefix, source, job in styles:
             queries, keywords = list(c.short_names) or None, list(c.keywords) or None
-            pins.append(
-                DemoPin(f"{prefix}-{c.key}", source, job, c.title, None, queries, keywords, list(boards))
-            )
+            pins.append(DemoPin(f"{prefix}-{c.key}", source, job, c.title, None, queries, keywords, list(boards),
+                                domain=f"emoji/{c.group}"))
     return pins
 
 
@@ -280,6 +293,31 @@ def drop_small_boards(pins: list[DemoPin]) -> None:
         pin.boards = [b for b in pin.boards if size[b[0]] >= 2]
 
 
+def edge_pins_of(pins, edges) -> list[str]:
+    return [pins.pin_ids[i] for i in edges.pin_index.tolist()]
+
+
+def edge_boards_of(edges) -> list[str]:
+    return [edges.board_ids[b] for b in edges.board_index.tolist()]
+
+
+def domain_shift_folder(data_dir: str, out_dir: str) -> str:
+    """A dataset folder for the domain-shift split: links to the demo tables and images, its own splits.json."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("pins.parquet", "boards.parquet", "images"):
+        link = os.path.join(out_dir, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.relpath(os.path.join(data_dir, name), out_dir), link)
+    with open(os.path.join(data_dir, "splits_domain.json"), "rb") as f:
+        _write_if_changed(os.path.join(out_dir, "splits.json"), f.read())
+    return out_dir
+
+
+def _concept_group(pin: DemoPin) -> str | None:
+    """The emoji concept a pin draws (its styles are one group for the splits); None for clip art."""
+    return next((b[0] for b in pin.boards if b[2] == "concept"), None)
+
+
 def write_tables(pins: list[DemoPin], out_dir: str) -> tuple[pa.Table, pa.Table]:
     """pins.parquet and boards.parquet, rows sorted, written atomically with fixed settings."""
     pins = sorted(pins, key=lambda p: p.pin_id)
@@ -294,6 +332,8 @@ def write_tables(pins: list[DemoPin], out_dir: str) -> tuple[pa.Table, pa.Table]
             "queries": pa.array([p.queries for p in pins], strings),
             "annotations": pa.array([p.annotations for p in pins], strings),
             "source": pa.array([p.source for p in pins], string),
+            "group_id": pa.array([_concept_group(p) for p in pins], string),
+            "domain": pa.array([p.domain for p in pins], string),
         }
     )
     edges = sorted((board_id, p.pin_id, title, kind) for p in pins for board_id, title, kind in p.boards)
@@ -358,8 +398,19 @@ Boards with a single pin are dropped.
 ## Splits
 
 {splits}
+
+Cold-start and validation pins are whole duplicate groups (one emoji concept in every style, identical
+normalized titles, near-duplicate images), so none has a twin among the training pins. Only curated
+boards ({heldout_kinds}) are held out as ground truth; keyword and concept boards are derived from pin
+text and stay in the training graph.
+
+{duplicates}
 """
 SOURCES = ("openclipart", "noto", "twemoji", "symbola")
+# Boards whose membership comes from curation, not from pin text: only these are held out as ground truth.
+# Keyword boards (members = pins whose keywords contain the board title) and concept boards (members share
+# their title) would make Search a string-matching test; they stay in the training graph.
+HELDOUT_KINDS = ("category", "subgroup")
 BOARD_KINDS = {
     "category": "an Open Clip Art leaf category folder",
     "subgroup": "a Unicode emoji subgroup, all emoji styles",
@@ -411,6 +462,8 @@ def dataset_card(pins: list[DemoPin], config: DemoConfig, log: BuildLog, splits_
         coverage="\n".join(_coverage_row(pins, source) for source in SOURCES),
         boards=_board_rows(pins, config),
         splits=splits_line,
+        heldout_kinds=", ".join(HELDOUT_KINDS),
+        duplicates="\n".join(f"- {line.strip()}" for line in log.duplicates),
     )
 
 
@@ -469,18 +522,21 @@ def build_demo_corpus(
     )
     drop_small_boards(pins)
     write_tables(pins, out_dir)
-    pin_ids = [p.pin_id for p in pins]
-    edge_pins, edge_boards = (
-        [p.pin_id for p in pins for _ in p.boards],
-        [b[0] for p in pins for b in p.boards],
-    )
-    fractions = (config.cold_frac, config.val_frac, config.heldout_board_frac)
-    splits = make_splits(pin_ids, zip(edge_pins, edge_boards), config.seed, *fractions)
-    write_splits(splits, os.path.join(out_dir, "splits.json"))
-    splits_line = split_sizes(splits, pin_ids, edge_pins, edge_boards)
-    print(splits_line)
     loaded, _ = load_pins(os.path.join(out_dir, "pins.parquet"), check_images=False)
     edges, _ = load_edges(os.path.join(out_dir, "boards.parquet"), loaded.pin_ids)
+    split_config = SplitConfig(config.cold_frac, config.val_frac, config.heldout_board_frac, config.val_board_frac,
+                               HELDOUT_KINDS)
+    splits, groups = split_tables(loaded, edges, config.seed, split_config)
+    write_splits(splits, os.path.join(out_dir, "splits.json"))
+    domain = make_domain_split(loaded.pin_ids, zip(edge_pins_of(loaded, edges), edge_boards_of(edges)),
+                               dict(zip(loaded.pin_ids, loaded.extra["domain"])), config.seed, config.domain_frac,
+                               heldout_kinds=HELDOUT_KINDS, groups=dict(zip(loaded.pin_ids, groups.group.tolist())),
+                               board_kinds=board_kinds_of(edges))
+    write_splits(domain, os.path.join(out_dir, "splits_domain.json"))
+    edge_pins, edge_boards = edge_pins_of(loaded, edges), edge_boards_of(edges)
+    splits_line = split_sizes(splits, loaded.pin_ids, edge_pins, edge_boards)
+    print(splits_line)
+    log.duplicates = audit_lines(groups, loaded)
     contact_sheet(loaded, edges, os.path.join(out_dir, "contact_sheet.png"), seed=config.seed)
     _atomic_write(os.path.join(out_dir, "dataset.md"), dataset_card(pins, config, log, splits_line).encode())
     by_source = {s: sum(p.source == s for p in pins) for s in SOURCES}

@@ -1,11 +1,21 @@
 """Train / validation / cold-start pins and held-out boards (the splits.json of schema.py).
 
-    pinclip data split --pins pins.parquet --boards boards.parquet --out splits.json
+    pinclip data split --pins pins.parquet --boards boards.parquet --out splits.json \
+        [--heldout-kinds category,subgroup] [--seed 0]
 
-Cold-start pins are drawn at random and held out entirely; validation pins likewise. A share of
-the boards that have at least `min_board_pins` pins, of which at least `min_warm_pins` are training
-pins, is held out whole: their edges leave the training graph and give the ground truth of the
-Related Pins and Search tasks. The result depends only on the seed and the (sorted) inputs.
+Pins are held out as whole duplicate groups (`pinclip.data.groups`: same `group_id`, same
+normalized text, near-duplicate image), so no cold-start or validation pin has a twin in training.
+Groups are visited in a seeded random order and each goes to the cold-start set, else to the
+validation set, while it fits under that set's target size (`cold_frac`, `val_frac` of the pins).
+
+A share `heldout_board_frac` of the eligible boards is removed whole from the training graph: a
+board is eligible when its kind (the boards table's optional `board_kind` column) is one of
+`heldout_kinds` (every kind when not given), it has at least `min_board_pins` pins and at least
+`min_warm_pins` of them train. Hold out only boards whose membership is not derived from pin text
+(curated collections, categories): a board built from a keyword is found by string matching and
+measures nothing. Held-out boards are the ground truth of Related Pins and Search; a share
+`val_board_frac` of them (`val_boards`) is reserved for choosing settings, the rest is test.
+The result depends only on the seed, the inputs (in any order) and the settings.
 """
 
 from __future__ import annotations
@@ -14,27 +24,30 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pinclip.cli import UserError
 
 SPLIT_KEYS: tuple[str, ...] = ("cold_start_pins", "val_pins", "heldout_boards")
+OPTIONAL_KEYS: tuple[str, ...] = ("val_boards",)
 
 
 @dataclass
 class SplitConfig:
     cold_frac: float = 0.1  # share of pins held out entirely (cold start)
-    val_frac: float = 0.02  # share of pins held out for periodic validation
+    val_frac: float = 0.05  # share of pins held out for choosing settings
     heldout_board_frac: float = 0.15  # share of eligible boards held out of the training graph
+    val_board_frac: float = 0.25  # share of the held-out boards reserved for validation
+    heldout_kinds: tuple[str, ...] | None = None  # board kinds that may be held out (None: all)
     min_board_pins: int = 3  # a board needs this many pins to be eligible for holding out
     min_warm_pins: int = 2  # ... and this many of them must be training pins
 
 
-def _check_fractions(config: SplitConfig) -> None:
-    for name in ("cold_frac", "val_frac", "heldout_board_frac"):
+def _check(config: SplitConfig) -> None:
+    for name in ("cold_frac", "val_frac", "heldout_board_frac", "val_board_frac"):
         value = getattr(config, name)
         if not 0.0 <= value < 1.0:
             raise UserError(f"{name} must be in [0, 1), got {value}")
@@ -42,39 +55,103 @@ def _check_fractions(config: SplitConfig) -> None:
         raise UserError(f"cold_frac + val_frac must be below 1, got {config.cold_frac + config.val_frac}")
 
 
+def held_out_groups(pins: list[str], groups: Mapping[str, object] | None, n_cold: int, n_val: int,
+                    rng: np.random.Generator) -> tuple[set[str], set[str]]:
+    """(cold, val) pin sets made of whole groups, each at most its target size."""
+    members: dict[object, list[str]] = defaultdict(list)
+    for pin in pins:  # sorted: group order below depends only on the input set
+        members[groups.get(pin, ("pin", pin)) if groups else ("pin", pin)].append(pin)
+    ordered = sorted(members.values())
+    cold: set[str] = set()
+    val: set[str] = set()
+    for i in rng.permutation(len(ordered)):
+        group = ordered[i]
+        if len(cold) + len(group) <= n_cold:
+            cold.update(group)
+        elif len(val) + len(group) <= n_val:
+            val.update(group)
+        if len(cold) == n_cold and len(val) == n_val:
+            break
+    return cold, val
+
+
+def eligible_boards(members: Mapping[str, set[str]], held: set[str], config: SplitConfig,
+                    board_kinds: Mapping[str, str | None] | None) -> list[str]:
+    """Sorted boards that may be held out (kind, size and training-pin count)."""
+    kinds = set(config.heldout_kinds) if config.heldout_kinds is not None else None
+    return sorted(
+        board for board, pins in members.items()
+        if (kinds is None or (board_kinds or {}).get(board) in kinds)
+        and len(pins) >= config.min_board_pins and len(pins - held) >= config.min_warm_pins
+    )
+
+
 def make_splits(
     pin_ids: Sequence[str],
     edges: Iterable[tuple[str, str]],
     seed: int = 0,
     cold_frac: float = 0.1,
-    val_frac: float = 0.02,
+    val_frac: float = 0.05,
     heldout_board_frac: float = 0.15,
+    *,
+    val_board_frac: float = 0.25,
+    heldout_kinds: Collection[str] | None = None,
+    groups: Mapping[str, object] | None = None,
+    board_kinds: Mapping[str, str | None] | None = None,
 ) -> dict:
-    """splits.json content for pins `pin_ids` and (pin_id, board_id) `edges`; lists are sorted."""
-    config = SplitConfig(cold_frac, val_frac, heldout_board_frac)
-    _check_fractions(config)
+    """splits.json content for pins, (pin_id, board_id) edges, duplicate groups (pin_id -> group key)
+    and board kinds (board_id -> kind); lists are sorted. See the module docstring."""
+    config = SplitConfig(cold_frac, val_frac, heldout_board_frac, val_board_frac,
+                         tuple(sorted(heldout_kinds)) if heldout_kinds is not None else None)
+    _check(config)
     rng = np.random.default_rng(seed)
     pins = sorted(set(pin_ids))
-    order = rng.permutation(len(pins))
-    n_cold, n_val = round(config.cold_frac * len(pins)), round(config.val_frac * len(pins))
-    cold = {pins[i] for i in order[:n_cold]}
-    val = {pins[i] for i in order[n_cold : n_cold + n_val]}
+    cold, val = held_out_groups(pins, groups, round(cold_frac * len(pins)), round(val_frac * len(pins)), rng)
     members: dict[str, set[str]] = defaultdict(set)
     for pin_id, board_id in edges:
         members[board_id].add(pin_id)
-    eligible = sorted(
-        board_id
-        for board_id, board_pins in members.items()
-        if len(board_pins) >= config.min_board_pins and len(board_pins - cold - val) >= config.min_warm_pins
-    )
+    eligible = eligible_boards(members, cold | val, config, board_kinds)
     n_boards = round(config.heldout_board_frac * len(eligible))
     heldout = [eligible[i] for i in rng.permutation(len(eligible))[:n_boards]]
+    val_boards = sorted(heldout[: round(config.val_board_frac * len(heldout))])
+    duplicate = defaultdict(list)
+    for pin in pins:
+        if groups and pin in groups:
+            duplicate[groups[pin]].append(pin)
     return {
         "seed": int(seed),
         "cold_start_pins": sorted(cold),
         "val_pins": sorted(val),
         "heldout_boards": sorted(heldout),
+        "val_boards": val_boards,
+        "duplicate_groups": sorted(g for g in duplicate.values() if len(g) > 1),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
     }
+
+
+PARTITIONS: tuple[str, ...] = ("test", "val")
+
+
+def partition_boards(splits: dict, partition: str = "test") -> list[str]:
+    """The held-out boards that give the ground truth of `partition`: "val" -> val_boards, "test" -> the
+    others. A splits.json without val_boards judges both on every held-out board."""
+    if partition not in PARTITIONS:
+        raise ValueError(f"unknown partition {partition!r}; expected one of {PARTITIONS}")
+    val = set(splits.get("val_boards") or [])
+    if not val:
+        return list(splits["heldout_boards"])
+    return [b for b in splits["heldout_boards"] if (b in val) == (partition == "val")]
+
+
+def duplicate_group_of(pin_ids: Sequence[str], splits: dict) -> np.ndarray:
+    """(P,) group id per pin: pins of one splits.json duplicate group share it, other pins are alone."""
+    index = {p: i for i, p in enumerate(pin_ids)}
+    group = np.arange(len(pin_ids), dtype=np.int64)
+    for members in splits.get("duplicate_groups") or []:
+        rows = [index[p] for p in members if p in index]
+        if rows:
+            group[rows] = min(rows)
+    return group
 
 
 def training_edge_mask(edge_pins: Sequence[str], edge_boards: Sequence[str], splits: dict) -> np.ndarray:
@@ -95,22 +172,36 @@ def split_sizes(
     held = len(set(splits["cold_start_pins"]) | set(splits["val_pins"]))
     train_edges = int(training_edge_mask(edge_pins, edge_boards, splits).sum())
     boards = len(set(edge_boards))
+    val_boards = len(splits.get("val_boards") or [])
+    groups = splits.get("duplicate_groups") or []
     return (
         f"splits: {len(pin_ids) - held} train pins, {len(splits['val_pins'])} val pins, "
-        f"{len(splits['cold_start_pins'])} cold-start pins; {len(splits['heldout_boards'])} of {boards} "
-        f"boards held out; {train_edges} of {len(edge_pins)} edges in the training graph"
+        f"{len(splits['cold_start_pins'])} cold-start pins (whole groups of {len(groups)} duplicate groups); "
+        f"{len(splits['heldout_boards'])} of {boards} boards held out ({val_boards} for validation); "
+        f"{train_edges} of {len(edge_pins)} edges in the training graph"
     )
 
 
 def write_splits(splits: dict, path: str) -> None:
     """Write splits.json atomically (temp file in the same folder, then rename); stable bytes."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give the path of the splits.json to write")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    text = json.dumps({"seed": splits["seed"], **{k: splits[k] for k in SPLIT_KEYS}}, indent=1) + "\n"
+    keys = ["seed", *SPLIT_KEYS, *OPTIONAL_KEYS, "duplicate_groups", "config"]
+    text = json.dumps({k: splits[k] for k in keys if k in splits}, indent=1) + "\n"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".splits-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _is_string_list(values: object) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)
 
 
 def read_splits(path: str) -> dict:
@@ -121,13 +212,97 @@ def read_splits(path: str) -> dict:
             splits = json.load(f)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a splits.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{name}: not valid JSON ({err})") from None
     if not isinstance(splits, dict):
         raise UserError(f"{name}: expected a JSON object")
     for key in SPLIT_KEYS:
-        values = splits.get(key)
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        if not _is_string_list(splits.get(key)):
             raise UserError(f"{name}: key '{key}' must be a list of strings")
+    for key in OPTIONAL_KEYS:
+        if key in splits and not _is_string_list(splits[key]):
+            raise UserError(f"{name}: key '{key}' must be a list of strings")
+    groups = splits.get("duplicate_groups", [])
+    if not isinstance(groups, list) or not all(_is_string_list(g) for g in groups):
+        raise UserError(f"{name}: key 'duplicate_groups' must be a list of lists of pin ids")
     splits.setdefault("seed", None)
     return splits
+
+
+def board_kinds_of(edges) -> dict[str, str | None]:
+    """board_id -> its kind, from an EdgesTable's optional `board_kind` column (first value given)."""
+    column = edges.extra.get("board_kind")
+    kinds: dict[str, str | None] = {}
+    for e, b in enumerate(edges.board_index.tolist()):
+        board = edges.board_ids[b]
+        value = column[e] if column is not None else None
+        if kinds.get(board) is None:
+            kinds[board] = str(value).strip() if value is not None and str(value).strip() else None
+    return kinds
+
+
+def split_tables(pins, edges, seed: int = 0, config: SplitConfig | None = None, duplicates=None,
+                 check_images: bool = True, progress: bool = True) -> tuple[dict, object]:
+    """(splits, PinGroups) for loaded tables: duplicate groups found, then `make_splits`."""
+    from pinclip.data.groups import DuplicateConfig, find_groups
+
+    config, duplicates = config or SplitConfig(), duplicates or DuplicateConfig()
+    found = find_groups(pins, duplicates, check_images=check_images, progress=progress)
+    kinds = board_kinds_of(edges)
+    if config.heldout_kinds is not None:
+        unknown = sorted(set(config.heldout_kinds) - {k for k in kinds.values() if k})
+        if unknown:
+            known = sorted({k for k in kinds.values() if k})
+            raise UserError(f"held-out board kinds {unknown} are not in the boards table's board_kind column "
+                            f"(kinds present: {', '.join(known) or 'none: the table has no board_kind column'})")
+    edge_pins = [pins.pin_ids[i] for i in edges.pin_index.tolist()]
+    edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
+    splits = make_splits(
+        pins.pin_ids, zip(edge_pins, edge_boards), seed, config.cold_frac, config.val_frac,
+        config.heldout_board_frac, val_board_frac=config.val_board_frac, heldout_kinds=config.heldout_kinds,
+        groups=dict(zip(pins.pin_ids, found.group.tolist())), board_kinds=kinds,
+    )
+    splits["config"]["duplicates"] = {**asdict(duplicates), "images_hashed": found.images_hashed}
+    return splits, found
+
+
+def make_domain_split(pin_ids: Sequence[str], edges: Iterable[tuple[str, str]], domains: Mapping[str, str | None],
+                      seed: int = 0, domain_frac: float = 0.15, *, heldout_kinds: Collection[str] | None = None,
+                      groups: Mapping[str, object] | None = None, board_kinds: Mapping[str, str | None] | None = None,
+                      min_board_pins: int = 3) -> dict:
+    """A domain-shift split: whole domains (e.g. top-level categories) held out as cold-start pins.
+
+    Domains are visited in a seeded order and held out while they fit under `domain_frac` of the pins
+    (at least one is). The held-out boards are the boards of `heldout_kinds` whose pins all lie in the
+    held-out domains: the model never saw those domains, their pins or their boards. No validation
+    share: settings are chosen on the ordinary split, and this one only measures generality."""
+    if not 0.0 < domain_frac < 1.0:
+        raise UserError(f"domain_frac must be in (0, 1), got {domain_frac}")
+    pins = sorted(set(pin_ids))
+    known = {p: d for p, d in domains.items() if d}
+    if len(set(known.values())) < 2:
+        raise UserError("a domain-shift split needs a domain column with at least two domains")
+    rng = np.random.default_rng([seed, 11])
+    cold, _ = held_out_groups([p for p in pins if p in known], known, round(domain_frac * len(pins)), 0, rng)
+    if not cold:  # every domain is larger than the target: hold out the smallest
+        sizes = defaultdict(list)
+        for p, d in known.items():
+            sizes[d].append(p)
+        cold = set(min(sizes.values(), key=len))
+    members: dict[str, set[str]] = defaultdict(set)
+    for pin_id, board_id in edges:
+        members[board_id].add(pin_id)
+    kinds = set(heldout_kinds) if heldout_kinds is not None else None
+    heldout = sorted(b for b, m in members.items() if m <= cold and len(m) >= min_board_pins
+                     and (kinds is None or (board_kinds or {}).get(b) in kinds))
+    duplicate = defaultdict(list)
+    for pin in pins:
+        if groups and pin in groups:
+            duplicate[groups[pin]].append(pin)
+    return {"seed": int(seed), "cold_start_pins": sorted(cold), "val_pins": [], "heldout_boards": heldout,
+            "val_boards": [], "duplicate_groups": sorted(g for g in duplicate.values() if len(g) > 1),
+            "config": {"kind": "domain_shift", "domain_frac": domain_frac,
+                       "heldout_kinds": sorted(kinds) if kinds is not None else None,
+                       "domains": sorted({known[p] for p in cold})}}

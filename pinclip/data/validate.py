@@ -2,13 +2,14 @@
 
     pinclip data validate --pins pins.parquet --boards boards.parquet [--max-image-pixels N] [--no-image-check]
 
-Prints the summary and every problem line; the command exits 2 when a problem is fatal (see the
+Prints the summary, the duplicate-group audit (pinclip.data.groups: shared group_id, identical
+normalized text, near-duplicate images) and every problem line; the command exits 2 when a problem is fatal (see the
 tables.py docstring for what is fatal and what is a reported skip), 0 otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class DatasetSummary:
     text_coverage: dict[str, float]  # field -> share of pins where it is non-empty
     pins_with_image: int
     skipped: dict[str, int]  # kind ("image", "pin", "edge") -> count
+    duplicates: list[str] = field(default_factory=list)  # the dedup audit (pinclip.data.groups)
 
 
 def degree_stats(degrees: np.ndarray) -> DegreeStats:
@@ -87,14 +89,19 @@ def format_summary(summary: DatasetSummary) -> str:
 def validate(
     pins_path: str, boards_path: str, max_image_pixels: int = MAX_IMAGE_PIXELS, check_images: bool = True
 ) -> tuple[DatasetSummary, Report]:
-    """Load both tables with every check; the report holds all problems of both."""
+    """Load both tables with every check and audit duplicates; the report holds all problems of both."""
+    from pinclip.data.groups import audit_lines, find_groups
+
     pins, report = load_pins(pins_path, max_image_pixels=max_image_pixels, check_images=check_images)
     if len(pins) == 0 and report.has_fatal:
         report.note(boards_path, None, None, "board edges not checked: no pin could be read")
         return summarize(pins, EdgesTable.empty(boards_path), report), report
     edges, edge_report = load_edges(boards_path, pins.pin_ids, pins.skipped_ids)
     report.extend(edge_report)
-    return summarize(pins, edges, report), report
+    summary = summarize(pins, edges, report)
+    if len(pins):
+        summary.duplicates = audit_lines(find_groups(pins, check_images=check_images), pins)
+    return summary, report
 
 
 def problem_lines(report: Report) -> list[str]:

@@ -1,11 +1,16 @@
-"""`pinclip eval`: evaluate checkpoints on a dataset and write metrics.json + report.md + plots.
+"""`pinclip eval`: evaluate models on a dataset and write metrics.json, report.md, plots and TREC files.
 
     pinclip eval --checkpoint runs/demo/train/final --data-dir runs/demo/data --out runs/demo/eval
-    pinclip eval --checkpoint A --checkpoint B --name ours --name theirs --pins P --boards E --all-test
-    pinclip eval --run runs/demo --baselines --scaling     # trains missing baselines, writes runs/demo/eval/
+    pinclip eval --checkpoint A --checkpoint B --name ours --name theirs --pins P --boards E --splits S
+    pinclip eval --run runs/demo --baselines all --seeds 3 --scaling   # makes what is missing (`make report`)
+    pinclip eval --run runs/demo --partition val --out runs/demo/eval-val   # choose settings on validation
 
-With --run, the run's PinCLIP model is <run>/train/final and its config (data, cache, steps) is the
-base of the baselines; every model under <run>/baselines/ is evaluated beside it.
+--partition test (the default) judges with the test boards and the cold-start pins; val with the
+validation boards and pins: choose settings on val, look at test for the final table only. With --run,
+the run's PinCLIP model is <run>/train/final, its config (data, cache, steps) is the base of every
+baseline, and every model and seed already under the run is evaluated beside it
+(pinclip.experiments). --all-test judges a model on a foreign catalog (every pin cold, every board
+held out).
 """
 
 from __future__ import annotations
@@ -18,29 +23,41 @@ from typing import Any
 
 from pinclip.cli import UserError
 
+DEFAULT_FRACTIONS = "0.1,0.25,0.5,1.0"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate models: Recall@K, int8, ANN, baselines, report",
+    p = sub.add_parser("eval", help="evaluate models: retrieval metrics with intervals, regimes, int8, baselines",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", default=[], help="checkpoint folder (repeatable)")
+    p.add_argument("--checkpoint", action="append", default=[], help="checkpoint or baseline folder (repeatable)")
     p.add_argument("--name", action="append", default=[], help="model name per --checkpoint (default: folder name)")
     p.add_argument("--run", help="a run folder (<run>/train/final, <run>/baselines/); writes <run>/eval by default")
     p.add_argument("--baselines", nargs="?", const="all", default=None, metavar="NAMES",
                    help="with --run: make the missing baselines first: all (the default) or some of "
-                        "frozen,two_tower,fused_no_neighbor (comma-separated)")
-    p.add_argument("--scaling", action="store_true", help="with --run: the dataset-scaling curve (trains models)")
-    p.add_argument("--fractions", default="0.1,0.25,0.5,1.0", help="with --scaling: shares of the training pins")
-    p.add_argument("--steps", type=int, default=None, help="training steps of baselines and scaling runs")
+                        "bm25,frozen,lit,lit_neighbor,fused_no_neighbor (comma-separated)")
+    p.add_argument("--seeds", type=int, default=1, help="with --run: train PinCLIP and each trained baseline "
+                   "with this many seeds (report mean +- std)")
+    p.add_argument("--scaling", action="store_true", help="with --run: the dataset-scaling curves (trains models)")
+    p.add_argument("--domain-shift", action="store_true", help="with --run: train PinCLIP on the domain-shift split "
+                   "(whole top-level categories held out) and judge it beside frozen and bm25 (<run>/eval-domain)")
+    p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help="with --scaling: shares of the training pins")
+    p.add_argument("--steps", type=int, default=None, help="training steps of trained baselines and seeds")
+    p.add_argument("--partition", default="test", choices=("test", "val"),
+                   help="test: the final numbers; val: for choosing settings")
+    p.add_argument("--regimes", default="full,title,image", help="text regimes of the retrieved and query pins")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of pintext_i2t,pintext_t2i,related,search")
     p.add_argument("--data-dir", help="folder with pins.parquet, boards.parquet, splits.json")
     p.add_argument("--pins", help="pins table (parquet, jsonl or csv)")
     p.add_argument("--boards", help="board edges table")
     p.add_argument("--splits", help="splits.json (default: none held out; see --all-test)")
     p.add_argument("--all-test", action="store_true", help="treat the whole dataset as test: every pin cold, "
                    "every board held out (judge a model on a foreign catalog)")
-    p.add_argument("--out", help="output folder (default: <run>/eval, or eval/ here)")
+    p.add_argument("--out", help="output folder (default: <run>/eval, or <run>/eval-val; eval/ here)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the model's train.cache_dir)")
     p.add_argument("--max-queries", type=int, default=1000, help="queries per task and split")
     p.add_argument("--no-ann", action="store_true", help="skip the FAISS index comparison")
+    p.add_argument("--no-quant", action="store_true", help="skip the int8, ANN and Matryoshka-prefix tables")
+    p.add_argument("--no-trec", action="store_true", help="do not write TREC run and qrels files")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -56,10 +73,9 @@ def _load_data(args: argparse.Namespace) -> Any:
             if path and not Path(path).is_file():
                 raise UserError(f"{flag} {path}: file not found")
         return load_dataset(args.pins, args.boards, args.splits, check_images=False)
-    data_dir = args.data_dir
-    if not data_dir:
+    if not args.data_dir:
         raise UserError("say which data to evaluate on: --data-dir D, or --pins P --boards E [--splits S]")
-    return load_dataset_dir(data_dir)
+    return load_dataset_dir(args.data_dir)
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -84,92 +100,157 @@ def _default_name(path: Path) -> str:
 class EvalOptions:
     """How each model is evaluated (see `evaluate_checkpoint`)."""
 
+    partition: str = "test"
+    regimes: tuple[str, ...] = ("full", "title", "image")
+    tasks: tuple[str, ...] | None = None
     all_test: bool = False
     max_queries: int = 1000
     ann: bool = True
+    quantization: bool = True
+    trec: bool = True
     device: str = "cpu"
     progress: bool = True
 
 
-def evaluate_models(models: dict[str, Path], dataset: Any, out_dir: str | Path, cache_dir: str | None = None,
-                    options: EvalOptions | None = None, scaling: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Evaluate each named checkpoint on the dataset and write the report; returns the report's paths."""
+def evaluate_models(models: dict[str, Sequence[Path]], dataset: Any, out_dir: str | Path,
+                    cache_dir: str | None = None, options: EvalOptions | None = None,
+                    scaling: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Evaluate each model (one folder per seed) and write the report; returns the report's paths."""
     from pinclip.eval.harness import evaluate_checkpoint
     from pinclip.eval.report import dataset_summary, write_report
 
     options = options or EvalOptions()
-    evaluations = {}
-    for name, checkpoint in models.items():
-        print(f"evaluating {name} ({checkpoint})")
-        evaluations[name] = evaluate_checkpoint(
-            checkpoint, dataset, all_test=options.all_test, cache_dir=cache_dir or _cache_of(checkpoint),
-            max_queries=options.max_queries, ann=options.ann, device=options.device, progress=options.progress)
-    results = {"models": evaluations, "scaling": scaling, "dataset": dataset_summary(dataset)}
+    evaluations: dict[str, list[dict[str, Any]]] = {}
+    for name, folders in models.items():
+        for seed, folder in enumerate(folders):
+            print(f"evaluating {name} seed {seed} ({folder})")
+            trec = Path(out_dir) / "trec" if options.trec and seed == 0 else None
+            evaluations.setdefault(name, []).append(evaluate_checkpoint(
+                folder, dataset, partition=options.partition, all_test=options.all_test, regimes=options.regimes,
+                tasks=options.tasks, cache_dir=cache_dir or _cache_of(folder), max_queries=options.max_queries,
+                ann=options.ann, quantization=options.quantization, dims=None if options.quantization else [],
+                device=options.device,
+                progress=options.progress, trec_dir=trec, name=name))
+    results = {"models": evaluations, "scaling": scaling, "dataset": dataset_summary(dataset),
+               "partition": options.partition}
     return write_report(results, out_dir)
 
 
-def evaluate_run(run_dir: str | Path, baselines: bool | Sequence[str] = True, scaling: bool = True,
+def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int = 1, scaling: bool = False,
                  steps: int | None = None, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), dataset: Any = None,
                  data_dir: str | None = None, cache_dir: str | None = None, out_dir: str | Path | None = None,
                  options: EvalOptions | None = None) -> dict[str, Path]:
-    """A run's PinCLIP model beside its baselines, the scaling curve (if `scaling`), and the report in
-    out_dir (default <run_dir>/eval); returns the report's paths. `baselines`: True makes every missing
-    baseline (trains two of them), a list of names makes those; baselines already there are always
-    evaluated."""
+    """Make the run's missing models (PinCLIP seeds, the named baselines, the scaling runs), then evaluate
+    every model under the run and write the report to out_dir (default <run>/eval, <run>/eval-val)."""
     import yaml
 
     from pinclip.config import config_from_dict
-    from pinclip.eval.baselines import BASELINES, main_checkpoint, scaling_curve, train_baselines
+    from pinclip.experiments import existing_models, make_models, scaling_runs
     from pinclip.train.dataset import load_dataset_dir
 
     options = options or EvalOptions()
     run_dir = Path(run_dir)
-    main = main_checkpoint(run_dir)
+    main = run_dir / "train" / "final"
+    if not (main / "meta.json").is_file():
+        raise UserError(f"{main}: no trained PinCLIP model; train it first "
+                        f"(pinclip train --config configs/demo.yaml train.out_dir={run_dir / 'train'})")
     base_cfg = config_from_dict(yaml.safe_load((main / "config.yaml").read_text()))
+    base_cfg.train.seed = 0
     base_cfg.train.data_dir = data_dir or base_cfg.train.data_dir
     base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
-    wanted = list(BASELINES) if baselines is True else list(baselines or [])
-    made = train_baselines(base_cfg, run_dir, wanted, steps=steps, progress=options.progress)
-    models = {"pinclip": main}
-    for name in BASELINES:  # the ones just made, and any an earlier call left in <run>/baselines
-        folder = run_dir / "baselines" / name
-        if name in made or (folder / "meta.json").is_file() or (folder / "final" / "meta.json").is_file():
-            models[name] = made.get(name, folder)
+    make_models(base_cfg, run_dir, ["pinclip", *baselines], seeds, steps, options.progress)
+    points = scaling_runs(base_cfg, run_dir, fractions, progress=options.progress) if scaling else None
     dataset = dataset or load_dataset_dir(base_cfg.train.data_dir)
-    curve = scaling_curve(base_cfg, run_dir, fractions, steps=steps, dataset=dataset, cache_dir=base_cfg.train.cache_dir,
-                          progress=options.progress) if scaling else None
-    return evaluate_models(models, dataset, out_dir or run_dir / "eval", base_cfg.train.cache_dir, options, curve)
+    curve = _scaling_curve(points, dataset, base_cfg.train.cache_dir, options) if points else None
+    default_out = run_dir / ("eval" if options.partition == "test" else f"eval-{options.partition}")
+    return evaluate_models(existing_models(run_dir), dataset, out_dir or default_out, base_cfg.train.cache_dir,
+                           options, curve)
+
+
+def evaluate_domain_shift(run_dir: str | Path, cache_dir: str | None = None, options: EvalOptions | None = None
+                          ) -> dict[str, Path]:
+    """Train PinCLIP on the domain-shift split (pinclip.experiments.domain_shift_models) and write its report,
+    beside frozen and bm25, to <run>/eval-domain (test partition: the held-out domains are the cold pins)."""
+    import dataclasses
+
+    import yaml
+
+    from pinclip.config import config_from_dict
+    from pinclip.experiments import domain_shift_models
+    from pinclip.train.dataset import load_dataset_dir
+
+    options = dataclasses.replace(options or EvalOptions(), partition="test")
+    main = Path(run_dir) / "train" / "final"
+    if not (main / "meta.json").is_file():
+        raise UserError(f"{main}: no trained PinCLIP model; train it first")
+    base_cfg = config_from_dict(yaml.safe_load((main / "config.yaml").read_text()))
+    base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
+    folder, models = domain_shift_models(base_cfg, run_dir, options.progress)
+    return evaluate_models(models, load_dataset_dir(folder), Path(run_dir) / "eval-domain", base_cfg.train.cache_dir,
+                           options)
+
+
+def _scaling_curve(points: list[dict[str, Any]], dataset: Any, cache_dir: str, options: EvalOptions
+                   ) -> dict[str, Any]:
+    """PinText Recall@10 (mean of both directions over warm and cold) of every scaling point."""
+    import json
+
+    import numpy as np
+
+    from pinclip.eval.harness import evaluate_checkpoint
+    from pinclip.eval.tasks import PINTEXT
+
+    for point in points:
+        ev = evaluate_checkpoint(point["checkpoint"], dataset, partition=options.partition, tasks=PINTEXT,
+                                 quantization=False, cache_dir=cache_dir, max_queries=options.max_queries,
+                                 progress=options.progress, name="scaling")
+        values = {t: {s: m["full"]["recall@10"] for s, m in ev["metrics"].get(t, {}).items() if m.get("full")}
+                  for t in PINTEXT}
+        meta = json.loads((Path(point["checkpoint"]) / "meta.json").read_text())
+        point.update(values, train_pins=meta.get("train_pins"), steps=meta.get("step"),
+                     **{"pintext_recall@10": float(np.mean([v for t in values.values() for v in t.values()]))})
+    return {"metric": "PinText Recall@10, mean of image->text and text->image over warm and cold", "points": points}
 
 
 def run(args: argparse.Namespace) -> int:
+    from pinclip.eval.tasks import REGIMES, TASKS
+
     if bool(args.run) == bool(args.checkpoint):
         raise UserError("give either --checkpoint C [...] or --run RUN")
-    if (args.baselines or args.scaling) and not args.run:
-        raise UserError("--baselines and --scaling need --run")
-    baselines = _baseline_names(args.baselines)
-    options = EvalOptions(all_test=args.all_test, max_queries=args.max_queries, ann=not args.no_ann,
-                          device=args.device, progress=not args.quiet)
+    if (args.baselines or args.scaling or args.domain_shift or args.seeds != 1) and not args.run:
+        raise UserError("--baselines, --seeds, --scaling and --domain-shift need --run")
+    regimes = _names_list(args.regimes, REGIMES, "--regimes")
+    tasks = _names_list(args.tasks, TASKS, "--tasks") if args.tasks else None
+    options = EvalOptions(args.partition, regimes, tasks, args.all_test, args.max_queries, not args.no_ann,
+                          not args.no_quant, not args.no_trec, args.device, not args.quiet)
     if args.run:
         dataset = _load_data(args) if (args.pins or args.boards) else None
-        paths = evaluate_run(args.run, baselines, args.scaling, args.steps, _fractions(args.fractions),
-                             dataset, args.data_dir, args.cache_dir, args.out, options)
+        paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
+                             _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options)
+        if args.domain_shift:
+            domain = evaluate_domain_shift(args.run, args.cache_dir, options)
+            print(f"domain-shift report: {domain['report']}")
     else:
-        models = dict(zip(_names(args), map(Path, args.checkpoint)))
+        models = {name: [Path(c)] for name, c in zip(_names(args), args.checkpoint)}
         paths = evaluate_models(models, _load_data(args), args.out or "eval", args.cache_dir, options)
     print(f"report: {paths['report']}\nmetrics: {paths['metrics']}")
     return 0
 
 
+def _names_list(text: str, known: Sequence[str], flag: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UserError(f"{flag}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    return names
+
+
 def _baseline_names(text: str | None) -> list[str]:
-    from pinclip.eval.baselines import BASELINES
+    from pinclip.baselines import BASELINES
 
     if not text:
         return []
-    names = list(BASELINES) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown:
-        raise UserError(f"--baselines: unknown {', '.join(unknown)}; choose from all, {', '.join(BASELINES)}")
-    return names
+    return list(BASELINES) if text == "all" else list(_names_list(text, list(BASELINES), "--baselines"))
 
 
 def _fractions(text: str) -> list[float]:
@@ -183,7 +264,7 @@ def _cache_of(checkpoint: Path) -> str | None:
     """The feature cache the checkpoint was trained with, if that folder exists."""
     import yaml
 
-    from pinclip.eval.harness import resolve_checkpoint
+    from pinclip.eval.encoders import resolve_checkpoint
 
     config = resolve_checkpoint(checkpoint) / "config.yaml"
     if not config.is_file():

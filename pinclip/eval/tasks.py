@@ -1,65 +1,104 @@
-"""Evaluation tasks built from the dataset and its splits (DESIGN.md §5); no model is involved.
+"""Evaluation tasks built from the dataset and its splits; no model is involved.
 
-`build_eval_tasks` returns tasks[task][split] -> TaskSpec: what to embed as queries and as corpus
-(pin indices in catalog order, or texts) and, per query, the relevant corpus positions.
+    specs = build_eval_tasks(EvalData.from_dataset(dataset), partition="test")
+    spec = specs["related"]["cold"]["image"]      # tasks[task][split][regime] -> TaskSpec
 
-Splits (from splits.json): "warm" = pins seen in training (neither cold-start nor validation
-pins); "cold" = the cold-start pins. Validation pins are in neither. Each split's corpus holds only
-that split's pins, so warm and cold numbers are comparable in difficulty only at equal size.
+Partitions (pinclip.data.splits): "test" judges with the held-out test boards, its query splits
+being "warm" (training pins) and "cold" (cold-start pins); "val" judges with the validation boards,
+its splits being "warm" (training pins) and "cold" (validation pins). Settings are chosen on "val"
+only. A splits.json without val_boards judges both partitions on every held-out board.
+
+The corpus is always the whole catalog (training, validation and cold-start pins together), as a
+fresh pin is searched in production: warm and cold numbers are comparable.
+
+Text regimes say which text fields the retrieved pins and the query pins keep: "full" (all),
+"title" (the title only), "image" (none: a fresh upload). Pins with nothing left (no image and no
+kept field) leave the corpus and the queries of that regime.
 
 Tasks:
-- pintext_i2t: query = a pin's image; corpus = every present text field of the split's sampled
-  pins, each a separate item (lists joined by `schema.field_text`); relevant = the pin's own fields.
-- pintext_t2i: query = a pin's title, or its first present field in `schema.TEXT_FIELDS` order;
-  corpus = the images of the sampled pins; relevant = the pin's own image.
-- related: query = a pin in a held-out board that has >= 2 pins of the split; corpus = all pins
-  of the split (fused pin embeddings); relevant = the other pins of the split sharing any held-out
-  board with it; `exclude` holds the query's own corpus position.
-- search: query = a held-out board's title (boards without a title are skipped); corpus = all pins
-  of the split; relevant = the board's pins in the split (boards with none are skipped).
-Only held-out boards give ground truth: they are absent from the training graph.
-
-Sampling, deterministic for a given seed: pintext first draws at most `max_pins` pins of the split
-(shared by both directions), then every task draws at most `max_queries` queries; draws are
-uniform without replacement and kept in catalog (or board id) order. Image queries and the image
-corpus use only pins with an image (`has_image`; all pins when not given). A task/split with no
-query is left out of the result. `TaskSpec.counts` records candidates before sampling and skips.
+- pintext_i2t (regime "full" only): query = a pin's image; corpus = every distinct (field, normalized text)
+  of the catalog; relevant = the query pin's own (field, text) items. Twins that share a title
+  share the item, so duplicates cannot make a query unanswerable.
+- pintext_t2i (regime "full" only): query = a distinct title of the split (or a pin's first present field
+  when it has no title); corpus = every catalog image; relevant = the images of every pin with that
+  exact (field, normalized text).
+- related: query = a pin of the split in a partition board; corpus = the catalog in the regime;
+  relevant = the pins sharing a partition board with it, minus its duplicate group (splits.json
+  duplicate_groups), which is neither relevant nor ranked: a twin drawn in another style would
+  answer the query by itself.
+- search: query = a partition board's title (field tag "queries"); relevant = the board's pins of
+  the split; its pins of other splits are neither relevant nor ranked (`exclude`).
+Queries are drawn at most `max_queries` per task and split (seeded, uniform, kept in catalog
+order); related uses one draw for every regime, so regimes compare the same queries.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pinclip.data.groups import normalize_text
 from pinclip.data.schema import TEXT_FIELDS, field_text
+from pinclip.data.splits import duplicate_group_of, partition_boards
 
 SPLITS: tuple[str, ...] = ("warm", "cold")
 TASKS: tuple[str, ...] = ("pintext_i2t", "pintext_t2i", "related", "search")
+REGIMES: tuple[str, ...] = ("full", "title", "image")
+REGIME_FIELDS: dict[str, tuple[str, ...]] = {"full": TEXT_FIELDS, "title": ("title",), "image": ()}
+PINTEXT: tuple[str, ...] = ("pintext_i2t", "pintext_t2i")
+NO_REGIME = "full"  # the regime key of the PinText tasks: their text side is every field
+
+
+@dataclass
+class EvalData:
+    """What the tasks need of a dataset: pins, their texts and images, board ground truth, splits."""
+
+    pin_ids: list[str]
+    texts: dict[str, Sequence[Any]]
+    has_image: np.ndarray  # (P,) bool
+    edge_pins: np.ndarray  # (E,) pin index of each edge
+    edge_boards: list[str]  # (E,) board id of each edge
+    board_titles: dict[str, Any]
+    splits: dict[str, Any]
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, has_image: np.ndarray | None = None, splits: dict | None = None) -> EvalData:
+        pins, edges = dataset.pins, dataset.edges
+        image = np.array([s is not None for s in pins.images]) if has_image is None else np.asarray(has_image, bool)
+        return cls(list(pins.pin_ids), pins.texts, image, np.asarray(edges.pin_index, np.int64),
+                   [edges.board_ids[b] for b in edges.board_index], dict(zip(edges.board_ids, edges.board_titles)),
+                   splits if splits is not None else dataset.splits)
 
 
 @dataclass
 class TaskSpec:
-    """Queries, corpus and ground truth of one task on one split.
+    """Queries, corpus and ground truth of one task on one split in one regime.
 
-    `query_kind` says what to embed for the queries: "image"/"pin" -> the pins in `query_pins`,
-    "text" -> `query_texts` (for pintext_t2i, `query_pins` also names the pin each text came
-    from). `relevant[i]` and `exclude[i]` are positions in the corpus, not pin indices.
+    `relevant[i]` and `exclude[i]` are corpus positions. Image, pin and t2i text queries name their
+    pin in `query_pins` (t2i also its field in `query_fields`); text corpora name the pin and field
+    each distinct text was taken from. `*_ids` are the ids written to TREC run and qrels files.
     """
 
+    task: str
+    split: str
+    regime: str
     query_kind: str  # "image" | "text" | "pin"
-    query_pins: np.ndarray | None  # (Q,) pin indices
-    query_texts: list[str] | None  # Q texts
+    query_ids: list[str]
+    query_pins: np.ndarray | None  # (Q,)
+    query_fields: np.ndarray | None  # (Q,) field index of t2i queries
+    query_texts: list[str] | None  # Q texts (search, t2i)
     corpus_kind: str  # "text" | "image" | "pin"
-    corpus_pins: np.ndarray  # (N,) pin index of each corpus item
-    corpus_texts: list[str] | None  # N texts when corpus_kind == "text"
-    relevant: list[np.ndarray]  # Q arrays of corpus positions
-    exclude: np.ndarray | None = None  # (Q,) corpus position of the query itself
-    corpus_fields: list[str] | None = None  # N field names when corpus_kind == "text"
-    query_boards: list[str] | None = None  # Q board ids for search
+    corpus_ids: list[str]
+    corpus_pins: np.ndarray  # (N,)
+    corpus_fields: np.ndarray | None  # (N,) field index of a text corpus
+    corpus_texts: list[str] | None  # N texts of a text corpus
+    relevant: list[np.ndarray]
+    exclude: list[np.ndarray] | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -67,22 +106,21 @@ class TaskSpec:
         return len(self.relevant)
 
 
-def _task_rng(seed: int, task: str, split: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(f"{task}/{split}".encode())])
+def _rng(seed: int, *names: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32("/".join(names).encode())])
 
 
 def _sample(candidates: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
     """At most `limit` candidates, drawn without replacement, in their original order."""
     if len(candidates) <= limit:
         return candidates
-    keep = np.sort(rng.choice(len(candidates), size=limit, replace=False))
-    return candidates[keep]
+    return candidates[np.sort(rng.choice(len(candidates), size=limit, replace=False))]
 
 
-def _pin_texts(pin_ids: Sequence[str], texts: dict[str, Sequence[Any]]) -> list[list[tuple[str, str]]]:
-    """Per pin, the (field, text) pairs of its present text fields, in TEXT_FIELDS order."""
-    out: list[list[tuple[str, str]]] = [[] for _ in pin_ids]
-    for name in TEXT_FIELDS:
+def pin_fields(pin_ids: Sequence[str], texts: dict[str, Sequence[Any]]) -> list[list[tuple[int, str]]]:
+    """Per pin, the (field index, text) of its present text fields, in TEXT_FIELDS order."""
+    out: list[list[tuple[int, str]]] = [[] for _ in pin_ids]
+    for f, name in enumerate(TEXT_FIELDS):
         values = texts.get(name)
         if values is None:
             continue
@@ -94,223 +132,195 @@ def _pin_texts(pin_ids: Sequence[str], texts: dict[str, Sequence[Any]]) -> list[
             try:
                 text = field_text(value)
             except (TypeError, AttributeError) as err:
-                raise ValueError(
-                    f"pin {pin_ids[i]!r} (row {i}), field {name!r}: not text: {value!r}"
-                ) from err
+                raise ValueError(f"pin {pin_ids[i]!r} (row {i}), field {name!r}: not text: {value!r}") from err
             if text:
-                out[i].append((name, text))
+                out[i].append((f, text))
     return out
 
 
-def split_pin_indices(pin_ids: Sequence[str], splits: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
-    """Sorted pin indices of the "warm" and "cold" splits, and how many split ids name no pin."""
+def regime_mask(fields: list[list[tuple[int, str]]], regime: str) -> np.ndarray:
+    """(P, F) bool: the text fields each pin keeps in `regime`."""
+    keep = {TEXT_FIELDS.index(name) for name in REGIME_FIELDS[regime]}
+    mask = np.zeros((len(fields), len(TEXT_FIELDS)), bool)
+    for p, present in enumerate(fields):
+        for f, _ in present:
+            mask[p, f] = f in keep
+    return mask
+
+
+def split_pins(pin_ids: Sequence[str], splits: dict[str, Any], partition: str) -> dict[str, np.ndarray]:
+    """Sorted pin indices of the "warm" and "cold" query splits of a partition (module docstring)."""
     index = {p: i for i, p in enumerate(pin_ids)}
-    held: dict[str, set[int]] = {}
-    unknown = 0
+    held = {}
     for key in ("cold_start_pins", "val_pins"):
         ids = splits.get(key) or []
         if not isinstance(ids, list):
             raise ValueError(f"splits[{key!r}] must be a list of pin ids, got {type(ids).__name__}")
-        held[key] = {index[p] for p in ids if p in index}
-        unknown += sum(1 for p in ids if p not in index)
-    cold = np.array(sorted(held["cold_start_pins"]), dtype=np.int64)
-    not_warm = held["cold_start_pins"] | held["val_pins"]
-    warm = np.array([i for i in range(len(pin_ids)) if i not in not_warm], dtype=np.int64)
-    return {"warm": warm, "cold": cold}, unknown
+        held[key] = np.array(sorted(index[p] for p in ids if p in index), np.int64)
+    warm = np.setdiff1d(np.arange(len(pin_ids)), np.concatenate([held["cold_start_pins"], held["val_pins"]]))
+    return {"warm": warm, "cold": held["val_pins" if partition == "val" else "cold_start_pins"]}
 
 
-def _heldout_board_pins(
-    pin_ids: Sequence[str], edge_pin_ids: Sequence[str], edge_board_ids: Sequence[str], splits: dict[str, Any]
-) -> tuple[dict[str, np.ndarray], int]:
-    """Sorted pin indices of each held-out board, and how many edges name an unknown pin."""
-    if len(edge_pin_ids) != len(edge_board_ids):
-        raise ValueError(f"{len(edge_pin_ids)} edge pin ids but {len(edge_board_ids)} edge board ids")
-    heldout = splits.get("heldout_boards") or []
-    if not isinstance(heldout, list):
-        raise ValueError(
-            f"splits['heldout_boards'] must be a list of board ids, got {type(heldout).__name__}"
-        )
-    index = {p: i for i, p in enumerate(pin_ids)}
-    members: dict[str, set[int]] = {str(b): set() for b in heldout}
-    unknown = 0
-    for pin, board in zip(edge_pin_ids, edge_board_ids):
-        if str(board) in members:
-            if pin in index:
-                members[str(board)].add(index[pin])
-            else:
-                unknown += 1
-    return {b: np.array(sorted(m), dtype=np.int64) for b, m in sorted(members.items())}, unknown
+def board_members(data: EvalData, partition: str) -> dict[str, np.ndarray]:
+    """Sorted pin indices of each board that judges `partition`."""
+    wanted = set(partition_boards(data.splits, partition))
+    members: dict[str, set[int]] = {b: set() for b in wanted}
+    for pin, board in zip(data.edge_pins.tolist(), data.edge_boards):
+        if board in members:
+            members[board].add(pin)
+    return {b: np.array(sorted(m), np.int64) for b, m in sorted(members.items())}
 
 
-def _pintext_specs(
-    sampled: np.ndarray,
-    pin_texts: list[list[tuple[str, str]]],
-    has_image: np.ndarray,
-    max_queries: int,
-    rng_pair: tuple[np.random.Generator, np.random.Generator],
-) -> dict[str, TaskSpec]:
-    """pintext_i2t and pintext_t2i over one split's sampled pins."""
-    corpus_pins, corpus_texts, corpus_fields, own_fields = [], [], [], {}
-    for p in sampled:
-        own_fields[int(p)] = np.arange(
-            len(corpus_texts), len(corpus_texts) + len(pin_texts[p]), dtype=np.int64
-        )
-        for name, text in pin_texts[p]:
-            corpus_pins.append(p)
-            corpus_texts.append(text)
-            corpus_fields.append(name)
+def _text_items(fields: list[list[tuple[int, str]]]) -> tuple[dict[tuple[int, str], int], list[tuple[int, int, str]]]:
+    """Distinct (field, normalized text) items of the catalog: key -> item position, and per item
+    its representative (pin, field, raw text), the first occurrence in catalog order."""
+    position: dict[tuple[int, str], int] = {}
+    items: list[tuple[int, int, str]] = []
+    for p, present in enumerate(fields):
+        for f, text in present:
+            key = (f, normalize_text(text) or text)
+            if key not in position:
+                position[key] = len(items)
+                items.append((p, f, text))
+    return position, items
+
+
+def _pintext_specs(data: EvalData, fields, pins: np.ndarray, split: str, max_queries: int, seed: int
+                   ) -> dict[str, TaskSpec]:
+    position, items = _text_items(fields)
+    keys = [[(f, normalize_text(t) or t) for f, t in present] for present in fields]
     specs: dict[str, TaskSpec] = {}
-    i2t_candidates = np.array([p for p in sampled if has_image[p] and pin_texts[p]], dtype=np.int64)
-    i2t_queries = _sample(i2t_candidates, max_queries, rng_pair[0])
-    if len(i2t_queries):
+    candidates = np.array([p for p in pins if data.has_image[p] and fields[p]], np.int64)
+    queries = _sample(candidates, max_queries, _rng(seed, "pintext_i2t", split))
+    if len(queries):
         specs["pintext_i2t"] = TaskSpec(
-            query_kind="image",
-            query_pins=i2t_queries,
-            query_texts=None,
-            corpus_kind="text",
-            corpus_pins=np.array(corpus_pins, dtype=np.int64),
-            corpus_texts=corpus_texts,
-            relevant=[own_fields[int(p)] for p in i2t_queries],
-            corpus_fields=corpus_fields,
-            counts={"candidates": len(i2t_candidates), "corpus_pins": len(sampled)},
-        )
-    image_pins = np.array([p for p in sampled if has_image[p]], dtype=np.int64)
-    image_position = {int(p): j for j, p in enumerate(image_pins)}
-    t2i_candidates = np.array([p for p in image_pins if pin_texts[p]], dtype=np.int64)
-    t2i_queries = _sample(t2i_candidates, max_queries, rng_pair[1])
-    if len(t2i_queries):
+            "pintext_i2t", split, NO_REGIME, "image", [data.pin_ids[p] for p in queries], queries, None, None,
+            "text", [f"t{j}" for j in range(len(items))], np.array([i[0] for i in items], np.int64),
+            np.array([i[1] for i in items], np.int64), [i[2] for i in items],
+            [np.unique([position[k] for k in keys[p]]).astype(np.int64) for p in queries],
+            counts={"candidates": len(candidates)})
+    image_pins = np.flatnonzero(data.has_image)
+    with_key: dict[tuple[int, str], list[int]] = defaultdict(list)  # (field, text) -> corpus positions
+    for j, p in enumerate(image_pins.tolist()):
+        for key in keys[p]:
+            with_key[key].append(j)
+    first: dict[tuple[int, str], int] = {}  # distinct query texts of the split: the title, else the first field
+    for p in pins.tolist():
+        if fields[p]:
+            f, text = next(((f, t) for f, t in fields[p] if f == 0), fields[p][0])
+            first.setdefault((f, normalize_text(text) or text), p)
+    t2i = [(key, p) for key, p in first.items() if with_key.get(key)]
+    chosen = _sample(np.arange(len(t2i)), max_queries, _rng(seed, "pintext_t2i", split))
+    if len(chosen):
+        picked = [t2i[i] for i in chosen]
         specs["pintext_t2i"] = TaskSpec(
-            query_kind="text",
-            query_pins=t2i_queries,
-            query_texts=[_query_text(pin_texts[p]) for p in t2i_queries],
-            corpus_kind="image",
-            corpus_pins=image_pins,
-            corpus_texts=None,
-            relevant=[np.array([image_position[int(p)]], dtype=np.int64) for p in t2i_queries],
-            counts={"candidates": len(t2i_candidates), "corpus_pins": len(image_pins)},
-        )
+            "pintext_t2i", split, NO_REGIME, "text", [data.pin_ids[p] for _, p in picked],
+            np.array([p for _, p in picked], np.int64), np.array([key[0] for key, _ in picked], np.int64),
+            [next(t for f, t in fields[p] if f == key[0]) for key, p in picked],
+            "image", [data.pin_ids[p] for p in image_pins], image_pins, None, None,
+            [np.array(with_key[key], np.int64) for key, _ in picked], counts={"candidates": len(t2i)})
     return specs
 
 
-def _query_text(fields: list[tuple[str, str]]) -> str:
-    """The pin's title, else its first present field."""
-    return next((text for name, text in fields if name == "title"), fields[0][1])
+def _in_regime(data: EvalData, fields, regime: str) -> np.ndarray:
+    """(P,) bool: pins with something left in the regime (an image or a kept text field)."""
+    return data.has_image | regime_mask(fields, regime).any(1)
 
 
-def _related_spec(
-    split_pins: np.ndarray, boards: dict[str, np.ndarray], max_queries: int, rng: np.random.Generator
-) -> TaskSpec | None:
-    """Pin→pin: neighbors are the split's pins sharing a held-out board with the query."""
-    shared: list[np.ndarray] = []  # held-out boards with >= 2 pins of the split: their split pins
-    boards_of_pin: dict[int, list[int]] = {}
-    for members in boards.values():
-        in_split = members[np.isin(members, split_pins)]
-        if len(in_split) >= 2:
-            for p in in_split.tolist():
-                boards_of_pin.setdefault(p, []).append(len(shared))
-            shared.append(in_split)
-    candidates = np.array(sorted(boards_of_pin), dtype=np.int64)
-    queries = _sample(candidates, max_queries, rng)
-    if not len(queries):
-        return None
-    position = np.searchsorted(split_pins, queries)  # split_pins is sorted: corpus position of each query
-    relevant = []
-    for p in queries.tolist():
-        neighbors = np.setdiff1d(np.concatenate([shared[b] for b in boards_of_pin[p]]), [p])  # sorted, unique
-        relevant.append(np.searchsorted(split_pins, neighbors).astype(np.int64))
-    return TaskSpec(
-        query_kind="pin",
-        query_pins=queries,
-        query_texts=None,
-        corpus_kind="pin",
-        corpus_pins=split_pins,
-        corpus_texts=None,
-        relevant=relevant,
-        exclude=position.astype(np.int64),
-        counts={"candidates": len(candidates)},
-    )
-
-
-def _search_spec(
-    split_pins: np.ndarray,
-    boards: dict[str, np.ndarray],
-    board_titles: dict[str, Any],
-    max_queries: int,
-    rng: np.random.Generator,
-) -> TaskSpec | None:
-    """Board title→pins: the board's pins of the split are relevant."""
-    board_ids, titles, relevant = [], [], []
-    no_title = no_pins = 0
+def _related_specs(data: EvalData, fields, pins: np.ndarray, boards: dict[str, np.ndarray], group: np.ndarray,
+                   split: str, regimes: Sequence[str], max_queries: int, seed: int) -> dict[str, TaskSpec]:
+    boards_of: dict[int, list[str]] = defaultdict(list)
     for board, members in boards.items():
-        title = board_titles.get(board)
-        title = title.strip() if isinstance(title, str) else ""
-        in_split = members[np.isin(members, split_pins)]
-        if not title:
-            no_title += 1
-        elif not len(in_split):
-            no_pins += 1
-        else:
-            board_ids.append(board)
-            titles.append(title)
-            relevant.append(np.searchsorted(split_pins, in_split).astype(np.int64))
-    keep = _sample(np.arange(len(board_ids)), max_queries, rng)
-    if not len(keep):
-        return None
-    return TaskSpec(
-        query_kind="text",
-        query_pins=None,
-        query_texts=[titles[j] for j in keep],
-        corpus_kind="pin",
-        corpus_pins=split_pins,
-        corpus_texts=None,
-        relevant=[relevant[j] for j in keep],
-        query_boards=[board_ids[j] for j in keep],
-        counts={
-            "candidates": len(board_ids),
-            "boards_without_title": no_title,
-            "boards_without_pins": no_pins,
-        },
-    )
+        for p in members.tolist():
+            boards_of[p].append(board)
+    in_split = np.array([p for p in pins.tolist() if boards_of.get(p)], np.int64)
+    drawn = _sample(in_split, max_queries, _rng(seed, "related", split))
+    specs = {}
+    for regime in regimes:
+        ok = _in_regime(data, fields, regime)
+        corpus = np.flatnonzero(ok)
+        where = np.full(len(data.pin_ids), -1, np.int64)
+        where[corpus] = np.arange(len(corpus))
+        queries, relevant, exclude = [], [], []
+        for p in drawn.tolist():
+            if not ok[p]:
+                continue
+            twins = np.flatnonzero(group == group[p])  # the query's duplicate group, itself included
+            mates = np.setdiff1d(np.concatenate([boards[b] for b in boards_of[p]]), twins)
+            rel = where[mates][where[mates] >= 0]
+            if len(rel):
+                queries.append(p)
+                relevant.append(np.sort(rel))
+                exclude.append(where[twins][where[twins] >= 0])
+        if queries:
+            q = np.array(queries, np.int64)
+            specs[regime] = TaskSpec(
+                "related", split, regime, "pin", [data.pin_ids[p] for p in q], q, None, None, "pin",
+                [data.pin_ids[p] for p in corpus], corpus, None, None, relevant, exclude,
+                counts={"candidates": len(in_split)})
+    return specs
 
 
-def build_eval_tasks(
-    pin_ids: Sequence[str],
-    texts: dict[str, Sequence[Any]],
-    edge_pin_ids: Sequence[str],
-    edge_board_ids: Sequence[str],
-    board_titles: dict[str, Any],
-    splits: dict[str, Any],
-    has_image: Sequence[bool] | np.ndarray | None = None,
-    max_queries: int = 1000,
-    max_pins: int = 2000,
-    seed: int = 0,
-) -> dict[str, dict[str, TaskSpec]]:
-    """All tasks on the warm and cold splits: tasks[task][split] -> TaskSpec (see module docstring)."""
-    if len(set(pin_ids)) != len(pin_ids):
+def _search_specs(data: EvalData, fields, pins: np.ndarray, boards: dict[str, np.ndarray], split: str,
+                  regimes: Sequence[str], max_queries: int, seed: int) -> dict[str, TaskSpec]:
+    titled = []
+    for board, members in boards.items():
+        title = data.board_titles.get(board)
+        if isinstance(title, str) and title.strip():
+            titled.append((board, title.strip(), members))
+    chosen = [titled[i] for i in _sample(np.arange(len(titled)), max_queries, _rng(seed, "search", split))]
+    in_split = np.zeros(len(data.pin_ids), bool)
+    in_split[pins] = True
+    specs = {}
+    for regime in regimes:
+        corpus = np.flatnonzero(_in_regime(data, fields, regime))
+        where = np.full(len(data.pin_ids), -1, np.int64)
+        where[corpus] = np.arange(len(corpus))
+        ids, texts, relevant, exclude = [], [], [], []
+        for board, title, members in chosen:
+            present = members[where[members] >= 0]
+            rel, other = present[in_split[present]], present[~in_split[present]]
+            if len(rel):
+                ids.append(board)
+                texts.append(title)
+                relevant.append(np.sort(where[rel]))
+                exclude.append(np.sort(where[other]))
+        if ids:
+            specs[regime] = TaskSpec(
+                "search", split, regime, "text", ids, None, None, texts, "pin", [data.pin_ids[p] for p in corpus],
+                corpus, None, None, relevant, exclude,
+                counts={"candidates": len(titled), "boards_without_title": len(boards) - len(titled)})
+    return specs
+
+
+def build_eval_tasks(data: EvalData, partition: str = "test", regimes: Sequence[str] = REGIMES,
+                     tasks: Sequence[str] = TASKS, max_queries: int = 1000, seed: int = 0
+                     ) -> dict[str, dict[str, dict[str, TaskSpec]]]:
+    """tasks[task][split][regime] -> TaskSpec (PinText under the regime key NO_REGIME); tasks, splits
+    and regimes without a single query are left out."""
+    unknown = sorted(set(regimes) - set(REGIMES)) + sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown regimes or tasks {unknown}; regimes: {REGIMES}, tasks: {TASKS}")
+    if len(set(data.pin_ids)) != len(data.pin_ids):
         raise ValueError("pin_ids contain duplicates")
-    has_image = np.ones(len(pin_ids), dtype=bool) if has_image is None else np.asarray(has_image, dtype=bool)
-    if has_image.shape != (len(pin_ids),):
-        raise ValueError(f"has_image has shape {has_image.shape}, expected ({len(pin_ids)},)")
-    pin_texts = _pin_texts(pin_ids, texts)
-    split_pins, unknown_split_ids = split_pin_indices(pin_ids, splits)
-    boards, unknown_edge_pins = _heldout_board_pins(pin_ids, edge_pin_ids, edge_board_ids, splits)
-    tasks: dict[str, dict[str, TaskSpec]] = {task: {} for task in TASKS}
-    for split in SPLITS:
-        pins = split_pins[split]
-        sampled = _sample(pins, max_pins, _task_rng(seed, "pintext", split))
-        rngs = (_task_rng(seed, "pintext_i2t", split), _task_rng(seed, "pintext_t2i", split))
-        specs: dict[str, TaskSpec | None] = dict(
-            _pintext_specs(sampled, pin_texts, has_image, max_queries, rngs)
-        )
-        specs["related"] = _related_spec(pins, boards, max_queries, _task_rng(seed, "related", split))
-        specs["search"] = _search_spec(
-            pins, boards, board_titles, max_queries, _task_rng(seed, "search", split)
-        )
-        for task, spec in specs.items():
-            if spec is not None:
-                spec.counts |= {
-                    "split_ids_unknown": unknown_split_ids,
-                    "edges_unknown_pin": unknown_edge_pins,
-                }
-                tasks[task][split] = spec
-    return {task: by_split for task, by_split in tasks.items() if by_split}
+    if data.has_image.shape != (len(data.pin_ids),):
+        raise ValueError(f"has_image has shape {data.has_image.shape}, expected ({len(data.pin_ids)},)")
+    fields = pin_fields(data.pin_ids, data.texts)
+    by_split = split_pins(data.pin_ids, data.splits, partition)
+    boards = board_members(data, partition)
+    group = duplicate_group_of(data.pin_ids, data.splits)
+    out: dict[str, dict[str, dict[str, TaskSpec]]] = defaultdict(dict)
+    for split, pins in by_split.items():
+        if any(t in tasks for t in PINTEXT):
+            for task, spec in _pintext_specs(data, fields, pins, split, max_queries, seed).items():
+                if task in tasks:
+                    out[task][split] = {NO_REGIME: spec}
+        if "related" in tasks:
+            specs = _related_specs(data, fields, pins, boards, group, split, regimes, max_queries, seed)
+            if specs:
+                out["related"][split] = specs
+        if "search" in tasks:
+            specs = _search_specs(data, fields, pins, boards, split, regimes, max_queries, seed)
+            if specs:
+                out["search"][split] = specs
+    return {t: dict(out[t]) for t in TASKS if t in out}

@@ -9,7 +9,9 @@ Inputs (L2-normalized embeddings, B pins on this rank, F text fields, D dims):
     logit_scale: log of the logit multiplier (learnable; scale = exp(logit_scale));
     logit_bias: learnable additive bias (SigLIP only).
 A missing field is neither a positive nor a negative: its embedding has no effect on the value and
-receives exactly zero gradient.
+receives exactly zero gradient. `ignore` (N, N) bool over the global batch (optional) marks pairs of
+pins (i, j), i != j, that are neither positive nor negative: duplicates of one another (same group,
+identical text) that a plain contrastive loss would push apart while they say the same thing.
 
 Modes:
   "siglip" (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training"): every (query i,
@@ -47,10 +49,12 @@ ContrastiveMode = Literal["siglip", "infonce"]
 MODES: tuple[str, ...] = ("siglip", "infonce")
 
 
-def initial_logit_scale_and_bias(mode: ContrastiveMode) -> tuple[float, float]:
-    """Initial (logit_scale, logit_bias): SigLIP (log 10, -10); InfoNCE (log 1/0.07, 0) as in CLIP."""
+def initial_logit_scale_and_bias(mode: ContrastiveMode, batch_size: int | None = None) -> tuple[float, float]:
+    """Initial (logit_scale, logit_bias): SigLIP (log 10, -log N) for N pins per batch (the paper's -10
+    is -log of its 32k batch: a positive is 1 pair in N), -10 when N is not given; InfoNCE
+    (log 1/0.07, 0) as in CLIP."""
     if mode == "siglip":
-        return math.log(10.0), -10.0
+        return math.log(10.0), -math.log(batch_size) if batch_size and batch_size > 1 else -10.0
     if mode == "infonce":
         return math.log(1 / 0.07), 0.0
     raise ValueError(f"unknown contrastive mode {mode!r}; expected one of {MODES}")
@@ -82,6 +86,7 @@ def multi_positive_contrastive(
     mode: ContrastiveMode = "siglip",
     chunk_size: int | None = None,
     name: str = "image_text",
+    ignore: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """{name: loss} for queries (B, D) against the present fields of keys (B, F, D); see module doc."""
     key_mask = key_mask.bool()
@@ -96,21 +101,31 @@ def multi_positive_contrastive(
     all_weights = all_mask * weights  # (N, F) weight of every present field
     row_ids = rank * batch + torch.arange(batch, device=query.device)  # (B,) global index of local pins
     scale = logit_scale.exp()
+    n = all_keys.shape[0]
+    if ignore is None:
+        ignore = torch.zeros(n, n, dtype=torch.bool, device=query.device)
+    if tuple(ignore.shape) != (n, n):
+        raise ValueError(f"ignore {tuple(ignore.shape)} should be (N, N) = {(n, n)} over the global batch")
+    ignore = ignore.bool() & ~torch.eye(n, dtype=torch.bool, device=query.device)  # (N, N) never the positive
 
     if mode == "siglip":
         bias = logit_bias if logit_bias is not None else torch.zeros((), device=query.device)
         pin_share = all_weights / all_weights.sum(-1, keepdim=True).clamp_min(1e-12)  # (N, F) sums to 1
 
         def siglip_rows(lo: int, hi: int) -> torch.Tensor:
-            return _siglip_rows(query[lo:hi], row_ids[lo:hi], all_keys, pin_share, scale, bias)
+            ids = row_ids[lo:hi]
+            share = pin_share[None] * ~ignore[ids][..., None]  # (R, N, F): ignored pins get no term
+            return _siglip_rows(query[lo:hi], ids, all_keys, share, scale, bias)
 
         return {name: _sum_over_row_chunks(siglip_rows, batch, chunk_size) / batch}
 
     def query_rows(lo: int, hi: int) -> torch.Tensor:
-        return _infonce_query_rows(query[lo:hi], row_ids[lo:hi], all_keys, all_mask, all_weights, scale)
+        ids = row_ids[lo:hi]
+        return _infonce_query_rows(query[lo:hi], ids, all_keys, all_mask, all_weights, scale, ignore[ids])
 
     def key_rows(lo: int, hi: int) -> torch.Tensor:
-        return _infonce_key_rows(keys[lo:hi], row_ids[lo:hi], all_query, all_weights[row_ids[lo:hi]], scale)
+        ids = row_ids[lo:hi]
+        return _infonce_key_rows(keys[lo:hi], ids, all_query, all_weights[ids], scale, ignore[ids])
 
     num_valid = (all_weights.sum(-1) > 0).sum().clamp_min(1) / world  # pins with a positive, per rank
     query_to_key = _sum_over_row_chunks(query_rows, batch, chunk_size)
@@ -126,12 +141,13 @@ def _siglip_rows(
     scale: torch.Tensor,
     bias: torch.Tensor,
 ) -> torch.Tensor:
-    """Sum of the sigmoid terms of queries (R, D) with global ids (R,) against all keys (N, F, D)."""
+    """Sum of the sigmoid terms of queries (R, D) with global ids (R,) against all keys (N, F, D);
+    pin_share (N, F) or (R, N, F) weighs each field term (0 = no term)."""
     logits = scale * torch.einsum("rd,nfd->rnf", query, all_keys) + bias  # (R, N, F)
     is_positive = ids[:, None] == torch.arange(all_keys.shape[0], device=ids.device)[None, :]  # (R, N)
     labels = is_positive.to(logits.dtype) * 2 - 1  # (R, N) +1 / -1
     nll = -F.logsigmoid(labels[..., None] * logits)  # (R, N, F)
-    return (nll * pin_share[None]).sum()
+    return (nll * pin_share).sum()
 
 
 def _infonce_query_rows(
@@ -141,10 +157,12 @@ def _infonce_query_rows(
     all_mask: torch.Tensor,
     all_weights: torch.Tensor,
     scale: torch.Tensor,
+    ignore: torch.Tensor,
 ) -> torch.Tensor:
-    """Query -> key InfoNCE of queries (R, D) over every present field of all keys (N, F, D)."""
+    """Query -> key InfoNCE of queries (R, D) over every present field of all keys (N, F, D);
+    ignore (R, N): pins that are not candidates."""
     logits = scale * torch.einsum("rd,nfd->rnf", query, all_keys)  # (R, N, F)
-    logits = logits.masked_fill(~all_mask[None], torch.finfo(logits.dtype).min)
+    logits = logits.masked_fill(~all_mask[None] | ignore[..., None], torch.finfo(logits.dtype).min)
     log_prob = logits.flatten(1).log_softmax(-1).view_as(logits)  # (R, N, F) over all (pin, field)
     positive_log_prob = log_prob[torch.arange(len(ids), device=ids.device), ids]  # (R, F)
     return _weighted_positive_nll(positive_log_prob, all_weights[ids])
@@ -156,9 +174,12 @@ def _infonce_key_rows(
     all_query: torch.Tensor,
     weights: torch.Tensor,
     scale: torch.Tensor,
+    ignore: torch.Tensor,
 ) -> torch.Tensor:
-    """Key -> query InfoNCE of local fields (R, F, D) over all queries (N, D); positive = own pin."""
+    """Key -> query InfoNCE of local fields (R, F, D) over all queries (N, D); positive = own pin;
+    ignore (R, N): queries that are not candidates (the relation is symmetric)."""
     logits = scale * torch.einsum("rfd,nd->rfn", keys, all_query)  # (R, F, N)
+    logits = logits.masked_fill(ignore[:, None, :], torch.finfo(logits.dtype).min)
     log_prob = logits.log_softmax(-1)  # (R, F, N)
     positive_log_prob = log_prob.gather(2, ids[:, None, None].expand(-1, keys.shape[1], 1))[..., 0]  # (R, F)
     return _weighted_positive_nll(positive_log_prob, weights)

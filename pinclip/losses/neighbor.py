@@ -1,87 +1,101 @@
-"""Neighbor alignment (Pin-to-Pin) loss over pins and neighbors mined from the Pin–Board graph.
+"""Neighbor alignment (Pin-to-Pin) loss: a pin and its graph neighbor against every other pin in view.
 
-What it optimizes: the fused embedding of pin i must score high against the fused embedding of
-its mined neighbor (row i of `neighbor`) and low against the other neighbors of the global batch
-(gathered from all ranks with gradient). DESIGN.md §3; the neighbors come from random walks with
-restart as in PinSage (Ying et al. 2018, "Graph Convolutional Neural Networks for Web-Scale
-Recommender Systems"), the objective follows CLIP / SigLIP.
+What it optimizes (InfoNCE, Oord et al. 2018): the embedding of each query row must score higher
+against its positive (the row of its mined graph neighbor) than against every candidate: all other
+rows of the global batch (anchors, their neighbors and any hard negatives, gathered from all ranks
+with gradient) and, optionally, a memory bank of recent embeddings (a cross-batch memory, Wang et
+al. 2020, "Cross-Batch Memory for Embedding Learning"; no gradient). Neighbors come from random
+walks on the Pin–Board graph as in PinSage (Ying et al. 2018); taking all in-batch pins as negatives
+and correcting for how often a pin is sampled follows the practice of PinSage/OmniSage and Yi et al.
+2019 ("Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations", logQ).
 
-Inputs (L2-normalized, B pairs on this rank, N = world*B pairs in the global batch):
-    pin (B, D); neighbor (B, D); share_board (B, N) bool or None: True where local pin i and global
-    neighbor j (itself a pin) share a board, so that pair is dropped (neither positive nor
-    negative; the positive pair i == j is always kept); logit_scale: log of the logit multiplier;
-    logit_bias: additive bias (SigLIP only).
-
-Modes:
-  "infonce": symmetric. pin -> neighbor: softmax over the global neighbors that are not dropped,
-      positive = own neighbor; neighbor -> pin likewise (drops transposed). Mean over local rows,
-      the two directions averaged.
-  "siglip": one sigmoid problem per (pin i, neighbor j) pair, +1 for j == i and -1 otherwise,
-      dropped pairs left out; summed over j and divided by B. Every pair of the global batch is
-      counted once across ranks, so no second direction is needed.
+Inputs (L2-normalized, b rows on this rank, N = world * b rows in the global batch, M bank rows):
+    pin (b, D)            embeddings of the local rows (anchors, partners, hard negatives, ...)
+    positive (b,)         global index of each row's positive; -1 = the row is not a query
+    ignore (N, N) bool    pairs that are neither positive nor negative (shared board, same group,
+                          the same pin twice); the diagonal is always ignored, the positive never
+    log_q (N,) or None    log sampling probability of each row's pin: subtracted from its logit
+    bank (M, D), bank_ignore (b, M), bank_log_q (M,): the memory bank, its ignored pairs and log q
+Loss: the mean over all query rows of the global batch of -log softmax at the positive; the mean
+over ranks of the rank losses equals the loss of one process holding the whole batch.
+With an empty bank (M = 0) the value is the in-batch loss exactly.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pinclip.losses.gather import all_gather_no_grad, all_gather_with_grad, rank_and_world
-from pinclip.losses.image_text import MODES, ContrastiveMode
 
 
 def neighbor_loss(
     pin: torch.Tensor,
-    neighbor: torch.Tensor,
-    share_board: torch.Tensor | None,
+    positive: torch.Tensor,
+    ignore: torch.Tensor | None,
     logit_scale: torch.Tensor,
-    logit_bias: torch.Tensor | None = None,
-    mode: ContrastiveMode = "infonce",
+    log_q: torch.Tensor | None = None,
+    bank: torch.Tensor | None = None,
+    bank_ignore: torch.Tensor | None = None,
+    bank_log_q: torch.Tensor | None = None,
+    name: str = "neighbor",
 ) -> dict[str, torch.Tensor]:
-    """{"neighbor": loss} for pins (B, D) against their neighbors (B, D); see module doc."""
+    """{name: loss}; see the module docstring."""
     rank, world = rank_and_world()
-    batch = pin.shape[0]
-    _check_inputs(pin, neighbor, share_board, world, mode)
-    all_pin = all_gather_with_grad(pin)  # (N, D)
-    all_neighbor = all_gather_with_grad(neighbor)  # (N, D)
-    row_ids = rank * batch + torch.arange(batch, device=pin.device)  # (B,) global index of local rows
-    is_positive = row_ids[:, None] == torch.arange(all_pin.shape[0], device=pin.device)[None, :]  # (B, N)
-    if share_board is None:
-        share_board = torch.zeros_like(is_positive)
-    dropped = share_board.bool() & ~is_positive  # (B, N) local pins vs global neighbors
+    b = pin.shape[0]
+    _check_inputs(pin, positive, ignore, world, bank, bank_ignore)
+    keys = all_gather_with_grad(pin)  # (N, D)
+    n = keys.shape[0]
+    rows = rank * b + torch.arange(b, device=pin.device)  # (b,) global index of local rows
+    is_query = positive >= 0  # (b,)
+    queries_global = (all_gather_no_grad(positive) >= 0).sum().clamp_min(1)
     scale = logit_scale.exp()
-
-    pin_to_neighbor = scale * pin @ all_neighbor.T  # (B, N)
-    if mode == "siglip":
-        bias = logit_bias if logit_bias is not None else torch.zeros((), device=pin.device)
-        labels = is_positive.to(pin.dtype) * 2 - 1  # (B, N)
-        nll = -F.logsigmoid(labels * (pin_to_neighbor + bias))  # (B, N)
-        return {"neighbor": nll.masked_fill(dropped, 0.0).sum() / batch}
-
-    all_share_board = all_gather_no_grad(share_board.bool())  # (N, N) global pins vs global neighbors
-    dropped_transposed = all_share_board[:, row_ids].T & ~is_positive  # (B, N) local neighbors vs pins
-    neighbor_to_pin = scale * neighbor @ all_pin.T  # (B, N)
-    pin_rows = _positive_nll(pin_to_neighbor, dropped, row_ids)
-    neighbor_rows = _positive_nll(neighbor_to_pin, dropped_transposed, row_ids)
-    return {"neighbor": (pin_rows + neighbor_rows) / (2 * batch)}
-
-
-def _positive_nll(logits: torch.Tensor, dropped: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of -log softmax at the positive column `ids`, dropped columns left out."""
-    logits = logits.masked_fill(dropped, torch.finfo(logits.dtype).min)  # (B, N)
-    log_prob = logits.log_softmax(-1)  # (B, N)
-    return -log_prob.gather(1, ids[:, None]).sum()
+    logits = scale * pin @ keys.T  # (b, N)
+    blocked = torch.zeros(b, n, dtype=torch.bool, device=pin.device) if ignore is None else ignore[rows].bool()
+    blocked = blocked.clone()
+    blocked[torch.arange(b), rows] = True  # never oneself
+    blocked[is_query, positive[is_query]] = False  # never the positive
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    logits = logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
+    if bank is not None and bank.shape[0]:
+        bank_logits = scale * pin @ bank.detach().T  # (b, M)
+        if bank_log_q is not None:
+            bank_logits = bank_logits - bank_log_q[None, :]
+        if bank_ignore is not None:
+            bank_logits = bank_logits.masked_fill(bank_ignore.bool(), torch.finfo(logits.dtype).min)
+        logits = torch.cat([logits, bank_logits], dim=1)  # (b, N + M)
+    log_prob = logits.log_softmax(-1)  # (b, N [+ M])
+    target = positive.clamp_min(0)
+    nll = -log_prob.gather(1, target[:, None])[:, 0]  # (b,)
+    return {name: (nll * is_query).sum() / (queries_global / world)}
 
 
-def _check_inputs(
-    pin: torch.Tensor, neighbor: torch.Tensor, share_board: torch.Tensor | None, world: int, mode: str
-) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown contrastive mode {mode!r}; expected one of {MODES}")
-    if pin.dim() != 2 or pin.shape != neighbor.shape:
-        raise ValueError(
-            f"expected pin and neighbor of the same shape (B, D), got {tuple(pin.shape)} and {tuple(neighbor.shape)}"
-        )
-    expected = (pin.shape[0], world * pin.shape[0])
-    if share_board is not None and tuple(share_board.shape) != expected:
-        raise ValueError(f"share_board {tuple(share_board.shape)} should be (B, world*B) = {expected}")
+def batch_positives(anchors: int, partners: int, extra: int, has_neighbor: torch.Tensor, world: int,
+                    rank: int) -> torch.Tensor:
+    """(b,) global positive index of each local row of a rank laid out [anchors; partners; extra rows].
+
+    Rank r holds rows [r*b, (r+1)*b) of the gathered batch, b = anchors + partners + extra; anchor i's
+    positive is partner i of the same rank and the other way round; rows without a neighbor
+    (has_neighbor (anchors,) False) and extra rows are not queries (-1)."""
+    b = anchors + partners + extra
+    base = rank * b
+    idx = torch.arange(anchors, device=has_neighbor.device)
+    out = torch.full((b,), -1, dtype=torch.long, device=has_neighbor.device)
+    out[:anchors] = torch.where(has_neighbor, base + anchors + idx, -1)
+    out[anchors: anchors + partners] = torch.where(has_neighbor, base + idx, -1)
+    return out
+
+
+def _check_inputs(pin: torch.Tensor, positive: torch.Tensor, ignore: torch.Tensor | None, world: int,
+                  bank: torch.Tensor | None, bank_ignore: torch.Tensor | None) -> None:
+    if pin.dim() != 2:
+        raise ValueError(f"expected pin embeddings (b, D), got {tuple(pin.shape)}")
+    if positive.shape != (pin.shape[0],):
+        raise ValueError(f"positive {tuple(positive.shape)} should be ({pin.shape[0]},)")
+    n = world * pin.shape[0]
+    if ignore is not None and tuple(ignore.shape) != (n, n):
+        raise ValueError(f"ignore {tuple(ignore.shape)} should be (N, N) = {(n, n)} over the global batch")
+    if bool((positive >= n).any()):
+        raise ValueError(f"positive indices must be < N = {n}")
+    if bank is not None and bank_ignore is not None and tuple(bank_ignore.shape) != (pin.shape[0], bank.shape[0]):
+        raise ValueError(f"bank_ignore {tuple(bank_ignore.shape)} should be (b, M) = {(pin.shape[0], bank.shape[0])}")

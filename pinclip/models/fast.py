@@ -15,6 +15,10 @@ tower on a whole batch, then the image mode on its pooled tokens.
 Backends (bench/text_embed.py and bench/image_embed.py measure each against the reference):
     "onnx"   the same graph exported to ONNX and run by ONNX Runtime: same float32 math, fused
              kernels, faster GEMMs
+    "openvino"  (text) that ONNX graph compiled by OpenVINO (models/openvino_runner.py), batches
+             in flight on throughput streams: "fp32", "bf16" (native bf16 kernels), or "int8"
+             (NNCF static int8 calibrated on `calibration_texts`; FFN output projections stay in
+             float, as in the torch int8 path, unless int8_ffn_out)
     "torch"  eager PyTorch under inference_mode, in one of three precisions:
              "fp32"; "bf16" (autocast); "int8" (dynamic int8 linear layers, except the FFN output
              projections, whose GELU inputs have outlier ranges that per-tensor int8 clips)
@@ -38,8 +42,9 @@ from pinclip.models.features import TowerRunner, pixels_batch
 from pinclip.models.pinclip import PinCLIP
 from pinclip.models.vision import grid_to_tokens
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
+FFN_OUTPUT_NODES = (r".*/layer\.\d+/output/dense/MatMul", r".*mlp/down_proj/MatMul")  # BERT, Qwen2 FFN out
 
 
 def _check_options(backend: str, precision: str) -> None:
@@ -48,7 +53,7 @@ def _check_options(backend: str, precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if backend == "onnx" and precision != "fp32":
-        raise ValueError("the onnx backend runs fp32 only")
+        raise ValueError("the onnx backend runs fp32 only (openvino runs bf16 and int8)")
 
 
 def onnx_available() -> bool:
@@ -76,6 +81,17 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def onnx_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
+               dynamic_axes: dict[str, dict[int, str]]) -> bytes:
+    """`module` traced on `inputs` and exported to ONNX (opset 17), as bytes."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, inputs, buffer, input_names=input_names, output_names=["out"],
+                          dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+    return buffer.getvalue()
+
+
 def onnx_session(module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
                  dynamic_axes: dict[str, dict[int, str]]) -> object:
     """An ONNX Runtime CPU session over `module` traced on `inputs`, threads as torch's."""
@@ -83,16 +99,12 @@ def onnx_session(module: nn.Module, inputs: tuple[torch.Tensor, ...], input_name
         raise RuntimeError("the onnx backend needs onnx and onnxruntime: pip install onnx onnxruntime")
     import onnxruntime as ort
 
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, inputs, buffer, input_names=input_names, output_names=["out"],
-                          dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(onnx_bytes(module, inputs, input_names, dynamic_axes), options,
+                                providers=["CPUExecutionProvider"])
 
 
 class TextModeGraph(nn.Module):
@@ -120,46 +132,67 @@ class TextModeGraph(nn.Module):
 class FastTextEncoder:
     """Text-only embeddings of raw strings: tokenize once, length-bucket, one pass per batch."""
 
-    def __init__(self, model: PinCLIP, backend: str = "onnx", precision: str = "fp32", batch_size: int = 64) -> None:
+    def __init__(self, model: PinCLIP, backend: str = "onnx", precision: str = "fp32", batch_size: int = 64,
+                 calibration_texts: Sequence[str] = (), int8_ffn_out: bool = False) -> None:
         _check_options(backend, precision)
         model.eval()
         self.model, self.backend, self.precision, self.batch_size = model, backend, precision, batch_size
         self.tokenizer = model.backbone.tokenizer
         self.max_tokens = model.backbone.cfg.max_field_tokens
         self.device = next(model.parameters()).device
-        backbone = quantize_linear_int8(model.backbone) if precision == "int8" else model.backbone
+        int8_torch = precision == "int8" and backend == "torch"
+        backbone = quantize_linear_int8(model.backbone) if int8_torch else model.backbone
         self.graph = TextModeGraph(model, backbone).eval()
-        self.session = None
-        if backend == "onnx":
+        self.session = self.runner = None
+        if backend in ("onnx", "openvino"):
             ids = torch.tensor([[101, 2417, 6207, 102], [101, 4937, 102, 0]])  # one padded row
-            self.session = onnx_session(self.graph, (ids, (ids > 0).long(), torch.tensor([0, 3])),
-                                        ["ids", "mask", "field_ids"],
-                                        {"ids": {0: "batch", 1: "length"}, "mask": {0: "batch", 1: "length"},
-                                         "field_ids": {0: "batch"}, "out": {0: "batch"}})
+            export = (self.graph, (ids, (ids > 0).long(), torch.tensor([0, 3])), ["ids", "mask", "field_ids"],
+                      {"ids": {0: "batch", 1: "length"}, "mask": {0: "batch", 1: "length"},
+                       "field_ids": {0: "batch"}, "out": {0: "batch"}})
+        if backend == "onnx":
+            self.session = onnx_session(*export)
+        elif backend == "openvino":
+            from pinclip.models.openvino_runner import OpenVinoRunner
 
-    def _batch(self, ids: np.ndarray, mask: np.ndarray, field_ids: np.ndarray) -> np.ndarray:
+            calibration = self._feeds(list(calibration_texts), "title") if precision == "int8" else []
+            self.runner = OpenVinoRunner(onnx_bytes(*export), precision, torch.get_num_threads(), calibration,
+                                         () if int8_ffn_out else FFN_OUTPUT_NODES)
+
+    def _batch(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         if self.session is not None:
-            return self.session.run(None, {"ids": ids, "mask": mask, "field_ids": field_ids})[0]
+            return self.session.run(None, feed)[0]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            emb = self.graph(*(torch.from_numpy(a).to(self.device) for a in (ids, mask, field_ids)))
+            emb = self.graph(*(torch.from_numpy(feed[k]).to(self.device) for k in ("ids", "mask", "field_ids")))
         return emb.float().cpu().numpy()
 
-    @torch.inference_mode()
-    def embed(self, texts: Sequence[str], field: str = "title") -> np.ndarray:
-        """(N, D) float32; an empty text is embedded as one space, as Embedder.embed_texts does."""
-        if field not in TEXT_FIELDS:
-            raise ValueError(f"unknown field {field!r}; use one of {', '.join(TEXT_FIELDS)}")
+    def _feeds(self, texts: list[str], field: str, rows_out: list | None = None) -> list[dict[str, np.ndarray]]:
+        """Length-bucketed padded batches of token ids (positions of each batch appended to rows_out)."""
         texts = [t if t else " " for t in texts]
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"] if texts else []
-        out = np.zeros((len(texts), self.model.cfg.dims[0]), np.float32)
         pad = self.tokenizer.pad_token_id or 0
+        feeds = []
         for rows in length_buckets([len(e) for e in encoded], self.batch_size):
             width = max(len(encoded[i]) for i in rows)
             ids = np.full((len(rows), width), pad, np.int64)
             mask = np.zeros((len(rows), width), np.int64)
             for j, i in enumerate(rows):
                 ids[j, : len(encoded[i])], mask[j, : len(encoded[i])] = encoded[i], 1
-            out[rows] = self._batch(ids, mask, np.full(len(rows), TEXT_FIELDS.index(field), np.int64))
+            feeds.append({"ids": ids, "mask": mask, "field_ids": np.full(len(rows), TEXT_FIELDS.index(field), np.int64)})
+            if rows_out is not None:
+                rows_out.append(rows)
+        return feeds
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], field: str = "title") -> np.ndarray:
+        """(N, D) float32; an empty text is embedded as one space, as Embedder.embed_texts does."""
+        if field not in TEXT_FIELDS:
+            raise ValueError(f"unknown field {field!r}; use one of {', '.join(TEXT_FIELDS)}")
+        out = np.zeros((len(texts), self.model.cfg.dims[0]), np.float32)
+        positions: list[np.ndarray] = []
+        feeds = self._feeds(list(texts), field, positions)
+        results = self.runner.run(feeds) if self.runner is not None else [self._batch(f) for f in feeds]
+        for rows, emb in zip(positions, results):
+            out[rows] = emb
         return out
 
 
@@ -170,6 +203,8 @@ class FastImageEncoder:
         _check_options(backend, precision)
         if precision == "int8":
             raise ValueError("int8 applies to the text path's linear layers; images run fp32 or bf16")
+        if backend == "openvino":
+            raise ValueError("the openvino backend runs the text path; images run torch or onnx")
         model.eval()
         self.model, self.backend, self.precision, self.batch_size = model, backend, precision, batch_size
         self.cfg = model.cfg.vision

@@ -118,6 +118,8 @@ class PinCLIP(nn.Module):
         Padding is masked anyway, so this equals encoding the whole padded batch (a test checks),
         without spending attention and MLP work on the padding of short rows.
         """
+        if x.shape[0] == 0:  # no row (e.g. no text field in a batch of image-only pins)
+            return x.new_zeros(0, self.head.out_features)
         order = torch.argsort(lengths)
         chunks = []
         for lo in range(0, x.shape[0], bucket):
@@ -128,8 +130,14 @@ class PinCLIP(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], modes: tuple[str, ...] = ("image", "text", "pin")
                 ) -> dict[str, torch.Tensor]:
-        """Returns {"image": (B, D), "text": (B, F, D), "text_mask": (B, F), "pin": (B, D)} for the modes asked."""
+        """Returns {"image": (B, D), "text": (B, F, D), "text_mask": (B, F), "pin": (B, D)} for the modes asked.
+
+        A late-fusion model (cfg.pin_mode "late", the two-tower recipe) forms "pin" from the image and
+        text outputs instead of a fused pass: unit(unit(image) + unit(mean of its fields' embeddings)),
+        the image part left out for a pin without an image."""
         out: dict[str, torch.Tensor] = {}
+        if self.cfg.pin_mode == "late" and "pin" in modes:
+            modes = tuple(dict.fromkeys((*modes, "image", "text")))
         if "image" in modes:
             out["image"] = self.encode_image(batch)
         if "text" in modes:
@@ -140,6 +148,16 @@ class PinCLIP(nn.Module):
             text_mask = torch.zeros(b, len(TEXT_FIELDS), dtype=torch.bool, device=emb.device)
             text_mask[batch["field_pin"], batch["field_id"]] = True
             out["text"], out["text_mask"] = text, text_mask
-        if "pin" in modes:
+        if "pin" in modes and self.cfg.pin_mode == "late":
+            out["pin"] = late_fusion(out["image"], batch["has_image"], out["text"], out["text_mask"])
+        elif "pin" in modes:
             out["pin"] = self.encode_pin(batch)
         return out
+
+
+def late_fusion(image: torch.Tensor, has_image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+                ) -> torch.Tensor:
+    """(B, D) unit(unit(image) * has_image + unit(sum of the present fields' unit embeddings))."""
+    text_part = F.normalize((text * text_mask.unsqueeze(-1).to(text.dtype)).sum(1), dim=-1)  # (B, D)
+    image_part = image * has_image.unsqueeze(-1).to(image.dtype)  # (B, D) already unit
+    return F.normalize(image_part + text_part, dim=-1)

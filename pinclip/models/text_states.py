@@ -83,18 +83,21 @@ def compute_text_states(backbone: Backbone, texts: list[list[str]], batch_size: 
     return states
 
 
-def text_batch(states: TextStates, rows: np.ndarray) -> dict[str, torch.Tensor]:
+def text_batch(states: TextStates, rows: np.ndarray, pin_keep: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for pins `rows` (B,):
     field_states (N, L, W), field_mask (N, L), field_pin (N,), field_id (N,)  -- text-only rows
     pin_states (B, Lp, W), pin_mask (B, Lp), pin_field_ids (B, Lp)             -- packed per pin
+    pin_keep (B, F) bool, optional: the fields packed for the fused pass (the others are left out of it,
+    not of the text-only rows): field dropout in training.
     """
     width = states.tokens.shape[1]
     lengths = states.length[rows]  # (B, F)
+    packed = lengths if pin_keep is None else lengths * pin_keep  # (B, F) lengths in the fused pass
     pin_idx, field_idx = np.nonzero(lengths)
     max_len = int(lengths.max()) if lengths.size else 0
     field_states = np.zeros((len(pin_idx), max(max_len, 1), width), np.float32)
     field_mask = np.zeros((len(pin_idx), max(max_len, 1)), bool)
-    packed_len = max(int(lengths.sum(1).max()) if lengths.size else 0, 1)
+    packed_len = max(int(packed.sum(1).max()) if packed.size else 0, 1)
     pin_states = np.zeros((len(rows), packed_len, width), np.float32)
     pin_mask = np.zeros((len(rows), packed_len), bool)
     pin_field_ids = np.zeros((len(rows), packed_len), np.int64)
@@ -103,6 +106,8 @@ def text_batch(states: TextStates, rows: np.ndarray) -> dict[str, torch.Tensor]:
         s, k = states.start[rows[b], f], lengths[b, f]
         tok = states.tokens[s : s + k]
         field_states[n, :k], field_mask[n, :k] = tok, True
+        if not packed[b, f]:
+            continue
         pin_states[b, fill[b] : fill[b] + k] = tok
         pin_mask[b, fill[b] : fill[b] + k] = True
         pin_field_ids[b, fill[b] : fill[b] + k] = f

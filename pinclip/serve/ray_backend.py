@@ -9,6 +9,10 @@ and writes the parquet file itself (to out_dir, which on a cluster must be share
 driver records each finished shard in the manifest as results stream back. The output is
 byte-identical to the local backend's. Set RAY_ADDRESS to join a running cluster; otherwise a local
 Ray runtime with `workers` CPUs is started and stopped.
+
+A killed job (kill -9 of the driver: the local Ray runtime it started goes down with it) resumes
+when run again with the same arguments: shards recorded in the manifest are kept, the others are
+redone, and the result is byte-identical to an uninterrupted run (tests/test_serve_ray.py).
 """
 
 from __future__ import annotations
@@ -81,10 +85,13 @@ def embed_pins_table_ray(
         local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers}
         ray.init(include_dashboard=False, log_to_driver=False, **local)
     try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = context.print_on_execution_start = progress  # ours is the tqdm bar below
+        pins_ref = ray.put(pins)  # held until the job ends: a restarted actor reads its arguments again
         shards = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
         results = shards.map_batches(
             ShardEmbedder,
-            fn_constructor_args=(embedder_factory, ray.put(pins), job, str(out_dir)),
+            fn_constructor_args=(embedder_factory, pins_ref, job, str(out_dir)),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,

@@ -73,6 +73,16 @@ def synthetic_pins(n: int, size: int, seed: int = 0) -> tuple[list, list[list[st
     return images, texts
 
 
+def plain_batch_context(anchors: int, device: torch.device):
+    """The objective's view of `anchors` anchors and as many partners: no duplicates, no shared boards."""
+    from pinclip.train.objective import BatchContext
+
+    n = 2 * anchors
+    none = torch.zeros(n, n, dtype=torch.bool, device=device)
+    return BatchContext(anchors, 0, torch.ones(anchors, dtype=torch.bool, device=device), none, none.clone(),
+                        torch.zeros(n, device=device), torch.arange(n, device=device))
+
+
 def check(folder: str, device: str, steps: int, batch: int, embed_pins: int, overrides: list[str],
           peak: float | None) -> dict:
     from pinclip.config import load_config
@@ -91,8 +101,7 @@ def check(folder: str, device: str, steps: int, batch: int, embed_pins: int, ove
         feats = [f.detached() for lo in range(0, batch * (steps + 1), 16)
                  for f in model.encode_image_features(images[lo : lo + 16])]  # what the vision cache holds
     anchors = batch // 2
-    share, has_nb = torch.zeros(anchors, anchors, dtype=torch.bool, device=dev), torch.ones(anchors, dtype=torch.bool,
-                                                                                           device=dev)
+    ctx = plain_batch_context(anchors, dev)
     rows: list[tuple[int, int]] = []
     for step in range(steps + 1):  # step 0 warms up (kernels, allocator) and is not timed
         if step == 1:
@@ -106,7 +115,7 @@ def check(folder: str, device: str, steps: int, batch: int, embed_pins: int, ove
             out = model({"images": images[sl], "texts": texts[sl], "image_features": feats[sl]},
                         modes=needed_modes(cfg.loss))
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-        terms = objective(model, out, anchors, share, has_nb, cfg.loss, cfg.model.dims)
+        terms = objective(model, out, ctx, cfg.loss, cfg.model.dims)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()

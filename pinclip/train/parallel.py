@@ -83,9 +83,9 @@ def _barrier() -> None:
 
 
 def save_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                     step: int, config_yaml: str) -> None:
+                     step: int, config_yaml: str, extra: dict | None = None) -> None:
     """Every rank: write `path` (dcp/, trainer.pt, config.yaml, meta.json) under a temporary name, then
-    rank 0 renames it into place."""
+    rank 0 renames it into place. `extra` (rank 0's, the same on every rank) goes into trainer.pt."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -101,8 +101,8 @@ def save_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.
     model_state, optim_state = get_state_dict(model, optimizer, options=_options())
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
     if rank == 0:
-        torch.save({"scheduler": scheduler.state_dict(), "step": step, "torch_rng": torch.get_rng_state()},
-                   tmp / TRAINER_FILE)
+        torch.save({"scheduler": scheduler.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
+                    **(extra or {})}, tmp / TRAINER_FILE)
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "meta.json").write_text(json.dumps({"step": step, "format": "dcp"}, indent=2))
         replace_folder(tmp, path)
@@ -113,9 +113,9 @@ def has_train_state(path: str | Path) -> bool:
     return (Path(path) / DCP_DIR / ".metadata").is_file() and (Path(path) / TRAINER_FILE).is_file()
 
 
-def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                     device: torch.device) -> int:
-    """Every rank: read a state written at any world size into this model and optimizer; returns the step."""
+def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Every rank: read a state written at any world size into this model and optimizer; returns the
+    trainer state (its "step" and the extras it was saved with)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -135,4 +135,4 @@ def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.
     trainer = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=False)
     scheduler.load_state_dict(trainer["scheduler"])
     torch.set_rng_state(trainer["torch_rng"])
-    return int(trainer["step"])
+    return trainer

@@ -26,16 +26,20 @@ from tqdm import tqdm
 
 from pinclip.config import Config, config_to_dict
 from pinclip.eval.metrics import retrieval_metrics
+from pinclip.losses.gather import all_gather_no_grad, rank_and_world
+from pinclip.losses.image_text import initial_logit_scale_and_bias
+from pinclip.losses.memory import EmbeddingMemory
 from pinclip.models.build import build_model, is_vlm
 from pinclip.models.embedder import embed_rows
 from pinclip.models.features import image_features
 from pinclip.models.pinclip import PinCLIP
-from pinclip.models.text_states import TextStates, compute_text_states, field_strings, text_batch
+from pinclip.models.text_states import TextStates, compute_text_states, field_strings
 from pinclip.quant import fit_global_affine
 from pinclip.train import parallel
 from pinclip.train.checkpoint import save_checkpoint
-from pinclip.train.dataset import TrainingData, batch_at, load_dataset_dir, prepare_training
-from pinclip.train.objective import objective
+from pinclip.train.data_source import load_source, training_source
+from pinclip.train.dataset import BatchConfig, TrainingData, batch_at, prepare_training, share_board_mask
+from pinclip.train.objective import BatchContext, objective
 
 
 @dataclass
@@ -43,16 +47,12 @@ class Features:
     vis: np.ndarray  # (P, T, C) float16 visual tokens of every pin
     has_image: np.ndarray  # (P,) bool
     states: TextStates
+    feature_std: float = 1.0  # std of the visual tokens of pins with an image (noise scale)
+    teacher_text: np.ndarray | None = None  # (P, F, W) frozen towers' unit field embeddings (distillation)
 
     @property
     def has_text(self) -> np.ndarray:
         return self.states.length.sum(1) > 0
-
-    def batch(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        batch = text_batch(self.states, rows)
-        batch["vis"] = torch.from_numpy(self.vis[rows].astype(np.float32))
-        batch["has_image"] = torch.from_numpy(self.has_image[rows])
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     def embed(self, model: PinCLIP, rows: np.ndarray, modes: tuple[str, ...] = ("image", "text", "pin"),
               device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
@@ -74,13 +74,17 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: int, progress: bool) -> Features:
-    """Image features and text states of every pin; rank 0 fills the caches, the others read them.
-    A VLM's inputs instead: its images scanned and, with a frozen vision side, its vision cache filled."""
+def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: int, progress: bool,
+                     teacher: bool = False) -> Features:
+    """Image features and text states of every pin (and the frozen teacher's field embeddings when
+    `teacher`); rank 0 fills the caches, the others read them. A VLM's inputs instead: its images
+    scanned and, with a frozen vision side, its vision cache filled."""
     pins = data.dataset.pins
     if is_vlm(model):
         from pinclip.models.vlm.inputs import prepare_vlm_inputs
 
+        if teacher:
+            raise ValueError("loss.distill_weight > 0 distills from the embedded towers; a VLM backbone has none")
         world = dist.get_world_size() if dist.is_initialized() else 1
         return prepare_vlm_inputs(model, pins, cache_dir, rank, world, progress)
     texts = field_strings(pins.texts, len(pins))
@@ -89,17 +93,42 @@ def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: i
             vis, ok = image_features(model.vision, model.cfg.vision, pins.images, cache_dir,
                                      progress=progress and rank == 0)
             states = compute_text_states(model.backbone, texts, cache_dir=cache_dir, progress=progress and rank == 0)
+            teacher_text = teacher_field_embeddings(model, texts, cache_dir, progress and rank == 0) if teacher else None
         if dist.is_initialized():
             dist.barrier()
-    return Features(vis, ok, states)
+    std = float(vis[ok].astype(np.float32).std()) if ok.any() else 1.0
+    return Features(vis, ok, states, std, teacher_text)
+
+
+def teacher_field_embeddings(model: PinCLIP, texts: list[list[str]], cache_dir: str, progress: bool) -> np.ndarray:
+    """(P, F, W) unit mean-pooled embeddings of every field by the whole frozen backbone (the `frozen`
+    baseline's text tower), cached like any text state."""
+    import copy
+
+    from pinclip.baselines.frozen import mean_pooled_fields
+    from pinclip.models.backbone import Backbone
+
+    frozen_cfg = copy.deepcopy(model.cfg.backbone)
+    frozen_cfg.train_layers = 0
+    frozen = Backbone(frozen_cfg).to(next(model.parameters()).device).eval()
+    fields, _ = mean_pooled_fields(compute_text_states(frozen, texts, cache_dir=cache_dir, progress=progress))
+    return fields / np.maximum(np.linalg.norm(fields, axis=-1, keepdims=True), 1e-12)
+
+
+SCALARS = ("it_logit_scale", "it_logit_bias", "nb_logit_scale", "nb_logit_bias")
 
 
 def build_optimizer(model: PinCLIP, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with three learning rates: pretrained layers (backbone_lr), new layers (lr), and the
+    contrastive temperatures and biases (scalar_lr, no weight decay); warmup then cosine decay."""
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr = cfg.train.backbone_lr if name.startswith(("backbone.", "vision.")) else cfg.train.lr
+        if name in SCALARS:
+            lr = cfg.train.scalar_lr
+        else:
+            lr = cfg.train.backbone_lr if name.startswith(("backbone.", "vision.")) else cfg.train.lr
         decay = 0.0 if p.ndim < 2 or "logit" in name else cfg.train.weight_decay
         groups.setdefault((lr, decay), []).append(p)
     optimizer = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
@@ -114,19 +143,84 @@ def build_optimizer(model: PinCLIP, cfg: Config) -> tuple[torch.optim.Optimizer,
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+def batch_config(cfg: Config) -> BatchConfig:
+    t = cfg.train
+    return BatchConfig(t.batch_size, t.seed, t.hard_negatives, t.field_dropout, t.text_dropout, t.title_only)
+
+
+def init_contrastive_scalars(model: PinCLIP, cfg: Config) -> None:
+    """Temperatures and biases for the batch actually used: SigLIP's bias starts at -log(N) for N pins per
+    batch (a positive is 1 in N), not at the -10 that suits a 32k batch."""
+    rows = cfg.train.batch_size + (cfg.train.batch_size // 2 if cfg.train.hard_negatives else 0)
+    scale, bias = initial_logit_scale_and_bias(cfg.loss.image_text, batch_size=rows)
+    with torch.no_grad():
+        model.it_logit_scale.fill_(scale)
+        model.it_logit_bias.fill_(bias)
+
+
+def augment_features(vis: torch.Tensor, cfg: Config, step: int, rows: np.ndarray, total: int, feature_std: float
+                     ) -> torch.Tensor:
+    """Feature-level augmentation of this rank's cached visual tokens (b, T, C): Gaussian noise and
+    regional-token dropout, drawn for the whole global batch of `total` rows from (seed, step) in the
+    batch's canonical order and indexed by `rows` (their canonical positions), so 1 or N ranks see the
+    same noise."""
+    if cfg.train.feature_noise <= 0 and cfg.train.token_dropout <= 0:
+        return vis
+    generator = torch.Generator().manual_seed(int(np.random.default_rng([cfg.train.seed, 4, step]).integers(2**62)))
+    index = torch.from_numpy(rows)
+    noise = torch.randn((total, *vis.shape[1:]), generator=generator)[index]  # (b, T, C)
+    drop = (torch.rand((total, vis.shape[1]), generator=generator) < cfg.train.token_dropout)[index]  # (b, T)
+    if cfg.train.feature_noise > 0:
+        vis = vis + cfg.train.feature_noise * feature_std * noise
+    if cfg.train.token_dropout > 0 and vis.shape[1] > 1:
+        drop[:, 0] = False  # the global token always stays
+        vis = vis.masked_fill(drop[..., None], 0.0)
+    return vis
+
+
 def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, rank: int, world: int,
-                device: torch.device) -> tuple[dict[str, torch.Tensor], int, torch.Tensor, torch.Tensor]:
-    """This rank's slice of the global batch: [local anchors; local partners] and the masks."""
-    gb = batch_at(data, step, cfg.train.batch_size, cfg.train.seed)
-    half = len(gb.rows) // 2
-    if half % world:
-        raise ValueError(f"batch_size/2 = {half} is not divisible by the world size {world}")
-    per = half // world
-    lo, hi = rank * per, (rank + 1) * per
-    rows = np.concatenate([gb.rows[lo:hi], gb.rows[half + lo : half + hi]])
-    batch = feats.batch(rows, device)
-    share = torch.from_numpy(gb.share_board[lo:hi]).to(device)  # (A_local, A_global)
-    return batch, per, share, torch.from_numpy(gb.has_neighbor).to(device)
+                device: torch.device, bank: EmbeddingMemory | None = None
+                ) -> tuple[dict[str, torch.Tensor], BatchContext]:
+    """This rank's rows [anchors; partners; hard] of the global batch and the batch's global masks."""
+    from pinclip.models.text_states import text_batch
+
+    gb = batch_at(data, step, batch_config(cfg), world)
+    b = len(gb.rows) // world
+    lo, hi = rank * b, (rank + 1) * b
+    rows = gb.rows[lo:hi]
+    if isinstance(feats, Features):
+        batch = text_batch(feats.states, rows, pin_keep=gb.fused_keep[lo:hi])
+        vis = torch.from_numpy(feats.vis[rows].astype(np.float32))
+        batch["vis"] = augment_features(vis, cfg, step, gb.canonical[lo:hi], len(gb.rows), feats.feature_std)
+        batch["has_image"] = torch.from_numpy(feats.has_image[rows])
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    else:  # a VLM's images and texts (the fused prompt keeps the fields the batch keeps)
+        batch = feats.batch(rows, pin_keep=gb.fused_keep[lo:hi])
+    bank_ignore = None
+    if bank is not None and len(bank):
+        pins = bank.pins.cpu().numpy()
+        blocked = share_board_mask(data, rows, pins) | (data.group[rows][:, None] == data.group[pins][None, :])
+        bank_ignore = torch.from_numpy(blocked).to(device)
+    ctx = BatchContext(gb.anchors, gb.extra, torch.from_numpy(gb.has_neighbor[rank]).to(device),
+                       torch.from_numpy(gb.same).to(device), torch.from_numpy(gb.share_board).to(device),
+                       torch.from_numpy(gb.log_q).float().to(device), torch.from_numpy(gb.rows).to(device),
+                       torch.from_numpy(gb.canonical).to(device), bank_ignore)
+    if feats.teacher_text is not None:
+        text, pin = teacher_rows(feats, rows, gb.fused_keep[lo:hi])
+        ctx.teacher_text, ctx.teacher_pin = torch.from_numpy(text).to(device), torch.from_numpy(pin).to(device)
+    return batch, ctx
+
+
+def teacher_rows(feats: Features, rows: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher field embeddings (b, F, W) and teacher pins (b, C + W) of batch rows, the pin formed as the
+    `frozen` baseline forms it (unit image beside the unit mean of the fields the fused pass kept)."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    text = feats.teacher_text[rows].astype(np.float32)  # (b, F, W)
+    image = unit(feats.vis[rows, 0].astype(np.float32)) * feats.has_image[rows, None]  # (b, C) global token
+    kept = unit((text * keep[..., None]).sum(1))  # (b, W)
+    return text, unit(np.concatenate([image, kept], axis=1))
 
 
 def validate(model: PinCLIP, data: TrainingData, feats: Features, cfg: Config, device: torch.device) -> dict:
@@ -163,18 +257,21 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     out_dir = Path(cfg.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    dataset = load_dataset_dir(cfg.train.data_dir)
-    data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0)
+    dataset = load_source(training_source(cfg.train))
+    data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0,
+                            hard_negatives=cfg.train.hard_negatives)
     model = build_model(cfg.model).to(device).eval()
+    init_contrastive_scalars(model, cfg)
     features_started = time.perf_counter()
-    feats = compute_features(model, data, cfg.train.cache_dir, rank, progress)
+    feats = compute_features(model, data, cfg.train.cache_dir, rank, progress, teacher=cfg.loss.distill_weight > 0)
     setup_s = {"prepare_seconds": features_started - started, "features_seconds": time.perf_counter() - features_started}
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    bf16 = use_bf16(cfg.train.precision, device)
     if cfg.train.parallel == "fsdp" and world > 1:
         model = parallel.shard_model(model, bf16=bf16)
     sharded = parallel.is_sharded(model)  # every rank then runs every forward (validation too)
     optimizer, scheduler = build_optimizer(model, cfg)
-    start = _maybe_resume(out_dir / "last", model, optimizer, scheduler, device) if resume else 0
+    bank = EmbeddingMemory(cfg.train.memory_size, cfg.model.dims[0], device) if cfg.train.memory_size else None
+    start = _maybe_resume(out_dir / "last", model, optimizer, scheduler, device, bank) if resume else 0
     if not sharded:
         _broadcast_parameters(model)
     log = _Log(out_dir / "metrics.jsonl", start, enabled=rank == 0)
@@ -183,11 +280,11 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     bar = tqdm(range(start, cfg.train.steps), desc="train", unit="step", disable=not progress or rank != 0, initial=start, total=cfg.train.steps)
     t0, pins_seen = time.perf_counter(), 0
     for step in bar:
-        batch, anchors, share, has_nb = local_batch(data, feats, step, cfg, rank, world, device)
+        batch, ctx = local_batch(data, feats, step, cfg, rank, world, device, bank)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(batch, modes=needed_modes(cfg.loss))
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-        terms = objective(model, out, anchors, share, has_nb, cfg.loss, cfg.model.dims)
+        terms = objective(model, out, ctx, cfg.loss, cfg.model.dims, bank)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if not sharded:  # FSDP has reduce-scattered the mean gradient already
@@ -195,16 +292,18 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
         grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip))
         optimizer.step()
         scheduler.step()
+        if bank is not None:
+            _push_bank(bank, out, ctx)
         pins_seen += cfg.train.batch_size
         record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                  **{k: _mean_over_ranks(v) for k, v in terms.items()},
+                  **{k: _mean_over_ranks(v) for k, v in terms.items()}, **_scalars(model),
                   "pins_per_s": pins_seen / (time.perf_counter() - t0)}
         bar.set_postfix(loss=f"{record['loss']:.3f}", pins_s=f"{record['pins_per_s']:.0f}")
         if (rank == 0 or sharded) and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
             record.update(validate(model, data, feats, cfg, device))
         log.write(record)
         if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
-            _save_last(out_dir, model, cfg, step + 1, optimizer, scheduler, rank)
+            _save_last(out_dir, model, cfg, step + 1, optimizer, scheduler, rank, bank)
     final = out_dir / "final"
     if rank == 0 or sharded:
         meta = {"quant": calibrate_quant(model, data, feats, device), "train_pins": int(len(data.train_rows)),
@@ -218,10 +317,29 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     return final
 
 
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or "auto" on a GPU or on a CPU with native bf16 instructions."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
+
 def needed_modes(loss) -> tuple[str, ...]:
     """The embedding modes the loss terms use (a two-tower recipe needs no fused pass)."""
     modes = []
-    if loss.image_text_weight > 0:
+    if loss.image_text_weight > 0 or loss.image_neighbor_weight > 0:
         modes += ["image", "text"]
     if loss.neighbor_weight > 0 or (loss.image_text_weight > 0 and loss.pin_text_weight > 0):
         modes.append("pin")
@@ -265,25 +383,46 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
     return float(v)
 
 
-def _save_last(out_dir: Path, model, cfg, step, optimizer, scheduler, rank) -> None:
+def _scalars(model: PinCLIP) -> dict[str, float]:
+    """The contrastive temperatures (as multipliers) and biases, for the training log."""
+    value = parallel.as_float  # a sharded model's scalars are DTensors (every rank calls this)
+    with torch.no_grad():
+        return {"it_scale": value(model.it_logit_scale.exp()), "it_bias": value(model.it_logit_bias),
+                "nb_scale": value(model.nb_logit_scale.exp())}
+
+
+def _push_bank(bank: EmbeddingMemory, out: dict[str, torch.Tensor], ctx: BatchContext) -> None:
+    """Every rank pushes the gathered anchor and partner embeddings of this step (the same on all ranks)."""
+    pins = all_gather_no_grad(out["pin"].detach())  # (N, D)
+    _, world = rank_and_world()
+    order = torch.argsort(ctx.canonical)  # anchors, then partners, then hard rows, whatever the world size
+    order = order[: 2 * ctx.anchors * world]  # hard rows are not pushed (they are not sampled uniformly)
+    bank.push(pins[order], ctx.rows[order], ctx.log_q[order])
+
+
+def _save_last(out_dir: Path, model, cfg, step, optimizer, scheduler, rank, bank=None) -> None:
     if cfg.train.parallel == "fsdp":  # Distributed Checkpoint: every rank writes its shards
         parallel.save_train_state(out_dir / "last", model, optimizer, scheduler, step,
-                                  yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+                                  yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+                                  {"bank": bank.state_dict() if bank is not None else None})
         return
     if rank != 0:
         if dist.is_initialized():
             dist.barrier()
         return
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-             "torch_rng": torch.get_rng_state()}
+             "torch_rng": torch.get_rng_state(), "bank": bank.state_dict() if bank is not None else None}
     save_checkpoint(out_dir / "last", model, cfg, step, trainer_state=state)
     if dist.is_initialized():
         dist.barrier()
 
 
-def _maybe_resume(path: Path, model, optimizer, scheduler, device) -> int:
+def _maybe_resume(path: Path, model, optimizer, scheduler, device, bank=None) -> int:
     if parallel.has_train_state(path):  # written by FSDP at any world size
-        return parallel.load_train_state(path, model, optimizer, scheduler, device)
+        state = parallel.load_train_state(path, model, optimizer, scheduler)
+        if bank is not None and state.get("bank") is not None:
+            bank.load_state_dict(state["bank"])
+        return int(state["step"])
     if not (path / "trainer.pt").is_file():
         return 0
     from safetensors.torch import load_file
@@ -293,6 +432,8 @@ def _maybe_resume(path: Path, model, optimizer, scheduler, device) -> int:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
+    if bank is not None and state.get("bank") is not None:
+        bank.load_state_dict(state["bank"])
     return int(state["step"])
 
 

@@ -35,16 +35,21 @@ class VLMInputs:
     has_image: np.ndarray  # (P,) bool: a readable image
     keys: list[str | None]  # (P,) pixel key of each readable image
     cache: VisionCache | None
+    teacher_text: None = None  # no frozen-tower teacher to distill from (the trainer reads this)
 
     @property
     def has_text(self) -> np.ndarray:
         return np.array([any(row) for row in self.texts])
 
-    def batch(self, rows: np.ndarray, device: torch.device | None = None) -> dict[str, Any]:
-        """{"images", "texts", "image_features"} of pins `rows` (the model moves tensors itself)."""
+    def batch(self, rows: np.ndarray, pin_keep: np.ndarray | None = None) -> dict[str, Any]:
+        """{"images", "texts", "image_features"[, "pin_texts"]} of pins `rows`; `pin_keep` (B, F) the
+        fields the fused prompt keeps (field dropout). The model moves tensors to its device itself."""
         images = [load_rgb(self.images[r]) if self.has_image[r] else None for r in rows]
         cached = [self.cache.get(self.keys[r]) if self.cache is not None and self.keys[r] else None for r in rows]
-        return {"images": images, "texts": [self.texts[r] for r in rows], "image_features": cached}
+        batch = {"images": images, "texts": [self.texts[r] for r in rows], "image_features": cached}
+        if pin_keep is not None:
+            batch["pin_texts"] = [[t if keep else "" for t, keep in zip(self.texts[r], k)] for r, k in zip(rows, pin_keep)]
+        return batch
 
     def embed(self, model, rows: np.ndarray, modes: Sequence[str] = ("image", "text", "pin"),
               device: torch.device | None = None, batch_size: int = 32) -> dict[str, np.ndarray]:

@@ -40,6 +40,8 @@ INSTRUCTIONS = {
 class VLMPinCLIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.pin_mode != "fused":
+            raise ValueError(f"model.pin_mode={cfg.pin_mode!r} is for the embedded towers; a VLM fuses in one pass")
         self.cfg = cfg
         self.vcfg = cfg.vlm
         self.backbone = VLMBackbone(cfg.vlm)
@@ -172,8 +174,10 @@ class VLMPinCLIP(nn.Module):
     def forward(self, batch: dict[str, Any], modes: tuple[str, ...] = ("image", "text", "pin")
                 ) -> dict[str, torch.Tensor]:
         """batch: {"images": [PIL or None] (B), "texts": [[str] * F] (B), optional "image_features":
-        [ImageFeatures or None] (B) from the cache}. Returns PinCLIP.forward's dict for the modes asked."""
+        [ImageFeatures or None] (B) from the cache, optional "pin_texts" (B, F): the fields the fused
+        prompt shows, when they differ}. Returns PinCLIP.forward's dict for the modes asked."""
         images, texts = batch["images"], self._truncated(batch["texts"])
+        pin_texts = self._truncated(batch["pin_texts"]) if "pin_texts" in batch else texts
         cached = batch.get("image_features") or [None] * len(images)
         b = len(images)
         out: dict[str, torch.Tensor] = {}
@@ -182,7 +186,7 @@ class VLMPinCLIP(nn.Module):
             if mode not in modes:
                 continue
             rows = [i if images[i] is not None else -1 for i in range(b)]
-            bodies = [""] * b if mode == "image" else [_fields_body(t) for t in texts]
+            bodies = [""] * b if mode == "image" else [_fields_body(t) for t in pin_texts]
             processed = self._process([self.prompt(mode, body, r >= 0) for body, r in zip(bodies, rows)],
                                       [images[i] if r >= 0 else None for i, r in enumerate(rows)])
             if not feats:

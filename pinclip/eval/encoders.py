@@ -1,0 +1,165 @@
+"""What the evaluation harness scores: dense encoders (vectors) and rankers (ranked lists).
+
+    encoder = load_encoder("runs/demo/train/final")     # a PinCLIP checkpoint or a baseline folder
+    encoder.prepare(dataset.pins, cache_dir, progress=True)
+    vectors = encoder.vectors(spec)                     # TaskVectors, or None: the model cannot score it
+
+A dense encoder embeds queries and corpus of a task (pinclip.eval.tasks.TaskSpec) and the harness
+searches them exactly (and through int8 and the ANN index); a ranker (BM25) returns ranked corpus
+positions itself. Catalog-wide embeddings (images, every text field, pins in each text regime) are
+computed once and shared by every task.
+
+`ModelEncoder` is a trained PinCLIP checkpoint. Its pin representation is the model's "pin" output:
+the fused embedding, or for a late-fusion model (config model.pin_mode "late": the `lit` recipe)
+the normalized sum of its unit image embedding and the unit mean of its text-field embeddings
+(what a platform using CLIP embeddings does). Text fields a regime drops are removed before the pin
+is formed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from pinclip.cli import UserError
+from pinclip.eval.tasks import TaskSpec, pin_fields, regime_mask
+
+
+@dataclass
+class TaskVectors:
+    """One task on one split in one regime, embedded: queries (Q, D) against corpus (N, D)."""
+
+    queries: np.ndarray
+    corpus: np.ndarray
+
+
+class Encoder(Protocol):
+    kind: str
+    version: str
+    dims: list[int]  # Matryoshka dims, largest first; [] = no prefixes
+    quant: Any  # GlobalAffine from the checkpoint, or None (fitted on the eval corpus)
+    notes: dict[str, str]  # task -> why it cannot be scored
+
+    def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None: ...
+    def vectors(self, spec: TaskSpec) -> TaskVectors | None: ...
+
+
+class Ranker(Protocol):
+    kind: str
+    version: str
+    notes: dict[str, str]
+
+    def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None: ...
+    def rank(self, spec: TaskSpec, depth: int) -> np.ndarray | None: ...  # (Q, depth) corpus positions
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class ModelEncoder:
+    """A trained PinCLIP checkpoint over precomputed image features and text states."""
+
+    kind = "pinclip"
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+        from pinclip.quant import GlobalAffine
+        from pinclip.train.checkpoint import load_model
+
+        self.model, self.cfg, self.meta = load_model(checkpoint, device)
+        self.device = device
+        self.version = str(self.meta["version"])
+        self.dims = [int(d) for d in self.meta["dims"]]
+        self.quant = GlobalAffine.from_dict(self.meta["quant"]) if self.meta.get("quant") else None
+        self.notes: dict[str, str] = {}
+        self._cache: dict[Any, np.ndarray] = {}
+
+    def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None:
+        from pinclip.models.features import image_features
+        from pinclip.models.text_states import compute_text_states, field_strings
+
+        self.vis, self.has_image = image_features(self.model.vision, self.model.cfg.vision, pins.images,
+                                                  cache_dir, progress=progress)
+        if self.vis.shape[1] == 0:  # a catalog without a single readable image
+            self.vis = np.zeros((len(pins), self.model.num_visual, self.model.vision.out_channels), np.float16)
+        self.fields = pin_fields(pins.pin_ids, pins.texts)
+        self.states = compute_text_states(self.model.backbone, field_strings(pins.texts, len(pins)),
+                                          cache_dir=cache_dir, progress=progress)
+        self.progress = progress
+        self._cache.clear()
+
+    def _embed(self, modes: tuple[str, ...], regime: str = "full", chunk: int = 1024) -> dict[str, np.ndarray]:
+        """Every catalog pin in `modes`, its text fields restricted to the regime."""
+        from pinclip.models.embedder import embed_rows
+        from pinclip.models.text_states import TextStates
+
+        keep = regime_mask(self.fields, regime)
+        states = TextStates(self.states.tokens, self.states.start, self.states.length * keep)
+        rows = np.arange(len(self.fields))
+        parts: dict[str, list[np.ndarray]] = {}
+        for lo in tqdm(range(0, len(rows), chunk), desc=f"embed {'+'.join(modes)} ({regime})", unit="chunk",
+                       disable=not self.progress):
+            out = embed_rows(self.model, self.vis, self.has_image, states, rows[lo: lo + chunk], modes,
+                             device=self.device)
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def _catalog(self, what: str, regime: str = "full") -> np.ndarray:
+        """Cached catalog arrays: "image" (P, D), "text" (P, F, D), "text_mask" (P, F), "pin" (P, D)."""
+        key = (what, regime if what == "pin" else "full")
+        if key not in self._cache:
+            if what in ("image", "text", "text_mask"):
+                self._cache.update({(k, "full"): v for k, v in self._embed(("image", "text")).items()})
+            else:
+                self._cache[key] = self._embed(("pin",), regime)["pin"]
+        return self._cache[key]
+
+    def query_vectors(self, texts: list[str], field: str = "queries") -> np.ndarray:
+        from pinclip.models.embedder import Embedder
+
+        return Embedder(self.model, self.meta, self.device).embed_texts(texts, field=field)
+
+    def vectors(self, spec: TaskSpec) -> TaskVectors:
+        if spec.task == "pintext_i2t":
+            text = self._catalog("text")
+            return TaskVectors(self._catalog("image")[spec.query_pins], text[spec.corpus_pins, spec.corpus_fields])
+        if spec.task == "pintext_t2i":
+            text = self._catalog("text")
+            return TaskVectors(text[spec.query_pins, spec.query_fields], self._catalog("image")[spec.corpus_pins])
+        pins = self._catalog("pin", spec.regime)
+        queries = pins[spec.query_pins] if spec.task == "related" else self.query_vectors(list(spec.query_texts))
+        return TaskVectors(queries, pins[spec.corpus_pins])
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a training folder holding one as final/."""
+    path = Path(path)
+    if not (path / "meta.json").is_file() and (path / "final" / "meta.json").is_file():
+        return path / "final"
+    if not (path / "meta.json").is_file():
+        raise UserError(f"{path}: not a PinCLIP checkpoint or baseline (no meta.json, no final/meta.json)")
+    return path
+
+
+def load_encoder(checkpoint: str | Path, device: str = "cpu") -> Encoder | Ranker:
+    """The encoder of a checkpoint folder: a trained model, or an untrained baseline (frozen, bm25)."""
+    path = resolve_checkpoint(checkpoint)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path / 'meta.json'}: unreadable: {err}") from None
+    if meta.get("kind") == "frozen":
+        from pinclip.baselines.frozen import FrozenEncoder
+
+        return FrozenEncoder(path, device)
+    if meta.get("kind") == "bm25":
+        from pinclip.baselines.bm25 import BM25Ranker
+
+        return BM25Ranker(path)
+    return ModelEncoder(path, device)

@@ -1,0 +1,147 @@
+"""The report's experiments: PinCLIP and the baselines over seeds, and the dataset-scaling curves.
+
+    pinclip eval --run runs/demo --baselines all --seeds 3 --scaling      # `make report`
+    models = make_models(cfg, "runs/demo", ["pinclip", "lit", "frozen"], seeds=3)  # {name: [folders]}
+
+Every trained model uses PinCLIP's trainer with the run's config (data, steps, batch, token budget),
+changed only by its recipe (pinclip.baselines) and its seed. Folders, each trained only when its
+final checkpoint is missing (delete one to retrain it; an interrupted one resumes):
+    <run>/train/final                   PinCLIP, seed 0 (the demo's model)
+    <run>/seeds/pinclip-seed<k>/final   PinCLIP, seed k
+    <run>/baselines/<name>[/final]      a baseline, seed 0;  <run>/baselines/<name>-seed<k>/final  seed k
+    <run>/scaling/frac-<f>-<budget>/final   the scaling curves
+Evaluation only judges these folders (pinclip.eval); nothing here is measured.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pinclip.baselines import BASELINES, create_untrained
+from pinclip.cli import UserError
+from pinclip.config import Config, config_from_dict, config_to_dict
+
+MODELS: tuple[str, ...] = ("pinclip", *BASELINES)
+SCALING_BUDGETS: tuple[str, ...] = ("steps", "epochs")
+
+
+def with_overrides(base_cfg: Config, updates: dict[str, Any]) -> Config:
+    """A copy of base_cfg with a nested dict of values applied (names checked by the config loader)."""
+    merged = config_to_dict(base_cfg)
+
+    def apply(node: dict[str, Any], upd: dict[str, Any]) -> None:
+        for key, value in upd.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict) and key != "field_weights":
+                apply(node[key], value)
+            else:
+                node[key] = copy.deepcopy(value)
+
+    apply(merged, updates)
+    return config_from_dict(merged)
+
+
+def model_dir(run_dir: str | Path, name: str, seed: int) -> Path:
+    """The folder of a model and seed (see the module docstring)."""
+    run_dir = Path(run_dir)
+    if name == "pinclip":
+        return run_dir / "train" if seed == 0 else run_dir / "seeds" / f"pinclip-seed{seed}"
+    return run_dir / "baselines" / (name if seed == 0 else f"{name}-seed{seed}")
+
+
+def train_once(cfg: Config, progress: bool = True) -> Path:
+    """The final checkpoint of cfg's run, trained (or resumed) only when it is not there yet."""
+    from pinclip.train.trainer import train
+
+    final = Path(cfg.train.out_dir) / "final"
+    if (final / "meta.json").is_file():
+        return final
+    return Path(train(cfg, progress=progress))
+
+
+def model_config(base_cfg: Config, run_dir: str | Path, name: str, seed: int, steps: int | None = None) -> Config:
+    """The training config of a trained model (PinCLIP or a trained baseline) and seed."""
+    cfg = with_overrides(base_cfg, BASELINES[name].overrides if name != "pinclip" else {})
+    cfg.train.out_dir = str(model_dir(run_dir, name, seed))
+    cfg.train.seed = seed
+    cfg.train.steps = steps or cfg.train.steps
+    return cfg
+
+
+def make_models(base_cfg: Config, run_dir: str | Path, names: Sequence[str], seeds: int = 1,
+                steps: int | None = None, progress: bool = True) -> dict[str, list[Path]]:
+    """{name: [folder of seed 0, 1, ...]} for each model, training or writing what is missing.
+    Untrained baselines (bm25, frozen) are deterministic: one folder, whatever `seeds` says."""
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        raise UserError(f"unknown models {unknown}; known: {', '.join(MODELS)}")
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    out: dict[str, list[Path]] = {}
+    for name in names:
+        if name in BASELINES and not BASELINES[name].trained:
+            folder = model_dir(run_dir, name, 0)
+            out[name] = [folder if (folder / "meta.json").is_file() else create_untrained(name, base_cfg, folder)]
+            continue
+        out[name] = [train_once(model_config(base_cfg, run_dir, name, s, steps), progress) for s in range(seeds)]
+    return out
+
+
+def existing_models(run_dir: str | Path) -> dict[str, list[Path]]:
+    """The models and seeds already made under a run folder, in seed order."""
+    out: dict[str, list[Path]] = {}
+    for name in MODELS:
+        folders = []
+        for seed in range(100):
+            folder = model_dir(run_dir, name, seed)
+            checkpoint = folder / "final" if (folder / "final" / "meta.json").is_file() else folder
+            if not (checkpoint / "meta.json").is_file():
+                break
+            folders.append(checkpoint)
+        if folders:
+            out[name] = folders
+    return out
+
+
+def scaling_runs(base_cfg: Config, run_dir: str | Path, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+                 budgets: Sequence[str] = SCALING_BUDGETS, progress: bool = True) -> list[dict[str, Any]]:
+    """PinCLIP trained on each share of the training pins, at equal steps (compute held fixed) and at
+    equal epochs (a share f trains for f of the steps, at least 30). The 100% point is the run's model."""
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise UserError(f"training fractions must be in (0, 1], got {bad}")
+    points = []
+    for fraction in sorted(fractions):
+        for budget in budgets:
+            main = Path(run_dir) / "train" / "final"
+            if fraction == 1.0 and (main / "meta.json").is_file():
+                checkpoint = main
+            else:
+                cfg = with_overrides(base_cfg, {"train": {"train_fraction": float(fraction)}})
+                cfg.train.out_dir = str(Path(run_dir) / "scaling" / f"frac-{fraction:.2f}-{budget}")
+                if budget == "epochs":
+                    cfg.train.steps = max(30, round(cfg.train.steps * fraction))
+                    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.steps // 5))
+                checkpoint = train_once(cfg, progress)
+            points.append({"fraction": float(fraction), "budget": budget, "checkpoint": str(checkpoint)})
+    return points
+
+
+def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True) -> tuple[Path, dict[str, list[Path]]]:
+    """(dataset folder, {name: [folder]}) of the domain-shift experiment: PinCLIP trained on the split that
+    holds whole top-level categories out (the data folder's splits_domain.json), beside the untrained
+    baselines, which need no training and so are the run's own."""
+    from pinclip.data.demo import domain_shift_folder
+
+    data_dir = Path(base_cfg.train.data_dir)
+    if not (data_dir / "splits_domain.json").is_file():
+        raise UserError(f"{data_dir / 'splits_domain.json'} not found: the domain-shift split is written by "
+                        "`pinclip data demo`, or by `pinclip data split --domain-column ... --out splits_domain.json`")
+    folder = Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
+    cfg = with_overrides(base_cfg, {"train": {"data_dir": str(folder), "out_dir": str(Path(run_dir) / "domain" / "train"),
+                                              "seed": 0}})
+    models = {"pinclip": [train_once(cfg, progress)]}
+    models.update(make_models(base_cfg, run_dir, ["frozen", "bm25"], progress=progress))
+    return folder, models

@@ -1,0 +1,110 @@
+"""The stage machinery of `pinclip demo` and `pinclip run`: timed stages, skipped when their output is there.
+
+Each stage is a public `pinclip` command called in-process; its wall time goes to <out>/timings.json
+({"stages": {name: seconds}, "skipped": [names whose output was already there]}), rewritten
+atomically after every stage. The stages after training are the same for both commands:
+
+    embed  pinclip embed        -> <out>/embed  (skipped when complete for the final model's version)
+    index  pinclip index build  -> <out>/index  (skipped when built for that version)
+    serve  pinclip serve           http://127.0.0.1:<port> (only when asked)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pinclip.cli import UserError, main
+
+
+class Timings:
+    """Stage wall times, rewritten atomically to <out>/timings.json after every stage."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.stages, self.skipped = out / "timings.json", {}, []
+
+    def save(self) -> None:
+        tmp = self.path.with_name(".timings.json.tmp")
+        tmp.write_text(json.dumps({"stages": self.stages, "skipped": self.skipped}, indent=2))
+        os.replace(tmp, self.path)
+
+    def stage(self, name: str, fn: Callable[[], int], done: bool = False) -> None:
+        """Run stage `name` (fn returns an exit code) unless `done` (its output is already there)."""
+        print(f"\n=== {name} ===" + (" (already done)" if done else ""), flush=True)
+        start = time.perf_counter()
+        code = 0 if done else fn()
+        self.stages[name] = round(time.perf_counter() - start, 1)
+        if done:
+            self.skipped.append(name)
+        self.save()
+        if code:
+            raise UserError(f"stage '{name}' failed (exit code {code})")
+
+    def split_features(self, final: Path) -> None:
+        """Report the training stage's feature-cache pass (from the checkpoint's meta) as its own stage,
+        just before "train"."""
+        if "train" in self.skipped:
+            return
+        try:
+            features = float(json.loads((final / "meta.json").read_text()).get("features_seconds", 0.0))
+        except (OSError, ValueError, TypeError):
+            return
+        features = min(round(features, 1), self.stages["train"])
+        stages = {}
+        for name, seconds in self.stages.items():
+            if name == "train":
+                stages["features"], seconds = features, round(seconds - features, 1)
+            stages[name] = seconds
+        self.stages = stages
+        self.save()
+
+    def print_summary(self) -> None:
+        print("\n=== done ===")
+        for name, seconds in self.stages.items():
+            print(f"  {name:<8} {seconds:8.1f} s" + ("  (already done)" if name in self.skipped else ""))
+        print(f"  total    {sum(self.stages.values()):8.1f} s")
+
+
+def model_version(final: Path) -> str | None:
+    """The version of the checkpoint at `final` (None when it is not there)."""
+    try:
+        return json.loads((final / "meta.json").read_text()).get("version")
+    except (OSError, ValueError):
+        return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def embeddings_done(embed_dir: Path, version: str | None) -> bool:
+    """A complete embedding run of this model version is in embed_dir."""
+    manifest = _read_json(embed_dir / "manifest.json")
+    return version is not None and manifest.get("complete") is True and manifest.get("model_version") == version
+
+
+def index_done(index_dir: Path, version: str | None) -> bool:
+    """An index over this model version's embeddings is in index_dir (index.json is written last)."""
+    return version is not None and _read_json(index_dir / "index.json").get("model_version") == version
+
+
+def embed_and_index(timings: Timings, out: Path, final: Path, pins: Path, cache: Path) -> None:
+    """The embed and index stages over `pins` with the model at `final`."""
+    version = model_version(final)
+    embed, index = out / "embed", out / "index"
+    timings.stage("embed", lambda: main(["embed", "--checkpoint", str(final), "--pins", str(pins), "--out", str(embed),
+                                         "--cache-dir", str(cache)]), done=embeddings_done(embed, version))
+    timings.stage("index", lambda: main(["index", "build", "--embeddings", str(embed), "--out", str(index)]),
+                  done=index_done(index, version))
+
+
+def serve(out: Path, final: Path, cache: Path, port: int) -> int:
+    print(f"serving the search page at http://127.0.0.1:{port}/  (Ctrl-C to stop)")
+    return main(["serve", "--index", str(out / "index"), "--checkpoint", str(final), "--port", str(port),
+                 "--cache-dir", str(cache)])

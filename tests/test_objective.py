@@ -1,0 +1,146 @@
+"""The training objective's fixes: duplicate masks, SigLIP scalars, field dropout, batch facts, log q."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pinclip.config import load_config
+from pinclip.losses import multi_positive_contrastive
+from pinclip.losses.image_text import initial_logit_scale_and_bias
+from pinclip.train.dataset import BatchConfig, batch_at, fused_field_mask, load_dataset_dir, prepare_training
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_a_masked_duplicate_is_no_negative_and_gets_no_negative_gradient():
+    # pins 0 and 1 have identical texts: the pair (0, 1) must be neither positive nor negative
+    query = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    keys = torch.tensor([[[0.6, 0.8]], [[0.8, 0.6]]], requires_grad=True)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    ignore = torch.tensor([[False, True], [True, False]])
+    loss = multi_positive_contrastive(query, keys, mask, torch.tensor(0.0), torch.tensor(0.0),
+                                      ignore=ignore)["image_text"]
+    # scale 1, bias 0: only the positive terms remain, softplus(-<q_i, k_i>), summed and divided by B = 2
+    assert loss.item() == pytest.approx((softplus(-0.6) + softplus(-0.6)) / 2, rel=1e-6)
+    loss.backward()
+    # d/dk1 comes from the positive term of query 1 alone: -sigmoid(-0.6) * q1 / 2
+    expected = -torch.sigmoid(torch.tensor(-0.6)) * torch.tensor([0.0, 1.0]) / 2
+    torch.testing.assert_close(keys.grad[1, 0], expected)
+    unmasked = multi_positive_contrastive(query, keys, mask, torch.tensor(0.0), torch.tensor(0.0))["image_text"]
+    assert unmasked.item() > loss.item()  # the duplicate was counted as a negative before
+
+
+def test_siglip_bias_starts_at_minus_log_of_the_batch():
+    scale, bias = initial_logit_scale_and_bias("siglip", batch_size=128)
+    assert scale == pytest.approx(math.log(10)) and bias == pytest.approx(-math.log(128))
+    assert initial_logit_scale_and_bias("siglip") == (pytest.approx(math.log(10)), -10.0)
+
+
+def test_the_siglip_scalars_move_under_training_and_are_logged(catalog, tmp_path):
+    from pinclip.train.trainer import train
+
+    cfg = load_config(preset="tiny", overrides=[f"train.data_dir={catalog['pins'].parent}", f"train.out_dir={tmp_path}",
+                                                f"train.cache_dir={tmp_path / 'cache'}", "train.steps=4"])
+    train(cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "it_bias" in r]
+    assert len(steps) == 4
+    start = -math.log(cfg.train.batch_size)
+    moved = abs(steps[-1]["it_bias"] - start)
+    assert moved > 0.01  # at the base lr over a 4-step cosine it would move ~ 1e-3 at most
+    assert steps[-1]["it_scale"] != pytest.approx(10.0, abs=1e-4)
+
+
+def test_field_dropout_mask_follows_its_probabilities():
+    rng = np.random.default_rng(0)
+    none = fused_field_mask(1000, BatchConfig(text_dropout=1.0), rng)
+    assert not none.any()
+    title = fused_field_mask(1000, BatchConfig(title_only=1.0), rng)
+    assert title[:, 0].all() and not title[:, 1:].any()
+    mixed = fused_field_mask(20000, BatchConfig(text_dropout=0.2, title_only=0.2, field_dropout=0.5), rng)
+    assert (~mixed.any(1)).mean() == pytest.approx(0.2 + 0.6 * 0.5**5, abs=0.015)
+    assert mixed[:, 1].mean() == pytest.approx(0.6 * 0.5, abs=0.015)
+
+
+@pytest.fixture(scope="module")
+def training_data(catalog):
+    cfg = load_config(preset="tiny")
+    return prepare_training(load_dataset_dir(catalog["pins"].parent), cfg.graph, seed=0, progress=False,
+                            hard_negatives=True)
+
+
+def test_batch_facts_are_consistent(training_data):
+    data = training_data
+    batch = batch_at(data, 3, BatchConfig(batch_size=16, hard_negatives=True, field_dropout=0.5), world=2)
+    assert len(batch.rows) == 24 and batch.anchors == 4 and batch.extra == 4  # per rank: 4 + 4 + 4
+    assert batch.has_neighbor.shape == (2, 4)
+    for i, j in zip(*np.nonzero(batch.same)):
+        assert data.group[batch.rows[i]] == data.group[batch.rows[j]]
+    for i, j in zip(*np.nonzero(batch.share_board)):
+        assert set(data.graph.boards_of(int(batch.rows[i]))) & set(data.graph.boards_of(int(batch.rows[j]))) \
+            or batch.rows[i] == batch.rows[j]
+    assert not np.diag(batch.same).any() and not np.diag(batch.share_board).any()
+    again = batch_at(data, 3, BatchConfig(batch_size=16, hard_negatives=True, field_dropout=0.5), world=2)
+    assert (again.rows == batch.rows).all() and (again.fused_keep == batch.fused_keep).all()
+
+
+def test_hard_negatives_share_no_board_with_their_anchor(training_data):
+    data = training_data
+    for p in np.flatnonzero((data.hard >= 0).any(1))[:50]:
+        mine = set(data.graph.boards_of(int(p)).tolist())
+        for c in data.hard[p][data.hard[p] >= 0]:
+            assert not mine & set(data.graph.boards_of(int(c)).tolist())
+
+
+def test_log_q_is_a_distribution_that_favours_popular_neighbors(training_data):
+    q = np.exp(training_data.log_q[training_data.train_rows])
+    assert q.sum() == pytest.approx(1.0, rel=1e-6)
+    partner_share = np.zeros(len(training_data.log_q))
+    valid = training_data.neighbors >= 0
+    np.add.at(partner_share, training_data.neighbors[valid], 1)
+    popular, rare = np.argmax(partner_share), training_data.train_rows[np.argmin(partner_share[training_data.train_rows])]
+    assert training_data.log_q[popular] > training_data.log_q[rare]
+
+
+def test_text_dropout_feeds_the_fused_pass_image_only_pins(catalog, tmp_path):
+    from pinclip.models.pinclip import PinCLIP
+    from pinclip.train.trainer import compute_features, local_batch
+
+    cfg = load_config(preset="tiny", overrides=[f"train.cache_dir={tmp_path}", "train.text_dropout=1.0"])
+    data = prepare_training(load_dataset_dir(catalog["pins"].parent), cfg.graph, seed=0, progress=False)
+    model = PinCLIP(cfg.model)
+    feats = compute_features(model, data, str(tmp_path), rank=0, progress=False)
+    batch, ctx = local_batch(data, feats, 0, cfg, 0, 1, torch.device("cpu"))
+    assert not batch["pin_mask"].any()  # the fused pass sees no text at all
+    assert batch["field_mask"].any()  # the text-only rows keep every field for the image-text terms
+    out = model(batch, modes=("pin",))
+    assert out["pin"].requires_grad and torch.isfinite(out["pin"]).all()
+
+
+def test_image_only_fused_embeddings_depend_on_the_image(tiny_checkpoint, catalog):
+    from pinclip.models.embedder import embed_rows
+    from pinclip.models.features import image_features
+    from pinclip.models.text_states import TextStates, compute_text_states, field_strings
+    from pinclip.train.checkpoint import load_model
+
+    model, cfg, _ = load_model(tiny_checkpoint)
+    dataset = load_dataset_dir(catalog["pins"].parent)
+    rows = np.arange(0, 18, 3)  # six different (colour, shape) drawings
+    vis, ok = image_features(model.vision, cfg.model.vision, [dataset.pins.images[i] for i in rows], None,
+                             progress=False)
+    texts = field_strings(dataset.pins.texts, len(dataset.pins))
+    states = compute_text_states(model.backbone, [texts[i] for i in rows], progress=False)
+    no_text = TextStates(states.tokens, states.start, np.zeros_like(states.length))
+    pin = embed_rows(model, vis, ok, no_text, np.arange(6), ("pin",))["pin"]
+    blank = embed_rows(model, np.zeros_like(vis), np.zeros(6, bool), no_text, np.arange(6), ("pin",))["pin"]
+    cos = F.normalize(torch.from_numpy(pin), dim=-1) @ F.normalize(torch.from_numpy(pin), dim=-1).T
+    assert (cos[~torch.eye(6, dtype=torch.bool)] < 0.9999).all()  # not one constant for every image
+    assert not np.allclose(pin, blank, atol=1e-4)
