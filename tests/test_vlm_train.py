@@ -151,3 +151,13 @@ def test_unsupported_models_are_named(catalog, tmp_path):
                              f"train.out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not a Hugging Face model folder" in result.stderr
+
+
+def test_settings_of_the_embedded_towers_are_refused_for_a_vlm():
+    from pinclip.models.vlm.inputs import check_training_config
+
+    check_training_config(load_config(preset="gpu"))  # the VLM preset itself is fine
+    cfg = load_config(preset="gpu", overrides=["train.feature_noise=0.1", "loss.distill_weight=0.5"])
+    with pytest.raises(UserError, match="train.feature_noise, loss.distill_weight act on the embedded towers"):
+        check_training_config(cfg)
+

@@ -83,8 +83,6 @@ def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: i
     if is_vlm(model):
         from pinclip.models.vlm.inputs import prepare_vlm_inputs
 
-        if teacher:
-            raise ValueError("loss.distill_weight > 0 distills from the embedded towers; a VLM backbone has none")
         world = dist.get_world_size() if dist.is_initialized() else 1
         return prepare_vlm_inputs(model, pins, cache_dir, rank, world, progress)
     texts = field_strings(pins.texts, len(pins))
@@ -261,6 +259,10 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0,
                             hard_negatives=cfg.train.hard_negatives)
     model = build_model(cfg.model).to(device).eval()
+    if is_vlm(model):
+        from pinclip.models.vlm.inputs import check_training_config
+
+        check_training_config(cfg)
     init_contrastive_scalars(model, cfg)
     features_started = time.perf_counter()
     feats = compute_features(model, data, cfg.train.cache_dir, rank, progress, teacher=cfg.loss.distill_weight > 0)

@@ -115,10 +115,10 @@ class VLMBackbone(nn.Module):
         self.width: int = config.get_text_config().hidden_size
         self.image_token_id: int = int(self.hf.config.image_token_id)
         self.pad_token_id: int = int(self.processor.tokenizer.pad_token_id)
-        self.use_chat = cfg.prompt == "chat" or (cfg.prompt == "auto" and bool(getattr(self.processor,
-                                                                                         "chat_template", None)))
         if cfg.prompt not in ("auto", "chat", "plain"):
             raise ValueError(f"model.vlm.prompt must be auto, chat or plain, got {cfg.prompt!r}")
+        has_template = bool(getattr(self.processor, "chat_template", None))
+        self.use_chat = cfg.prompt == "chat" or (cfg.prompt == "auto" and has_template)
         self.version = model_version(folder)
 
     def _trainable(self, hf: nn.Module, cfg: VLMConfig) -> nn.Module:

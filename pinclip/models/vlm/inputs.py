@@ -72,6 +72,18 @@ def embed_batches(model, batches, modes: Sequence[str]) -> dict[str, np.ndarray]
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
+def check_training_config(cfg: Any) -> None:
+    """UserError naming the training settings that act on the embedded towers only."""
+    from pinclip.cli import UserError
+
+    unsupported = [name for name, on in (("train.feature_noise", cfg.train.feature_noise > 0),
+                                         ("train.token_dropout", cfg.train.token_dropout > 0),
+                                         ("loss.distill_weight", cfg.loss.distill_weight > 0)) if on]
+    if unsupported:
+        raise UserError(f"{', '.join(unsupported)} act on the embedded towers' cached features; with a VLM "
+                        f"backbone (model.vlm.path) set them to 0")
+
+
 def prepare_vlm_inputs(model, pins: Any, cache_dir: str | Path | None, rank: int = 0, world: int = 1,
                        progress: bool = True) -> VLMInputs:
     """Scan the catalog's images and, for a frozen vision side, fill the vision cache (all ranks)."""
