@@ -1,4 +1,4 @@
-"""Shared fixtures: the synthetic catalog (once per session) and a tiny trained checkpoint."""
+"""Shared fixtures: the synthetic catalog (once per session), a tiny trained checkpoint and a small demo corpus."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def tiny_checkpoint(catalog, tmp_path_factory) -> Path:
         f"train.data_dir={catalog['pins'].parent}", f"train.out_dir={out}", f"train.cache_dir={out / 'cache'}",
         "train.steps=4"])
     return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """A ~120-pin demo corpus built from the installed demo data (tests using it skip when it is missing)."""
+    from pinclip.data.demo import build_demo_corpus
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo_corpus(str(out), seed=0, max_clipart=50, max_emoji=25)
+    return out
 
 
 @pytest.fixture(scope="session")

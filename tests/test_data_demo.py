@@ -150,11 +150,10 @@ def test_noto_glyph_renders():
 
 
 @pytest.fixture(scope="module")
-def two_builds(tmp_path_factory) -> tuple[Path, Path]:
-    outs = tmp_path_factory.mktemp("demo_a"), tmp_path_factory.mktemp("demo_b")
-    for out in outs:
-        build_demo_corpus(str(out), seed=0, max_clipart=50, max_emoji=25)
-    return outs
+def two_builds(demo_corpus, tmp_path_factory) -> tuple[Path, Path]:
+    again = tmp_path_factory.mktemp("demo_b")
+    build_demo_corpus(str(again), seed=0, max_clipart=50, max_emoji=25)  # the settings of demo_corpus
+    return demo_corpus, again
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

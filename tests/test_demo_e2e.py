@@ -20,11 +20,12 @@ def test_demo_pipeline_on_tiny_preset(catalog, tmp_path):
     assert timings["skipped"] == ["data"]  # --data: an existing dataset folder
 
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"pinclip", "frozen"} and metrics["scaling"] is None  # the quick eval
-    related = metrics["models"]["pinclip"]["related"]["warm"]["recall@10"]
+    assert set(metrics["models"]) == {"pinclip", "frozen", "bm25"} and metrics["scaling"] is None  # the quick eval
+    related = metrics["models"]["pinclip"]["related"]["warm"]["image"]["recall@10"]
     assert 0.0 <= related <= 1.0
     report = (out / "eval" / "report.md").read_text()
-    assert report.count("|") > 20 and "Not in this report: two_tower, fused_no_neighbor" in report
+    assert report.count("|") > 20 and "## Headline: ndcg@10 [95% CI]" in report
+    assert (out / "eval" / "trec" / "bm25" / "search.cold.full.run.gz").is_file()
 
     manifest = json.loads((out / "embed" / "manifest.json").read_text())
     assert manifest["complete"] and sum(s["rows"] for s in manifest["shards"]) == 72
@@ -51,6 +52,9 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     assert (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
     assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train", "embed", "index"]
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"pinclip", "two_tower", "fused_no_neighbor", "frozen"}
-    assert len(metrics["scaling"]["points"]) == 4
-    assert "Not in this report" not in (out / "eval" / "report.md").read_text()
+    assert list(metrics["models"]) == ["pinclip", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25"]
+    seeds = {name: info["seeds"] for name, info in metrics["meta"]["models"].items()}
+    assert seeds == {"pinclip": 3, "lit": 3, "lit_neighbor": 3, "fused_no_neighbor": 3, "frozen": 1, "bm25": 1}
+    assert len(metrics["scaling"]["points"]) == 8  # 4 shares of the training pins x equal steps, equal epochs
+    report = (out / "eval" / "report.md").read_text()
+    assert "## PinCLIP minus each model" in report and "## Dataset scaling" in report

@@ -1,11 +1,12 @@
-"""Tests for pinclip.eval.metrics: exact top-k and true Recall@K / hit rate."""
+"""Tests for pinclip.eval.metrics: exact top-k (with ragged exclusions), true Recall@K / hit rate, and the
+per-query metrics (recall with its ceiling, nDCG@10, MRR) on hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pinclip.eval.metrics import exact_topk, recall_at_k, retrieval_metrics
+from pinclip.eval.metrics import exact_topk, per_query_metrics, recall_at_k, retrieval_metrics
 
 # Scores of 4 queries (rows) against 4 corpus items (columns); the corpus is the identity.
 SCORES = np.array(
@@ -115,3 +116,46 @@ def test_bad_shapes_and_k_are_errors():
         exact_topk(np.full((1, 3), np.nan), x, k=1)
     with pytest.raises(ValueError, match="k="):
         recall_at_k(np.zeros((2, 5), dtype=np.int64), [np.array([0])] * 2, ks=(10,))
+
+
+def test_per_query_metrics_on_the_4x4_case_by_hand():
+    """Relevant items at ranks 1 | 2 | 1 and 3 | 4 (see SCORES); ranked to depth 10 with -1 padding."""
+    _, ids = exact_topk(SCORES, np.eye(4, dtype=np.float32), k=10)
+    assert ids[:, :4].tolist() == [[0, 2, 3, 1], [0, 2, 1, 3], [3, 2, 1, 0], [1, 0, 2, 3]] and (ids[:, 4:] == -1).all()
+    m = per_query_metrics(ids, RELEVANT, ks=(1, 2, 10))
+    assert m["rows"].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(m["recall@1"], [1, 0, 0.5, 0])
+    np.testing.assert_allclose(m["ceiling@1"], [1, 1, 0.5, 1])  # two relevant items: one in the top 1 at best
+    np.testing.assert_allclose(m["hit@1"], [1, 0, 1, 0])
+    np.testing.assert_allclose(m["recall@2"], [1, 1, 0.5, 0])
+    np.testing.assert_allclose(m["ceiling@2"], [1, 1, 1, 1])
+    np.testing.assert_allclose(m["recall@10"], [1, 1, 1, 1])
+    ndcg = [1.0, 1 / np.log2(3), (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)), 1 / np.log2(5)]  # binary gains
+    np.testing.assert_allclose(m["ndcg@10"], ndcg)
+    np.testing.assert_allclose(m["mrr"], [1, 1 / 2, 1, 1 / 4])
+
+
+def test_per_query_metrics_ceiling_misses_and_queries_without_relevant():
+    ids = np.array([list(range(10)), list(range(10)), [20, 21, 22, 23, 24, -1, -1, -1, -1, -1]])
+    relevant = [np.arange(12), np.array([], np.int64), np.array([5])]
+    m = per_query_metrics(ids, relevant, ks=(5, 10))
+    assert m["rows"].tolist() == [0, 2]  # the query without relevant items is left out
+    np.testing.assert_allclose(m["recall@10"], [10 / 12, 0])
+    np.testing.assert_allclose(m["ceiling@10"], [10 / 12, 1])
+    np.testing.assert_allclose(m["recall@5"], [5 / 12, 0])
+    np.testing.assert_allclose(m["ndcg@10"], [1.0, 0.0])  # 10 of 12 relevant in the top 10 is the best possible
+    np.testing.assert_allclose(m["mrr"], [1.0, 0.0])  # nothing relevant within the ranked depth: 0
+    with pytest.raises(ValueError, match="deeper"):
+        per_query_metrics(ids[:, :5], relevant, ks=(10,))
+
+
+def test_exact_topk_with_ragged_exclusions_by_hand():
+    exclude = [np.array([0, 2]), np.array([], np.int64), np.array([3, -1]), np.array([0, 1, 2, 3])]
+    scores, ids = exact_topk(SCORES, np.eye(4, dtype=np.float32), k=3, exclude=exclude)
+    assert ids.tolist() == [[3, 1, -1], [0, 2, 1], [2, 1, 0], [-1, -1, -1]]
+    np.testing.assert_allclose(scores[0, :2], [0.2, 0.1])
+    assert np.isneginf(scores[0, 2]) and np.isneginf(scores[3]).all()
+    _, chunked = exact_topk(SCORES, np.eye(4, dtype=np.float32), k=3, exclude=exclude, chunk=1)
+    np.testing.assert_array_equal(chunked, ids)  # exclusions land in the right block
+    with pytest.raises(ValueError, match="one entry per query"):
+        exact_topk(SCORES, np.eye(4, dtype=np.float32), k=3, exclude=exclude[:3])

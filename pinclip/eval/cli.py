@@ -17,6 +17,7 @@ held out).
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,8 @@ def evaluate_models(models: dict[str, Sequence[Path]], dataset: Any, out_dir: st
     from pinclip.eval.report import dataset_summary, write_report
 
     options = options or EvalOptions()
+    if options.trec:  # run files of an earlier evaluation in this folder would be re-scored with these qrels
+        shutil.rmtree(Path(out_dir) / "trec", ignore_errors=True)
     evaluations: dict[str, list[dict[str, Any]]] = {}
     for name, folders in models.items():
         for seed, folder in enumerate(folders):

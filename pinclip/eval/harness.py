@@ -221,9 +221,7 @@ def evaluate_checkpoint(
 
 def _write_trec(folder: Path, name: str, spec: TaskSpec, ids: np.ndarray, scores: np.ndarray | None) -> None:
     stem = file_stem(spec.task, spec.split, spec.regime)
-    qrels = folder / "qrels" / f"{stem}.qrels"
-    if not qrels.is_file():
-        write_qrels(qrels, spec.query_ids, spec.corpus_ids, spec.relevant)
+    write_qrels(folder / "qrels" / f"{stem}.qrels", spec.query_ids, spec.corpus_ids, spec.relevant)  # never stale
     write_run(folder / name / f"{stem}.run.gz", spec.query_ids, spec.corpus_ids, ids, scores, name)
 
 

@@ -35,7 +35,8 @@ class VLMInputs:
     has_image: np.ndarray  # (P,) bool: a readable image
     keys: list[str | None]  # (P,) pixel key of each readable image
     cache: VisionCache | None
-    teacher_text: None = None  # no frozen-tower teacher to distill from (the trainer reads this)
+    teacher_text: None = None  # no frozen-tower teacher to distill from (the trainer reads these two)
+    title_states: None = None  # no board-title states (loss.board_weight is refused)
 
     @property
     def has_text(self) -> np.ndarray:
@@ -78,10 +79,11 @@ def check_training_config(cfg: Any) -> None:
 
     unsupported = [name for name, on in (("train.feature_noise", cfg.train.feature_noise > 0),
                                          ("train.token_dropout", cfg.train.token_dropout > 0),
-                                         ("loss.distill_weight", cfg.loss.distill_weight > 0)) if on]
+                                         ("loss.distill_weight", cfg.loss.distill_weight > 0),
+                                         ("loss.board_weight", cfg.loss.board_weight > 0)) if on]
     if unsupported:
-        raise UserError(f"{', '.join(unsupported)} act on the embedded towers' cached features; with a VLM "
-                        f"backbone (model.vlm.path) set them to 0")
+        raise UserError(f"{', '.join(unsupported)} act on the embedded towers' cached features or text "
+                        f"states; with a VLM backbone (model.vlm.path) set them to 0")
 
 
 def prepare_vlm_inputs(model, pins: Any, cache_dir: str | Path | None, rank: int = 0, world: int = 1,

@@ -1,0 +1,161 @@
+"""pinclip.eval.report on hand-made evaluations (seeds, paired comparisons, the lexical flag, nulls, report.md,
+plots), then `pinclip eval` end to end on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pinclip.cli import main
+from pinclip.eval.report import AGGREGATED, metrics_document, write_report
+
+Q = 25  # queries per cell: above MIN_QUERIES, so differences can be significant
+IDS = [f"q{i}" for i in range(Q)]
+ALTERNATING = np.where(np.arange(Q) % 2 == 0, 0.1, -0.1)
+
+
+def evaluation(values: dict[tuple[str, str, str], np.ndarray | None], quant: float = 0.5) -> dict:
+    """One model's evaluate_checkpoint result whose every per-query metric of a cell is `values[cell]`."""
+    out = {"metrics": {}, "per_query": {}, "notes": {}, "dims": {32: {"related": {"warm": {"ndcg@10": 0.5}}}},
+           "quantization": {"related": {"warm": {"fp32": {"recall@10": quant, "ndcg@10": float("nan")},
+                                                 "int8_global": {"recall@10": quant, "ndcg@10": 0.4},
+                                                 "int8_per_dim": None, "ann": None}}},
+           "meta": {"version": "v1", "kind": "test", "seconds": 1.0, "tasks": {}}}
+    for (task, split, regime), v in values.items():
+        slot = out["metrics"].setdefault(task, {}).setdefault(split, {})
+        if v is None:
+            slot[regime] = None
+            out["notes"][task] = "cannot score"
+            continue
+        slot[regime] = {"queries": Q, "corpus": 100, "ceiling@10": 0.9, "ceiling@100": 1.0,
+                        **{m: float(v.mean()) for m in AGGREGATED}}
+        out["per_query"].setdefault(task, {}).setdefault(split, {})[regime] = {
+            **{m: v for m in AGGREGATED}, "ceiling@10": np.full(Q, 0.9), "ceiling@100": np.ones(Q), "query_ids": IDS}
+    return out
+
+
+RELATED, SEARCH, IMAGE = ("related", "warm", "full"), ("search", "cold", "full"), ("related", "warm", "image")
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    ones = np.ones(Q)
+    pinclip = [evaluation({RELATED: 0.6 * ones, SEARCH: 0.5 * ones, IMAGE: 0.3 * ones}),
+               evaluation({RELATED: 0.8 * ones, SEARCH: 0.5 * ones, IMAGE: 0.5 * ones})]  # seed means 0.7, 0.5, 0.4
+    lit = [evaluation({RELATED: 0.5 * ones, SEARCH: 0.5 + ALTERNATING, IMAGE: 0.4 * ones})]
+    bm25 = [evaluation({RELATED: 0.75 * ones, SEARCH: 0.2 * ones, IMAGE: None})]
+    scaling = {"metric": "PinText Recall@10", "points": [
+        {"fraction": f, "budget": b, "pintext_recall@10": 0.2 + 0.3 * f, "train_pins": int(100 * f), "steps": 10}
+        for f in (0.25, 1.0) for b in ("steps", "epochs")]}
+    return {"models": {"bm25": bm25, "lit": lit, "pinclip": pinclip}, "scaling": scaling, "partition": "test",
+            "dataset": {"pins": 100, "boards": 10, "edges": 300, "cold_start_pins": 10, "val_pins": 5,
+                        "heldout_boards": 4, "val_boards": 1}}
+
+
+@pytest.fixture(scope="module")
+def doc(results) -> dict:
+    return metrics_document(results)
+
+
+def test_models_are_ordered_and_seeds_averaged_per_query(doc):
+    assert list(doc["models"]) == ["pinclip", "lit", "bm25"] and doc["primary"] == "ndcg@10"
+    cell = doc["models"]["pinclip"]["related"]["warm"]["full"]
+    assert cell["seeds"] == 2 and cell["queries"] == Q and cell["corpus"] == 100
+    assert cell["ndcg@10"] == pytest.approx(0.7) and cell["ndcg@10_ci"] == pytest.approx([0.7, 0.7])
+    assert cell["ndcg@10_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))  # std of the seeds' means
+    assert cell["ceiling@10"] == 0.9
+    assert doc["models"]["pinclip"]["search"]["cold"]["full"]["ndcg@10_std"] == pytest.approx(0.0)
+    lit = doc["models"]["lit"]["search"]["cold"]["full"]
+    assert lit["seeds"] == 1 and lit["ndcg@10_std"] == 0.0 and lit["ndcg@10_ci"][0] < 0.5 < lit["ndcg@10_ci"][1]
+    assert doc["models"]["bm25"]["related"]["warm"]["image"] is None
+
+
+def test_paired_comparisons_are_pinclip_minus_each_model(doc):
+    vs_lit, vs_bm25 = doc["comparisons"]["lit"], doc["comparisons"]["bm25"]
+    related = vs_lit["related"]["warm"]["full"]["ndcg@10"]
+    assert related["diff"] == pytest.approx(0.2) and related["significant"] and related["queries"] == Q
+    assert related["relative"] == pytest.approx(0.2 / 0.5)
+    noise = vs_lit["search"]["cold"]["full"]["ndcg@10"]  # lit is 0.5 +0.1 on 13 queries, -0.1 on 12
+    assert noise["diff"] == pytest.approx(-0.1 / Q) and noise["low"] < 0 < noise["high"] and not noise["significant"]
+    assert vs_bm25["related"]["warm"]["full"]["recall@10"]["diff"] == pytest.approx(-0.05)
+    assert "image" not in vs_bm25["related"]["warm"]  # bm25 cannot score it: nothing to compare
+    assert set(vs_lit["related"]["warm"]["full"]) == {"ndcg@10", "recall@10", "recall@100"}
+
+
+def test_lexical_flag_where_bm25_matches_or_beats_every_learned_model(doc):
+    assert doc["lexical"]["related"]["warm"]["full"] is True  # 0.75 >= 0.7 and 0.5
+    assert doc["lexical"]["search"]["cold"]["full"] is False
+    assert "image" not in doc["lexical"]["related"]["warm"]
+
+
+def test_metrics_json_report_md_plots_and_no_temp_files(results, tmp_path):
+    paths = write_report(results, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["metrics.json", "report.md", "per_query.npz", "headline.png", "quantization.png", "scaling.png"])
+    assert {k: v.name for k, v in paths.items()}["scaling"] == "scaling.png"
+    for name in ("headline", "quantization", "scaling"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    written = json.loads(text)
+    assert written["quantization"]["pinclip"]["related"]["warm"]["fp32"]["ndcg@10"] is None  # NaN -> null
+    assert written["models"]["bm25"]["related"]["warm"]["image"] is None
+    assert written["dims"]["pinclip"] == {"32": {"related": {"warm": {"ndcg@10": 0.5}}}}
+    assert written["meta"]["models"]["pinclip"]["seeds"] == 2 and written["scaling"]["points"][0]["fraction"] == 0.25
+    with np.load(tmp_path / "per_query.npz") as arrays:
+        np.testing.assert_allclose(arrays["pinclip/1/related/warm/full/ndcg@10"], 0.8)
+        assert list(arrays["lit/0/search/cold/full/query_ids"]) == IDS
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("# PinCLIP evaluation — test partition", "## Headline: ndcg@10 [95% CI]",
+                    "## PinCLIP minus each model, paired over the same queries (ndcg@10)", "## Every metric",
+                    "### Related Pins", "### Search", "## Quantization", "## Matryoshka dims", "## Dataset scaling",
+                    "## Notes"):
+        assert heading in report, heading
+    assert "| Related Pins | warm | full | 25 | 100 | 0.700 ±0.141 [0.70, 0.70] |" in report
+    assert "bm25 (lexical)" in report and "n.s." in report
+    assert "+0.200 [+0.200, +0.200] |" in report  # significant: no mark
+    assert "- bm25, related: cannot score" in report
+
+
+def test_validation_partition_is_named_in_the_report(results, tmp_path):
+    write_report({**results, "partition": "val"}, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# PinCLIP evaluation — val partition") and "validation pins never seen" in report
+
+
+def test_eval_command_end_to_end(tiny_checkpoint, catalog, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(catalog["pins"].parent), "--quiet"]
+    assert main([*argv, "--out", str(out), "--name", "pinclip", "--no-ann"]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    assert {"metrics.json", "report.md", "per_query.npz", "headline.png", "trec"} <= {p.name for p in out.iterdir()}
+    doc = json.loads((out / "metrics.json").read_text())
+    assert list(doc["models"]) == ["pinclip"] and doc["partition"] == "test"
+    assert (out / "trec" / "pinclip" / "related.warm.image.run.gz").is_file()
+    assert (out / "trec" / "qrels" / "search.cold.title.qrels").is_file()
+    assert main([*argv, "--out", str(tmp_path / "val"), "--partition", "val", "--regimes", "image",
+                 "--tasks", "related", "--no-trec"]) == 0
+    doc = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    model = next(iter(doc["models"].values()))
+    assert doc["partition"] == "val" and list(model) == ["related"] and list(model["related"]["warm"]) == ["image"]
+    assert not (tmp_path / "val" / "trec").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--regimes", "full,nope"], "--regimes: unknown nope"),
+    (["--tasks", "related,ranking"], "--tasks: unknown ranking"),
+    (["--baselines", "bm25"], "--baselines, --seeds and --scaling need --run"),
+])
+def test_eval_command_bad_options_exit_2(tiny_checkpoint, catalog, tmp_path, capsys, extra, message):
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(catalog["pins"].parent),
+            "--out", str(tmp_path), "--quiet"]
+    assert main([*argv, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_eval_command_unknown_baseline_exit_2(tmp_path, capsys):
+    assert main(["eval", "--run", str(tmp_path), "--baselines", "bm25,two_tower"]) == 2
+    assert "--baselines: unknown two_tower" in capsys.readouterr().err

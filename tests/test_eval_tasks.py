@@ -1,0 +1,247 @@
+"""pinclip.eval.tasks on a hand-built 13-pin catalog: every query, corpus, relevant and exclude set derived by hand.
+
+Pins (index id: texts; image or not). Field indices: 0 title, 1 description, 4 annotations.
+    0 a: "Red Apple", "a shiny fruit"        image   warm, duplicate group {a, b}
+    1 b: "red apple!"                        image   warm
+    2 c: "Green Pear", ["fruit"]             image   cold
+    3 d: "Blue Car"                          image   warm
+    4 e: "Blue Truck", "vehicle"             image   warm
+    5 f: (no title) "Yellow Bus"             image   cold
+    6 g: "Cat"                               image   warm
+    7 h: "Dog"                               none    warm
+    8 i: "Fish"                              image   validation
+    9 j: (no text)                           image   warm
+   10 k: "Bird", "A shiny fruit."            image   warm
+   11 l: "Cow", ["cat"]                      image   cold
+   12 m: (no title) "old tractor"            none    warm
+Boards: B1 "fruit bowl" {a, b, c, g} and B2 "vehicles" {d, e, f, h, m} are test boards, B3 "animals"
+{g, h, i, k, l} is the validation board, B4 "training board" {a, d, j} stays in the training graph.
+Corpus per regime: full = all 13 pins; title = all but m (no image, no title); image = all but h and m,
+so pins 8..11 sit at positions 7..10.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pinclip.eval.tasks import (
+    REGIMES,
+    EvalData,
+    build_eval_tasks,
+    duplicate_group_of,
+    pin_fields,
+    regime_mask,
+    split_pins,
+)
+
+IDS = list("abcdefghijklm")
+TITLE = ["Red Apple", "red apple!", "Green Pear", "Blue Car", "Blue Truck", None, "Cat", "Dog", "Fish", None,
+         "Bird", "Cow", None]
+DESCRIPTION = ["a shiny fruit", None, None, None, "vehicle", "Yellow Bus", None, None, None, None, "A shiny fruit.",
+               None, "old tractor"]
+ANNOTATIONS = [None, None, ["fruit"], None, None, None, None, None, None, None, None, ["cat"], None]
+HAS_IMAGE = np.array([True] * 7 + [False] + [True] * 4 + [False])
+BOARDS = {"B1": ("fruit bowl", "abcg"), "B2": ("vehicles", "defhm"), "B3": ("animals", "ghikl"),
+          "B4": ("training board", "adj")}
+SPLITS = {"seed": 0, "cold_start_pins": ["c", "f", "l"], "val_pins": ["i"], "heldout_boards": ["B1", "B2", "B3"],
+          "val_boards": ["B3"], "duplicate_groups": [["a", "b"]]}
+
+
+def make_data(splits: dict = SPLITS) -> EvalData:
+    edges = [(IDS.index(p), board) for board, (_, members) in BOARDS.items() for p in members]
+    texts = {"title": TITLE, "description": DESCRIPTION, "caption": [None] * 13, "queries": [None] * 13,
+             "annotations": ANNOTATIONS}
+    return EvalData(IDS, texts, HAS_IMAGE, np.array([p for p, _ in edges]), [b for _, b in edges],
+                    {b: title for b, (title, _) in BOARDS.items()}, splits)
+
+
+@pytest.fixture(scope="module")
+def specs() -> dict:
+    return {part: build_eval_tasks(make_data(), partition=part) for part in ("test", "val")}
+
+
+def as_lists(arrays) -> list[list[int]]:
+    return [np.asarray(a).tolist() for a in arrays]
+
+
+def test_pin_fields_and_regime_mask_by_hand():
+    fields = pin_fields(IDS, make_data().texts)
+    assert fields[0] == [(0, "Red Apple"), (1, "a shiny fruit")]
+    assert fields[2] == [(0, "Green Pear"), (4, "fruit")] and fields[9] == [] and fields[12] == [(1, "old tractor")]
+    full, title, image = (regime_mask(fields, r) for r in REGIMES)
+    assert np.flatnonzero(full[:, 0]).tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 10, 11]
+    assert np.flatnonzero(full[:, 1]).tolist() == [0, 4, 5, 10, 12]
+    assert np.flatnonzero(full[:, 4]).tolist() == [2, 11]
+    assert (title[:, 0] == full[:, 0]).all() and not title[:, 1:].any()  # the title and nothing else
+    assert not image.any()  # no text field reaches a pin in the image regime
+
+
+def test_splits_and_duplicate_groups_by_hand():
+    test, val = (split_pins(IDS, SPLITS, part) for part in ("test", "val"))
+    assert test["warm"].tolist() == val["warm"].tolist() == [0, 1, 3, 4, 6, 7, 9, 10, 12]
+    assert test["cold"].tolist() == [2, 5, 11] and val["cold"].tolist() == [8]
+    assert duplicate_group_of(IDS, SPLITS).tolist() == [0, 0, *range(2, 13)]
+
+
+def test_corpus_is_the_whole_catalog_in_every_split(specs):
+    corpus = {"full": list("abcdefghijklm"), "title": list("abcdefghijkl"), "image": list("abcdefgijkl")}
+    for task in ("related", "search"):
+        for regime, ids in corpus.items():
+            assert specs["test"][task]["warm"][regime].corpus_ids == ids
+            assert specs["test"][task]["cold"][regime].corpus_ids == ids  # cold pins compete with all pins
+            assert specs["val"][task]["cold"][regime].corpus_ids == ids
+
+
+RELATED = {  # (partition, split, regime) -> (query ids, relevant corpus positions, excluded corpus positions)
+    ("test", "warm", "full"): ("abdeghm", [[2, 6], [2, 6], [4, 5, 7, 12], [3, 5, 7, 12], [0, 1, 2], [3, 4, 5, 12],
+                                           [3, 4, 5, 7]], [[0, 1], [0, 1], [3], [4], [6], [7], [12]]),
+    ("test", "warm", "title"): ("abdegh", [[2, 6], [2, 6], [4, 5, 7], [3, 5, 7], [0, 1, 2], [3, 4, 5]],
+                                [[0, 1], [0, 1], [3], [4], [6], [7]]),
+    ("test", "warm", "image"): ("abdeg", [[2, 6], [2, 6], [4, 5], [3, 5], [0, 1, 2]], [[0, 1], [0, 1], [3], [4], [6]]),
+    ("test", "cold", "full"): ("cf", [[0, 1, 6], [3, 4, 7, 12]], [[2], [5]]),
+    ("test", "cold", "title"): ("cf", [[0, 1, 6], [3, 4, 7]], [[2], [5]]),
+    ("test", "cold", "image"): ("cf", [[0, 1, 6], [3, 4]], [[2], [5]]),
+    ("val", "warm", "full"): ("ghk", [[7, 8, 10, 11], [6, 8, 10, 11], [6, 7, 8, 11]], [[6], [7], [10]]),
+    ("val", "warm", "image"): ("gk", [[7, 9, 10], [6, 7, 10]], [[6], [9]]),
+    ("val", "cold", "full"): ("i", [[6, 7, 10, 11]], [[8]]),
+    ("val", "cold", "image"): ("i", [[6, 9, 10]], [[7]]),
+}
+
+
+@pytest.mark.parametrize("cell", sorted(RELATED))
+def test_related_pins_by_hand(specs, cell):
+    part, split, regime = cell
+    spec = specs[part]["related"][split][regime]
+    ids, relevant, exclude = RELATED[cell]
+    assert spec.query_ids == list(ids) and spec.query_kind == "pin" and spec.corpus_kind == "pin"
+    assert [IDS[p] for p in spec.query_pins.tolist()] == list(ids)  # query_pins index the catalog
+    assert as_lists(spec.relevant) == relevant
+    assert as_lists(spec.exclude) == exclude
+
+
+def test_related_pins_never_counts_or_ranks_the_duplicate_group(specs):
+    for part in ("test", "val"):
+        for by_regime in specs[part]["related"].values():
+            for spec in by_regime.values():
+                for q, pin in enumerate(spec.query_ids):
+                    twins = {"a", "b"} if pin in "ab" else {pin}
+                    assert {spec.corpus_ids[j] for j in spec.exclude[q]} == twins
+                    assert not twins & {spec.corpus_ids[j] for j in spec.relevant[q]}
+
+
+SEARCH = {  # (partition, split, regime) -> (board ids, relevant positions, excluded positions: the other split)
+    ("test", "warm", "full"): (["B1", "B2"], [[0, 1, 6], [3, 4, 7, 12]], [[2], [5]]),
+    ("test", "warm", "title"): (["B1", "B2"], [[0, 1, 6], [3, 4, 7]], [[2], [5]]),
+    ("test", "warm", "image"): (["B1", "B2"], [[0, 1, 6], [3, 4]], [[2], [5]]),
+    ("test", "cold", "full"): (["B1", "B2"], [[2], [5]], [[0, 1, 6], [3, 4, 7, 12]]),
+    ("test", "cold", "title"): (["B1", "B2"], [[2], [5]], [[0, 1, 6], [3, 4, 7]]),
+    ("test", "cold", "image"): (["B1", "B2"], [[2], [5]], [[0, 1, 6], [3, 4]]),
+    ("val", "warm", "full"): (["B3"], [[6, 7, 10]], [[8, 11]]),
+    ("val", "warm", "image"): (["B3"], [[6, 9]], [[7, 10]]),
+    ("val", "cold", "full"): (["B3"], [[8]], [[6, 7, 10, 11]]),
+    ("val", "cold", "image"): (["B3"], [[7]], [[6, 9, 10]]),
+}
+
+
+@pytest.mark.parametrize("cell", sorted(SEARCH))
+def test_search_by_hand(specs, cell):
+    part, split, regime = cell
+    spec = specs[part]["search"][split][regime]
+    boards, relevant, exclude = SEARCH[cell]
+    assert spec.query_ids == boards and spec.query_texts == [BOARDS[b][0] for b in boards]
+    assert spec.query_kind == "text" and spec.query_pins is None
+    assert as_lists(spec.relevant) == relevant
+    assert as_lists(spec.exclude) == exclude
+
+
+TEXT_ITEMS = [("a", 0, "Red Apple"), ("a", 1, "a shiny fruit"), ("c", 0, "Green Pear"), ("c", 4, "fruit"),
+              ("d", 0, "Blue Car"), ("e", 0, "Blue Truck"), ("e", 1, "vehicle"), ("f", 1, "Yellow Bus"),
+              ("g", 0, "Cat"), ("h", 0, "Dog"), ("i", 0, "Fish"), ("k", 0, "Bird"), ("l", 0, "Cow"), ("l", 4, "cat"),
+              ("m", 1, "old tractor")]
+
+
+def test_pintext_image_to_text_by_hand(specs):
+    """Distinct (field, normalized text) items: b's 'red apple!' is a's title item, k's description is a's."""
+    warm = specs["test"]["pintext_i2t"]["warm"]["full"]
+    assert list(specs["test"]["pintext_i2t"]["warm"]) == ["full"]  # PinText has no regimes
+    got = [(IDS[p], f, t) for p, f, t in zip(warm.corpus_pins.tolist(), warm.corpus_fields.tolist(), warm.corpus_texts)]
+    assert got == TEXT_ITEMS and warm.corpus_kind == "text" and len(set(warm.corpus_ids)) == len(TEXT_ITEMS)
+    assert warm.query_ids == list("abdegk")  # warm pins with an image and some text
+    assert as_lists(warm.relevant) == [[0, 1], [0], [4], [5, 6], [8], [1, 11]]
+    cold = specs["test"]["pintext_i2t"]["cold"]["full"]
+    assert cold.query_ids == list("cfl") and as_lists(cold.relevant) == [[2, 3], [7], [12, 13]]
+    val = specs["val"]["pintext_i2t"]["cold"]["full"]
+    assert val.query_ids == ["i"] and as_lists(val.relevant) == [[10]]
+
+
+def test_pintext_text_to_image_by_hand(specs):
+    """One query per distinct title (else first field); h's 'Dog' and m's 'old tractor' match no image."""
+    warm = specs["test"]["pintext_t2i"]["warm"]["full"]
+    assert warm.corpus_ids == list("abcdefgijkl") and warm.corpus_kind == "image"
+    assert warm.query_ids == list("adegk") and warm.query_texts == ["Red Apple", "Blue Car", "Blue Truck", "Cat", "Bird"]
+    assert warm.query_fields.tolist() == [0] * 5
+    assert as_lists(warm.relevant) == [[0, 1], [3], [4], [6], [9]]  # 'red apple' finds a and b
+    cold = specs["test"]["pintext_t2i"]["cold"]["full"]
+    assert cold.query_ids == list("cfl") and cold.query_texts == ["Green Pear", "Yellow Bus", "Cow"]
+    assert cold.query_fields.tolist() == [0, 1, 0] and as_lists(cold.relevant) == [[2], [5], [10]]
+
+
+def test_validation_partition_uses_only_validation_boards(specs):
+    val = specs["val"]
+    assert {b for s in val["search"].values() for spec in s.values() for b in spec.query_ids} == {"B3"}
+    assert {b for s in specs["test"]["search"].values() for spec in s.values() for b in spec.query_ids} == {"B1", "B2"}
+    members = set("ghikl")
+    for by_regime in val["related"].values():
+        for spec in by_regime.values():
+            assert {spec.corpus_ids[j] for rel in spec.relevant for j in rel} <= members
+
+
+def test_splits_without_val_boards_judge_both_partitions_on_every_heldout_board():
+    splits = {k: v for k, v in SPLITS.items() if k != "val_boards"}
+    for part in ("test", "val"):
+        spec = build_eval_tasks(make_data(splits), partition=part, tasks=("search",))["search"]["warm"]["full"]
+        assert spec.query_ids == ["B1", "B2", "B3"]
+
+
+def test_query_cap_is_seeded_and_shared_by_regimes():
+    a = build_eval_tasks(make_data(), tasks=("related",), max_queries=3, seed=1)["related"]["warm"]
+    b = build_eval_tasks(make_data(), tasks=("related",), max_queries=3, seed=1)["related"]["warm"]
+    assert a["full"].query_ids == b["full"].query_ids and len(a["full"].query_ids) == 3
+    assert set(a["image"].query_ids) <= set(a["full"].query_ids)  # one draw for every regime
+    assert a["full"].counts["candidates"] == 7
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="unknown regimes or tasks"):
+        build_eval_tasks(make_data(), regimes=("none",))
+    data = make_data()
+    data.texts = {**data.texts, "title": TITLE[:5]}
+    with pytest.raises(ValueError, match="text field 'title' has 5 values for 13 pins"):
+        build_eval_tasks(data)
+    data = make_data()
+    data.texts = {**data.texts, "description": [3] * 13}
+    with pytest.raises(ValueError, match=r"pin 'a' \(row 0\), field 'description': not text"):
+        build_eval_tasks(data)
+
+
+def test_model_encoder_regimes_equal_embedding_the_pins_with_those_texts_removed(tiny_checkpoint, catalog):
+    """The image regime's pin is the pin embedded from a table with no text at all; the title regime's
+    is the pin embedded from a table holding only the titles."""
+    import dataclasses
+
+    from pinclip.data.tables import load_pins
+    from pinclip.eval.encoders import ModelEncoder
+
+    pins, _ = load_pins(str(catalog["pins"]), check_images=False)
+    n = len(pins)
+    stripped = {"image": {name: [None] * n for name in pins.texts},
+                "title": {name: (values if name == "title" else [None] * n) for name, values in pins.texts.items()}}
+    encoder = ModelEncoder(tiny_checkpoint)
+    encoder.prepare(pins, None, progress=False)
+    masked = {regime: encoder._catalog("pin", regime) for regime in ("full", "title", "image")}
+    for regime, texts in stripped.items():
+        other = ModelEncoder(tiny_checkpoint)
+        other.prepare(dataclasses.replace(pins, texts=texts), None, progress=False)
+        np.testing.assert_allclose(masked[regime], other._catalog("pin", "full"), atol=1e-5)
+        assert np.abs(masked[regime] - masked["full"]).max() > 1e-3  # the texts did count in the full regime
