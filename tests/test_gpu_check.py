@@ -36,7 +36,7 @@ def test_flop_accounting_and_peaks():
 def test_the_check_runs_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     assert main(["--random", "qwen2_5_vl", "--tiny", "--device", "cpu", "--steps", "1", "--batch", "4",
-                 "--embed-pins", "2", "--peak-tflops", "1", "--out", str(out)]) == 0
+                 "--embed-pins", "2", "--image-size", "56", "--peak-tflops", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["train_steps_per_s"] > 0 and result["embed_pins_per_s"] > 0 and result["train_tflops_per_s"] > 0
     assert 0 < result["trained_params"] < result["decoder_params"]  # LoRA: adapters only

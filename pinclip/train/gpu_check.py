@@ -4,7 +4,7 @@
     scripts/gpu_check.sh --random qwen2_5_vl                  # random weights, a ~1.3B language model
 
 It trains the `gpu` preset (LoRA, bf16, gradient checkpointing, vision features computed once as the
-cache would) for a few steps on synthetic pins (drawn shapes at 448 px, short texts), then embeds
+cache would) for a few steps on synthetic pins (drawn shapes, 448 px by default, short texts), then embeds
 pins in all three modes through the whole model, vision encoder included, and prints steps/s,
 training and embedding pins/s, peak GPU memory and MFU; `--out` writes the same as JSON.
 
@@ -84,7 +84,7 @@ def plain_batch_context(anchors: int, device: torch.device):
 
 
 def check(folder: str, device: str, steps: int, batch: int, embed_pins: int, overrides: list[str],
-          peak: float | None) -> dict:
+          peak: float | None, image_size: int = 448) -> dict:
     from pinclip.config import load_config
     from pinclip.models.build import build_model
     from pinclip.train.objective import objective
@@ -96,7 +96,7 @@ def check(folder: str, device: str, steps: int, batch: int, embed_pins: int, ove
     bf16 = dev.type == "cuda"
     model = build_model(cfg.model).to(dev).eval()
     optimizer, scheduler = build_optimizer(model, cfg)
-    images, texts = synthetic_pins(batch * (steps + 1) + embed_pins, 448)
+    images, texts = synthetic_pins(batch * (steps + 1) + embed_pins, image_size)
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         feats = [f.detached() for lo in range(0, batch * (steps + 1), 16)
                  for f in model.encode_image_features(images[lo : lo + 16])]  # what the vision cache holds
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=32, help="pins per training step")
     p.add_argument("--embed-pins", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=448, help="side of the synthetic images, pixels")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (only to test this script)")
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
     p.add_argument("--tiny", action="store_true", help="with --random: the test-sized model")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = str(write_tiny_vlm(args.random, Path(tmp) / args.random, **({} if args.tiny else RANDOM_SIZE)))
         name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         result = check(folder, args.device, args.steps, args.batch, args.embed_pins, args.overrides,
-                       args.peak_tflops or peak_tflops(name))
+                       args.peak_tflops or peak_tflops(name), args.image_size)
     for key, value in result.items():
         print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
     if "mfu" not in result:
