@@ -22,7 +22,6 @@ from pinclip.data.schema import TEXT_FIELDS
 from pinclip.models.backbone import Backbone
 from pinclip.models.vision import build_vision_tower, grid_to_tokens, num_visual_tokens
 
-
 MODES: tuple[str, ...] = ("image", "text", "pin")
 
 
