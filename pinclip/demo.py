@@ -61,8 +61,12 @@ def run(args: argparse.Namespace) -> int:
     timings.stage("train", lambda: main(train_args), done=(final / "meta.json").is_file())
     timings.split_features(final)
     if not args.skip_eval:
-        extent = ["--baselines", "all", "--seeds", "3", "--scaling", "--domain-shift"] if args.full_eval \
-            else ["--baselines", "bm25,frozen"]
+        extent = ["--baselines", "all", "--seeds", "3", "--scaling"] if args.full_eval else ["--baselines", "bm25,frozen"]
+        if args.full_eval and (data / "splits_domain.json").is_file():
+            extent.append("--domain-shift")
+        elif args.full_eval:
+            print(f"no {data / 'splits_domain.json'}: the domain-shift experiment is skipped "
+                  "(make one with `pinclip data split --domain-column COLUMN`)")
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
     embed_and_index(timings, out, final, data / "pins.parquet", cache)
     timings.print_summary()

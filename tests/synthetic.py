@@ -49,7 +49,7 @@ def make_catalog(root: Path, copies: int = 3, seed: int = 0) -> dict[str, Path]:
                 pins.append({"pin_id": pin_id, "image": f"images/{pin_id}.png", "title": f"{color} {shape}",
                              "description": f"a {shape} drawn in {color}" if k % 2 == 0 else None,
                              "caption": None, "queries": [f"{color} {shape}s"] if k == 0 else None,
-                             "annotations": [color, shape]})
+                             "annotations": [color, shape], "domain": shape})
                 edges += [(pin_id, f"color-{color}", f"{color} things"), (pin_id, f"shape-{shape}", f"{shape}s"),
                           (pin_id, f"{color}-{shape}", f"{color} {shape}s")]
     pq.write_table(pa.Table.from_pylist(pins), root / "pins.parquet")

@@ -171,3 +171,25 @@ def test_read_splits_checks_the_optional_keys(tmp_path):
     bad.write_text('{"cold_start_pins": [], "val_pins": [], "heldout_boards": [], "duplicate_groups": [[1]]}')
     with pytest.raises(UserError, match="duplicate_groups"):
         read_splits(str(bad))
+
+
+def test_domain_split_holds_whole_domains_and_only_their_boards_out(catalog, tmp_path, capsys):
+    out = tmp_path / "splits_domain.json"
+    argv = ["data", "split", "--pins", str(catalog["pins"]), "--boards", str(catalog["boards"]), "--out", str(out),
+            "--domain-column", "domain", "--domain-frac", "0.3"]
+    assert main(argv) == 0
+    splits = read_splits(out)
+    cold = set(splits["cold_start_pins"])
+    shapes = {pin.split("-")[1] for pin in cold}  # the synthetic domain is the shape
+    assert cold and {p for p in _synthetic_ids() if p.split("-")[1] in shapes} == cold  # whole domains, nothing else
+    assert splits["heldout_boards"] and all(b.split("-")[1] in shapes
+                                            for b in splits["heldout_boards"])  # boards lying wholly in them
+    assert not splits["val_pins"]
+    assert main([*argv[:-4], "--domain-column", "nope"]) == 2
+    assert "no column 'nope' for --domain-column" in capsys.readouterr().err
+
+
+def _synthetic_ids() -> list[str]:
+    from synthetic import COLORS, SHAPES
+
+    return [f"{c}-{s}-{k}" for c in COLORS for s in SHAPES for k in range(3)]

@@ -4,6 +4,7 @@ index serves a query. Random-weight tiny towers: this checks the wiring, not mod
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 
@@ -43,9 +44,12 @@ def test_demo_pipeline_on_tiny_preset(catalog, tmp_path):
 
 
 def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(catalog["pins"].parent, data)
+    assert main(["data", "split", "--pins", str(data / "pins.parquet"), "--boards", str(data / "boards.parquet"),
+                 "--domain-column", "domain", "--domain-frac", "0.3", "--out", str(data / "splits_domain.json")]) == 0
     out = tmp_path / "run"
-    argv = ["demo", "--out", str(out), "--preset", "tiny", "--data", str(catalog["pins"].parent), "--serve", "0",
-            "--steps", "4"]
+    argv = ["demo", "--out", str(out), "--preset", "tiny", "--data", str(data), "--serve", "0", "--steps", "4"]
     assert main(argv) == 0
     trained = (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns
     assert main([*argv, "--full-eval"]) == 0
@@ -58,3 +62,5 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     assert len(metrics["scaling"]["points"]) == 8  # 4 shares of the training pins x equal steps, equal epochs
     report = (out / "eval" / "report.md").read_text()
     assert "## PinCLIP minus each model" in report and "## Dataset scaling" in report
+    domain = json.loads((out / "eval-domain" / "metrics.json").read_text())
+    assert set(domain["models"]) == {"pinclip", "frozen", "bm25"}  # trained on the split that holds shapes out

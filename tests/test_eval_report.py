@@ -146,7 +146,7 @@ def test_eval_command_end_to_end(tiny_checkpoint, catalog, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--regimes", "full,nope"], "--regimes: unknown nope"),
     (["--tasks", "related,ranking"], "--tasks: unknown ranking"),
-    (["--baselines", "bm25"], "--baselines, --seeds and --scaling need --run"),
+    (["--baselines", "bm25"], "--baselines, --seeds, --scaling and --domain-shift need --run"),
 ])
 def test_eval_command_bad_options_exit_2(tiny_checkpoint, catalog, tmp_path, capsys, extra, message):
     argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(catalog["pins"].parent),

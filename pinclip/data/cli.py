@@ -53,20 +53,35 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from pinclip.data.groups import DuplicateConfig
-    from pinclip.data.splits import SplitConfig, split_sizes, split_tables, write_splits
+    from pinclip.data.splits import (
+        SplitConfig,
+        board_kinds_of,
+        make_domain_split,
+        split_sizes,
+        split_tables,
+        write_splits,
+    )
     from pinclip.data.tables import load_edges, load_pins
 
     pins, report = load_pins(args.pins, check_images=False)
     edges, edge_report = load_edges(args.boards, pins.pin_ids, pins.skipped_ids)
     report.extend(edge_report)
     report.raise_if_fatal()
+    if args.domain_column and args.domain_column not in pins.extra:
+        raise UserError(f"{args.pins}: no column {args.domain_column!r} for --domain-column "
+                        f"(other columns: {', '.join(sorted(pins.extra)) or 'none'})")
     kinds = tuple(k.strip() for k in args.heldout_kinds.split(",") if k.strip()) if args.heldout_kinds else None
     config = SplitConfig(args.cold_frac, args.val_frac, args.heldout_board_frac, args.val_board_frac, kinds)
     duplicates = DuplicateConfig(args.max_hash_distance, args.max_color_distance)
     splits, groups = split_tables(pins, edges, args.seed, config, duplicates, check_images=not args.no_image_check)
-    write_splits(splits, args.out)
     edge_pins = [pins.pin_ids[i] for i in edges.pin_index.tolist()]
     edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
+    if args.domain_column:  # whole domains held out as cold pins instead (the domain-shift experiment)
+        domains = {p: None if d is None else str(d) for p, d in zip(pins.pin_ids, pins.extra[args.domain_column])}
+        splits = make_domain_split(pins.pin_ids, zip(edge_pins, edge_boards), domains, args.seed, args.domain_frac,
+                                   heldout_kinds=kinds, groups=dict(zip(pins.pin_ids, groups.group.tolist())),
+                                   board_kinds=board_kinds_of(edges))
+    write_splits(splits, args.out)
     print(split_sizes(splits, pins.pin_ids, edge_pins, edge_boards))
     print(f"wrote {args.out}")
     return 0
@@ -130,4 +145,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="near-duplicate images: mean |difference| of 8x8 colour thumbnails (0-255)")
     split.add_argument("--no-image-check", action="store_true",
                        help="group duplicates by group_id and text only (no image hashing)")
+    split.add_argument("--domain-column", default=None, metavar="COLUMN",
+                       help="write a domain-shift split instead: whole values of this pins column (e.g. a top-level "
+                       "category) held out as cold pins, with the held-out boards lying wholly inside them; save it as "
+                       "splits_domain.json beside the tables for `pinclip eval --run R --domain-shift`")
+    split.add_argument("--domain-frac", type=float, default=0.15,
+                       help="with --domain-column: share of pins in the held-out domains")
     split.set_defaults(func=run_split)

@@ -302,12 +302,14 @@ def edge_boards_of(edges) -> list[str]:
 
 
 def domain_shift_folder(data_dir: str, out_dir: str) -> str:
-    """A dataset folder for the domain-shift split: links to the demo tables and images, its own splits.json."""
+    """A dataset folder for the domain-shift split: links to the data folder's tables and images, and
+    its splits_domain.json as splits.json."""
     os.makedirs(out_dir, exist_ok=True)
-    for name in ("pins.parquet", "boards.parquet", "images"):
+    for name in os.listdir(data_dir):
         link = os.path.join(out_dir, name)
-        if not os.path.lexists(link):
-            os.symlink(os.path.relpath(os.path.join(data_dir, name), out_dir), link)
+        if name.startswith("splits") or os.path.lexists(link):
+            continue
+        os.symlink(os.path.relpath(os.path.join(data_dir, name), out_dir), link)
     with open(os.path.join(data_dir, "splits_domain.json"), "rb") as f:
         _write_if_changed(os.path.join(out_dir, "splits.json"), f.read())
     return out_dir

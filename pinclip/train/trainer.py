@@ -281,9 +281,9 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     rank, world, device = setup_distributed(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    dataset = load_source(training_source(cfg.train))
+    dataset = load_source(training_source(cfg.train))  # bad tables stop here, before any output is written
+    out_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0,
                             hard_negatives=cfg.train.hard_negatives)
     model = build_model(cfg.model).to(device).eval()
