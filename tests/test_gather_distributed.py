@@ -4,6 +4,8 @@ Each rank projects its half of the raw features with a shared weight, computes t
 negatives gathered from both ranks, and backpropagates loss / world; summing the shared gradients
 over ranks (what DDP's average of the rank-loss gradients amounts to) must give the gradients of
 one process holding the whole batch, and each rank's feature gradients must be its slice of them.
+The whole training objective (every term on, the quantization-aware one included) is checked the
+same way on a batch laid out as the trainer lays it out: [anchors; partners; hard] per rank.
 """
 
 from __future__ import annotations
@@ -19,17 +21,28 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from pinclip.config import LossConfig
 from pinclip.losses import image_text_loss, neighbor_loss, rank_and_world
+from pinclip.losses.neighbor import batch_positives
 
 WORLD = 2
-BATCH, FIELDS, RAW_DIM, DIM = 6, 3, 5, 4  # global batch, split 3 + 3
+BATCH, FIELDS, RAW_DIM, DIM = 8, 3, 5, 4  # global batch, split 4 + 4
+ANCHORS = BATCH // WORLD // 2  # the neighbor case: [anchors; partners] per rank
 FIELD_WEIGHTS = torch.tensor([1.0, 0.5, 2.0])
+HAS_NEIGHBOR = torch.tensor([True, False, True, True])  # (WORLD * ANCHORS,): rank 0 has a row without one
 CASES = {  # case -> (loss function, the raw features it reads)
     "image_text_siglip_chunked": (partial(image_text_loss, mode="siglip", chunk_size=2), ("img", "txt")),
     "image_text_infonce": (partial(image_text_loss, mode="infonce"), ("img", "txt")),
-    "neighbor_siglip": (partial(neighbor_loss, mode="siglip"), ("img", "nbr")),
-    "neighbor_infonce": (partial(neighbor_loss, mode="infonce"), ("img", "nbr")),
+    "neighbor": (neighbor_loss, ("img",)),
+    "neighbor_bank": (neighbor_loss, ("img",)),
 }
+
+
+def local_positives(rows: slice) -> torch.Tensor:
+    """Positives of the rows `rows` of the global batch, each rank block laid out [anchors; partners]."""
+    blocks = [batch_positives(ANCHORS, ANCHORS, 0, HAS_NEIGHBOR[r * ANCHORS:(r + 1) * ANCHORS], WORLD, r)
+              for r in range(WORLD)]
+    return torch.cat(blocks)[rows]
 
 
 def global_inputs() -> dict[str, torch.Tensor]:
@@ -39,9 +52,10 @@ def global_inputs() -> dict[str, torch.Tensor]:
     return {
         "img": torch.randn(BATCH, RAW_DIM, generator=gen),
         "txt": torch.randn(BATCH, FIELDS, RAW_DIM, generator=gen),
-        "nbr": torch.randn(BATCH, RAW_DIM, generator=gen),
         "mask": mask,
         "share_board": torch.rand(BATCH, BATCH, generator=gen) > 0.6,
+        "log_q": -torch.rand(BATCH, generator=gen),
+        "bank": F.normalize(torch.randn(4, DIM, generator=gen), dim=-1),
         "weight": torch.randn(RAW_DIM, DIM, generator=gen),
     }
 
@@ -53,17 +67,82 @@ def run_case(case: str, inputs: dict[str, torch.Tensor], rows: slice) -> dict[st
     bias = torch.tensor(-5.0, requires_grad=True)
     loss_fn, names = CASES[case]
     feats = {name: inputs[name][rows].clone().requires_grad_(True) for name in names}
-    query, other = (F.normalize(feats[name] @ weight, dim=-1) for name in names)
+    embedded = [F.normalize(feats[name] @ weight, dim=-1) for name in names]
     if case.startswith("neighbor"):
-        (loss,) = loss_fn(query, other, inputs["share_board"][rows], scale, bias).values()
+        (loss,) = loss_fn(embedded[0], local_positives(rows), inputs["share_board"], scale, log_q=inputs["log_q"],
+                          **({"bank": inputs["bank"]} if case == "neighbor_bank" else {})).values()
     else:
-        (loss,) = loss_fn(query, other, inputs["mask"][rows], scale, bias, FIELD_WEIGHTS).values()
+        (loss,) = loss_fn(*embedded, inputs["mask"][rows], scale, bias, FIELD_WEIGHTS).values()
     _, world = rank_and_world()
     (loss / world).backward()
     no_grad = torch.zeros(())  # InfoNCE does not use the bias
     out = {"loss": loss.detach(), "weight": weight.grad, "scale": scale.grad, "bias": bias.grad or no_grad}
     out.update({f"d_{name}": feat.grad for name, feat in feats.items()})
     return out
+
+
+OBJ_ANCHORS, OBJ_HARD = 2, 1  # per rank; a rank holds [anchors; partners; hard]
+OBJ_ROWS = WORLD * (2 * OBJ_ANCHORS + OBJ_HARD)
+OBJ_FIELDS, OBJ_DIMS = 5, (DIM, 2)
+
+
+class Scalars(torch.nn.Module):
+    """The contrastive scalars of PinCLIP, all the objective reads of a model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.it_logit_scale = torch.nn.Parameter(torch.tensor(math.log(4.0)))
+        self.it_logit_bias = torch.nn.Parameter(torch.tensor(-1.5))
+        self.nb_logit_scale = torch.nn.Parameter(torch.tensor(math.log(6.0)))
+
+
+def objective_inputs() -> dict[str, torch.Tensor]:
+    """A global batch in canonical order [all anchors; all partners; all hard rows]."""
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(OBJ_ROWS, OBJ_FIELDS, generator=gen) > 0.4
+    mask[:, 0] = True
+    mask[5] = False  # a pin without text
+    same = torch.zeros(OBJ_ROWS, OBJ_ROWS, dtype=torch.bool)
+    same[0, 8] = same[8, 0] = True  # a hard row duplicating an anchor of the other rank
+    share = torch.rand(OBJ_ROWS, OBJ_ROWS, generator=gen) > 0.8
+    return {"image": torch.randn(OBJ_ROWS, DIM, generator=gen), "pin": torch.randn(OBJ_ROWS, DIM, generator=gen),
+            "text": torch.randn(OBJ_ROWS, OBJ_FIELDS, DIM, generator=gen) * mask[..., None], "mask": mask,
+            "same": same, "share": share | share.T, "log_q": -2 * torch.rand(OBJ_ROWS, generator=gen),
+            "has_neighbor": torch.tensor([True, False, True, True]),
+            "teacher_pin": F.normalize(torch.randn(OBJ_ROWS, 3, generator=gen), dim=-1),
+            "teacher_text": F.normalize(torch.randn(OBJ_ROWS, OBJ_FIELDS, 3, generator=gen), dim=-1)}
+
+
+def rank_blocked_order() -> torch.Tensor:
+    """(N,) canonical position of each row of the rank-blocked layout (as pinclip.train.dataset.batch_at)."""
+    half, a, h = WORLD * OBJ_ANCHORS, OBJ_ANCHORS, OBJ_HARD
+    return torch.cat([torch.cat([torch.arange(r * a, (r + 1) * a), half + torch.arange(r * a, (r + 1) * a),
+                                 2 * half + torch.arange(r * h, (r + 1) * h)]) for r in range(WORLD)])
+
+
+def run_objective(inputs: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Every term of the objective on this rank's rows; gradients of (loss / world)."""
+    from pinclip.train.objective import BatchContext, objective
+
+    cfg = LossConfig(neighbor_weight=1.3, image_neighbor_weight=0.4, distill_weight=0.3, quant_aware=True)
+    order = rank_blocked_order() if world > 1 else torch.arange(OBJ_ROWS)
+    b = OBJ_ROWS // world
+    local = order[rank * b:(rank + 1) * b]  # (b,) canonical rows of this rank
+    anchors = OBJ_ANCHORS * WORLD // world
+    leaves = {k: inputs[k][local].clone().requires_grad_(True) for k in ("image", "pin", "text")}
+    out = {k: F.normalize(v, dim=-1) for k, v in leaves.items()}
+    out["text"] = out["text"] * inputs["mask"][local][..., None]
+    out["text_mask"] = inputs["mask"][local]
+    ctx = BatchContext(anchors, OBJ_HARD * WORLD // world, inputs["has_neighbor"][rank * anchors:(rank + 1) * anchors],
+                       inputs["same"][order][:, order], inputs["share"][order][:, order], inputs["log_q"][order],
+                       order, teacher_pin=inputs["teacher_pin"][local], teacher_text=inputs["teacher_text"][local])
+    model = Scalars()
+    terms = objective(model, out, ctx, cfg, OBJ_DIMS)
+    (terms["loss"] / world).backward()
+    result = {name: terms[name].detach() for name in ("loss", "image_text", "neighbor", "distill", "quant_image_text")}
+    result.update({f"d_{k}": v.grad for k, v in leaves.items()})
+    result.update({name: p.grad for name, p in model.named_parameters()})
+    return result
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
@@ -78,6 +157,10 @@ def worker(rank: int, port: int, out_dir: str) -> None:
             for name in ("weight", "scale", "bias"):
                 dist.all_reduce(out[name])  # sum over ranks
             results[case] = out
+        out = run_objective(objective_inputs(), rank, WORLD)
+        for name, _ in Scalars().named_parameters():
+            dist.all_reduce(out[name])
+        results["objective"] = out
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -111,3 +194,16 @@ def test_two_ranks_match_one_process(rank_results, case):
             torch.cat([r[f"d_{name}"] for r in ranks]), single[f"d_{name}"], rtol=1e-5, atol=1e-6
         )
     assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the halves really differ
+
+
+def test_two_ranks_of_the_whole_objective_match_one_process(rank_results):
+    single = run_objective(objective_inputs(), 0, 1)
+    ranks = [results["objective"] for results in rank_results]
+    assert single["quant_image_text"] > 0 and single["distill"] > 0 and single["neighbor"] > 0
+    for name in ("loss", "image_text", "neighbor", "distill", "quant_image_text"):
+        torch.testing.assert_close(sum(r[name] for r in ranks) / WORLD, single[name], rtol=0, atol=1e-5, msg=name)
+    for name, _ in Scalars().named_parameters():
+        torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-5, atol=1e-6)
+    order = rank_blocked_order()
+    for name in ("d_image", "d_pin", "d_text"):
+        torch.testing.assert_close(torch.cat([r[name] for r in ranks]), single[name][order], rtol=1e-5, atol=1e-6)
