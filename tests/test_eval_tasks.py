@@ -245,3 +245,47 @@ def test_model_encoder_regimes_equal_embedding_the_pins_with_those_texts_removed
         other.prepare(dataclasses.replace(pins, texts=texts), None, progress=False)
         np.testing.assert_allclose(masked[regime], other._catalog("pin", "full"), atol=1e-5)
         assert np.abs(masked[regime] - masked["full"]).max() > 1e-3  # the texts did count in the full regime
+
+
+class TableEncoder:
+    """A dense encoder (pinclip.eval.encoders.Encoder) over given pin vectors: the harness ranks with it."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors_of_pins = vectors
+
+    def vectors(self, spec):
+        from pinclip.eval.encoders import TaskVectors
+
+        return TaskVectors(self.vectors_of_pins[spec.query_pins], self.vectors_of_pins[spec.corpus_pins])
+
+
+def test_related_pins_recall_at_10_leaves_out_the_query_and_its_twin():
+    """14 pins on a test board, nearly one point of the space (each nearest to itself), 6 distractors far
+    away; p00 and p01 are twins with one vector. Without the query (and its twin) in the ranking, the top
+    10 are 10 board mates: Recall@10 = 10/12 for a twin (12 mates outside its group), 10/13 for the
+    others, and nDCG@10 = 1. A ranking that kept the query would score 9/12 and 9/13."""
+    from pinclip.eval.harness import _rank
+    from pinclip.eval.metrics import per_query_metrics
+
+    ids = [f"p{i:02d}" for i in range(14)] + [f"d{i}" for i in range(6)]
+    rng = np.random.default_rng(0)
+    vectors = np.zeros((20, 8))
+    vectors[:14, 0], vectors[14:, 1] = 1.0, 1.0
+    vectors[:, 2:] = 0.05 * rng.standard_normal((20, 6))
+    vectors[1] = vectors[0]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    edges = [(i, "B") for i in range(14)] + [(i, "T") for i in range(14, 20)]
+    texts = {"title": [f"pin {i}" for i in ids]}
+    splits = {"seed": 0, "cold_start_pins": [], "val_pins": [], "heldout_boards": ["B"],
+              "duplicate_groups": [["p00", "p01"]]}
+    data = EvalData(ids, texts, np.ones(20, bool), np.array([p for p, _ in edges]), [b for _, b in edges],
+                    {"B": "board", "T": "training"}, splits)
+    spec = build_eval_tasks(data, tasks=("related",), regimes=("image",))["related"]["warm"]["image"]
+    assert spec.query_ids == ids[:14] and len(spec.corpus_ids) == 20
+    ranked, _, _ = _rank(TableEncoder(vectors), spec)
+    values = per_query_metrics(ranked, spec.relevant, ks=(10,))
+    expected = np.array([10 / 12] * 2 + [10 / 13] * 12)
+    np.testing.assert_allclose(values["recall@10"], expected)
+    np.testing.assert_allclose(values["ndcg@10"], 1.0)
+    assert not any(q in row[:10].tolist() for q, row in enumerate(ranked))
+    assert 1 not in ranked[0].tolist() and 0 not in ranked[1].tolist()  # the twin is not ranked either
