@@ -146,6 +146,17 @@ def test_image_only_fused_embeddings_depend_on_the_image(tiny_checkpoint, catalo
     assert not np.allclose(pin, blank, atol=1e-4)
 
 
+def test_board_titles_come_from_the_row_s_own_training_boards_only(training_data, catalog):
+    data = training_data
+    heldout = set(load_dataset_dir(catalog["pins"].parent).splits["heldout_boards"])
+    batch = batch_at(data, 1, BatchConfig(batch_size=16, board_titles=2))
+    assert batch.boards.shape == (16, 2) and (batch.boards >= 0).any()
+    for row, boards in zip(batch.rows, batch.boards):
+        for b in boards[boards >= 0]:
+            assert b in data.graph.boards_of(int(row))
+            assert data.board_titles[b] and data.graph.board_ids[b] not in heldout
+
+
 # --- the whole objective against plain loops: every term, its weight, and the masks ---------------------------
 
 def _unit(x: np.ndarray) -> np.ndarray:

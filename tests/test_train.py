@@ -37,7 +37,8 @@ def test_config_overrides_and_errors():
 # every part of the objective and the batch that carries state or randomness
 EVERYTHING = ["train.memory_size=24", "train.hard_negatives=true", "train.field_dropout=0.3", "train.text_dropout=0.2",
               "train.title_only=0.2", "train.feature_noise=0.1", "train.token_dropout=0.3",
-              "loss.image_neighbor_weight=0.5", "loss.distill_weight=0.5", "loss.quant_aware=true"]
+              "loss.image_neighbor_weight=0.5", "loss.distill_weight=0.5", "loss.board_weight=0.5",
+              "loss.quant_aware=true"]
 
 
 @pytest.mark.parametrize("extra", [[], EVERYTHING], ids=["default", "everything"])

@@ -54,6 +54,7 @@ class TrainingData:
     incidence: sparse.csr_matrix  # (P, boards) 1 where a pin is in a training board
     log_q: np.ndarray  # (P,) log probability that a batch slot holds the pin (anchors + partners)
     hard: np.ndarray  # (P, H) hard-negative candidates, -1 padding
+    board_titles: list[str]  # title of each training-graph board ('' when it has none)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class BatchConfig:
     field_dropout: float = 0.0
     text_dropout: float = 0.0
     title_only: float = 0.0
+    board_titles: int = 0  # training boards per row whose titles join the batch (0: none)
 
 
 def load_dataset(pins_path: str | Path, boards_path: str | Path, splits_path: str | Path | None,
@@ -155,9 +157,11 @@ def prepare_training(dataset: Dataset, graph_cfg: GraphConfig, seed: int, train_
         else np.full((len(pins), 0), -1, np.int64)
     incidence = sparse.csr_matrix((np.ones(graph.num_edges, np.float32), graph.pin_boards, graph.pin_indptr),
                                   shape=(graph.num_pins, max(graph.num_boards, 1)))
+    title_of = dict(zip(edges.board_ids, edges.board_titles))
+    titles = [(title_of.get(b) or "").strip() for b in (graph.board_ids or [])]
     return TrainingData(dataset, train_rows, val_rows, graph, neighbors, counts, mined.walk_steps,
                         duplicate_ids(pins, splits), incidence, sampling_log_q(train_rows, neighbors, counts, len(pins)),
-                        hard)
+                        hard, titles)
 
 
 @dataclass
@@ -170,6 +174,7 @@ class Batch:
     share_board: np.ndarray  # (N, N) bool: share a training board (i != j)
     fused_keep: np.ndarray  # (N, F) bool: text fields the fused pass sees
     log_q: np.ndarray  # (N,) log sampling probability of each row's pin
+    boards: np.ndarray  # (N, K) training boards (with a title) of each row whose titles join the batch, -1 padding
     canonical: np.ndarray  # (N,) each row's position in [all anchors; all partners; all hard]: per-row
     #                        randomness is drawn in that order, so it does not depend on the world size
 
@@ -230,8 +235,20 @@ def batch_at(data: TrainingData, step: int, cfg: BatchConfig, world: int = 1) ->
                                                2 * half + np.arange(r * extra, (r + 1) * extra)]) for r in range(world)])
     order = canonical[position]  # (N,) rank blocks of [anchors; partners; hard]
     keep = fused_field_mask(len(order), cfg, np.random.default_rng([cfg.seed, 3, step]))[position]
+    boards = draw_boards(data, canonical, cfg.board_titles, np.random.default_rng([cfg.seed, 5, step]))[position]
     return Batch(order, per, extra, has_neighbor.reshape(world, per), same_mask(data, order),
-                 share_board_mask(data, order), keep, data.log_q[order], position)
+                 share_board_mask(data, order), keep, data.log_q[order], boards, position)
+
+
+def draw_boards(data: TrainingData, rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, k) up to k titled training boards of each row, drawn without replacement, -1 padding."""
+    out = np.full((len(rows), k), -1, np.int64)
+    for i, p in enumerate(rows.tolist()):
+        titled = [b for b in data.graph.boards_of(p).tolist() if data.board_titles[b]]
+        if titled and k:
+            chosen = rng.choice(titled, size=min(k, len(titled)), replace=False)
+            out[i, : len(chosen)] = chosen
+    return out
 
 
 def same_mask(data: TrainingData, rows: np.ndarray) -> np.ndarray:

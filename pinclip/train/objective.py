@@ -1,6 +1,7 @@
 """The training objective, summed over Matryoshka prefixes:
 
-    L = w_it * L_image_text + w_pt * L_pin_text + lambda * L_neighbor + lambda_img * L_image_neighbor [+ L_quant]
+    L = w_it * L_image_text + w_pt * L_pin_text + lambda * L_neighbor + lambda_img * L_image_neighbor
+        + w_b * L_board + w_kd * L_distill [+ L_quant]
 
     terms = objective(model, out, ctx, cfg=loss_cfg, dims=(256, 128, 64), bank=memory)
     terms["loss"].backward()
@@ -15,6 +16,9 @@ gathered across ranks there):
   the batch (and the memory bank) a negative except pins sharing a training board or duplicates;
   candidates' logits are corrected by their log sampling probability (`logq`).
 - image_neighbor: the same on the image embeddings, so visual search learns what the graph knows.
+- board: the pin against the titles of its training boards (query-like text the graph carries),
+  multi-positive, pins sharing a board neither positive nor negative of each other's titles.
+- distill: relational distillation of pins and text fields toward the frozen towers.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 
 from pinclip.config import LossConfig
@@ -49,6 +54,7 @@ class BatchContext:
     bank_ignore: torch.Tensor | None = None  # (b, M) local rows vs bank entries not to use as negatives
     teacher_pin: torch.Tensor | None = None  # (b, W) frozen towers' pin of each local row (distillation)
     teacher_text: torch.Tensor | None = None  # (b, F, W') frozen text embedding of each field
+    boards: np.ndarray | None = None  # (b, K) training boards whose titles join the batch, -1 padding
 
 
 def field_weight_tensor(cfg: LossConfig, device: torch.device) -> torch.Tensor:
@@ -105,6 +111,12 @@ def objective(model: torch.nn.Module, out: dict[str, torch.Tensor], ctx: BatchCo
         if cfg.image_neighbor_weight > 0:
             terms.update(matryoshka_loss(lambda image: nb(image, logit_scale=model.nb_logit_scale,
                                                           name="image_neighbor"), {"image": out["image"]}, dims))
+    if cfg.board_weight > 0 and "board_text" in out:
+        board = partial(multi_positive_contrastive, key_mask=out["board_mask"], mode=cfg.image_text,
+                        logit_scale=model.it_logit_scale, logit_bias=model.it_logit_bias,
+                        ignore=ctx.share_board | ctx.same, name="board")
+        terms.update(matryoshka_loss(lambda query, keys: board(query, keys),
+                                     {"query": out["pin"], "keys": out["board_text"]}, dims))
     if cfg.distill_weight > 0:
         terms.update(_distillation(out, ctx, cfg))
     if cfg.quant_aware and cfg.image_text_weight > 0:
@@ -113,6 +125,7 @@ def objective(model: torch.nn.Module, out: dict[str, torch.Tensor], ctx: BatchCo
                      + cfg.pin_text_weight * terms.get("pin_text", 0.0)
                      + cfg.neighbor_weight * terms.get("neighbor", 0.0)
                      + cfg.image_neighbor_weight * terms.get("image_neighbor", 0.0)
+                     + cfg.board_weight * terms.get("board", 0.0)
                      + cfg.distill_weight * terms.get("distill", 0.0)
                      + terms.get("quant_image_text", 0.0))
     return terms

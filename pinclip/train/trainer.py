@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pinclip.config import Config
+from pinclip.data.schema import TEXT_FIELDS
 from pinclip.eval.metrics import retrieval_metrics
 from pinclip.losses.gather import all_gather_no_grad, rank_and_world
 from pinclip.losses.image_text import initial_logit_scale_and_bias
@@ -46,6 +47,7 @@ class Features:
     states: TextStates
     feature_std: float = 1.0  # std of the visual tokens of pins with an image (noise scale)
     teacher_text: np.ndarray | None = None  # (P, F, W) frozen towers' unit field embeddings (distillation)
+    title_states: TextStates | None = None  # entry-layer states of the training boards' titles ("queries" field)
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -64,7 +66,7 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
 
 
 def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: int, progress: bool,
-                     teacher: bool = False) -> Features:
+                     teacher: bool = False, titles: bool = False) -> Features:
     """Image features and text states of every pin (and the frozen teacher's field embeddings when
     `teacher`); rank 0 fills the caches, the others read them."""
     pins = data.dataset.pins
@@ -75,10 +77,34 @@ def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: i
                                      progress=progress and rank == 0)
             states = compute_text_states(model.backbone, texts, cache_dir=cache_dir, progress=progress and rank == 0)
             teacher_text = teacher_field_embeddings(model, texts, cache_dir, progress and rank == 0) if teacher else None
+            title_states = compute_text_states(model.backbone, title_rows(data.board_titles), cache_dir=cache_dir,
+                                               progress=False) if titles else None
         if dist.is_initialized():
             dist.barrier()
     std = float(vis[ok].astype(np.float32).std()) if ok.any() else 1.0
-    return Features(vis, ok, states, std, teacher_text)
+    return Features(vis, ok, states, std, teacher_text, title_states)
+
+
+QUERY_FIELD = TEXT_FIELDS.index("queries")
+
+
+def title_rows(titles: list[str]) -> list[list[str]]:
+    """Board titles as rows of text fields, each in the "queries" field (the text a search query looks like)."""
+    return [[t if f == QUERY_FIELD else "" for f in range(len(TEXT_FIELDS))] for t in titles]
+
+
+def board_title_embeddings(model: PinCLIP, title_states: TextStates, boards: np.ndarray, device: torch.device
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text embeddings (b, K, D) of the board titles of each row (boards (b, K), -1 padding) and their mask."""
+    from pinclip.models.text_states import text_batch
+
+    present = boards >= 0  # (b, K)
+    tb = text_batch(title_states, boards[present])
+    emb = model.encode_text(tb["field_states"].to(device), tb["field_mask"].to(device),
+                            tb["field_id"].to(device))  # (M, D), one field per title
+    out = emb.new_zeros(*boards.shape, emb.shape[-1])  # (b, K, D)
+    out[torch.from_numpy(present).to(device)] = emb
+    return out, torch.from_numpy(present).to(device)
 
 
 def teacher_field_embeddings(model: PinCLIP, texts: list[list[str]], cache_dir: str, progress: bool) -> np.ndarray:
@@ -126,7 +152,8 @@ def build_optimizer(model: PinCLIP, cfg: Config) -> tuple[torch.optim.Optimizer,
 
 def batch_config(cfg: Config) -> BatchConfig:
     t = cfg.train
-    return BatchConfig(t.batch_size, t.seed, t.hard_negatives, t.field_dropout, t.text_dropout, t.title_only)
+    return BatchConfig(t.batch_size, t.seed, t.hard_negatives, t.field_dropout, t.text_dropout, t.title_only,
+                       t.board_titles if cfg.loss.board_weight > 0 else 0)
 
 
 def init_contrastive_scalars(model: PinCLIP, cfg: Config) -> None:
@@ -183,6 +210,7 @@ def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, ran
                        torch.from_numpy(gb.same).to(device), torch.from_numpy(gb.share_board).to(device),
                        torch.from_numpy(gb.log_q).float().to(device), torch.from_numpy(gb.rows).to(device),
                        torch.from_numpy(gb.canonical).to(device), bank_ignore)
+    ctx.boards = gb.boards[lo:hi]
     if feats.teacher_text is not None:
         text, pin = teacher_rows(feats, rows, gb.fused_keep[lo:hi])
         ctx.teacher_text, ctx.teacher_pin = torch.from_numpy(text).to(device), torch.from_numpy(pin).to(device)
@@ -241,7 +269,8 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     model = PinCLIP(cfg.model).to(device).eval()
     init_contrastive_scalars(model, cfg)
     features_started = time.perf_counter()
-    feats = compute_features(model, data, cfg.train.cache_dir, rank, progress, teacher=cfg.loss.distill_weight > 0)
+    feats = compute_features(model, data, cfg.train.cache_dir, rank, progress, teacher=cfg.loss.distill_weight > 0,
+                             titles=cfg.loss.board_weight > 0)
     setup_s = {"prepare_seconds": features_started - started, "features_seconds": time.perf_counter() - features_started}
     optimizer, scheduler = build_optimizer(model, cfg)
     bank = EmbeddingMemory(cfg.train.memory_size, cfg.model.dims[0], device) if cfg.train.memory_size else None
@@ -257,6 +286,9 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
         batch, ctx = local_batch(data, feats, step, cfg, rank, world, device, bank)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(batch, modes=needed_modes(cfg.loss))
+            if feats.title_states is not None:
+                out["board_text"], out["board_mask"] = board_title_embeddings(model, feats.title_states, ctx.boards,
+                                                                              device)
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
         terms = objective(model, out, ctx, cfg.loss, cfg.model.dims, bank)
         optimizer.zero_grad(set_to_none=True)
@@ -312,7 +344,7 @@ def needed_modes(loss) -> tuple[str, ...]:
     modes = []
     if loss.image_text_weight > 0 or loss.image_neighbor_weight > 0:
         modes += ["image", "text"]
-    if loss.neighbor_weight > 0 or (loss.image_text_weight > 0 and loss.pin_text_weight > 0):
+    if loss.neighbor_weight > 0 or loss.board_weight > 0 or (loss.image_text_weight > 0 and loss.pin_text_weight > 0):
         modes.append("pin")
     if "pin" in modes and "text" not in modes:
         modes.append("text")  # the text mask is read by the objective
