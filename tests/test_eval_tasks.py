@@ -225,6 +225,7 @@ def test_bad_input_is_rejected():
         build_eval_tasks(data)
 
 
+@pytest.mark.slow  # trains a model or builds the demo corpus
 def test_model_encoder_regimes_equal_embedding_the_pins_with_those_texts_removed(tiny_checkpoint, catalog):
     """The image regime's pin is the pin embedded from a table with no text at all; the title regime's
     is the pin embedded from a table holding only the titles."""

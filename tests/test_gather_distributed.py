@@ -84,6 +84,7 @@ def run_case(case: str, inputs: dict[str, torch.Tensor], rows: slice) -> dict[st
 OBJ_ANCHORS, OBJ_HARD = 2, 1  # per rank; a rank holds [anchors; partners; hard]
 OBJ_ROWS = WORLD * (2 * OBJ_ANCHORS + OBJ_HARD)
 OBJ_FIELDS, OBJ_DIMS = 5, (DIM, 2)
+TERMS = ("loss", "image_text", "pin_text", "neighbor", "image_neighbor", "board", "distill", "quant_image_text")
 
 
 class Scalars(torch.nn.Module):
@@ -109,6 +110,7 @@ def objective_inputs() -> dict[str, torch.Tensor]:
             "text": torch.randn(OBJ_ROWS, OBJ_FIELDS, DIM, generator=gen) * mask[..., None], "mask": mask,
             "same": same, "share": share | share.T, "log_q": -2 * torch.rand(OBJ_ROWS, generator=gen),
             "has_neighbor": torch.tensor([True, False, True, True]),
+            "boards": torch.randn(OBJ_ROWS, 2, DIM, generator=gen), "board_mask": torch.rand(OBJ_ROWS, 2, generator=gen) > 0.3,
             "teacher_pin": F.normalize(torch.randn(OBJ_ROWS, 3, generator=gen), dim=-1),
             "teacher_text": F.normalize(torch.randn(OBJ_ROWS, OBJ_FIELDS, 3, generator=gen), dim=-1)}
 
@@ -124,22 +126,25 @@ def run_objective(inputs: dict[str, torch.Tensor], rank: int, world: int) -> dic
     """Every term of the objective on this rank's rows; gradients of (loss / world)."""
     from pinclip.train.objective import BatchContext, objective
 
-    cfg = LossConfig(neighbor_weight=1.3, image_neighbor_weight=0.4, distill_weight=0.3, quant_aware=True)
+    cfg = LossConfig(neighbor_weight=1.3, image_neighbor_weight=0.4, board_weight=0.7, distill_weight=0.3,
+                     quant_aware=True)
     order = rank_blocked_order() if world > 1 else torch.arange(OBJ_ROWS)
     b = OBJ_ROWS // world
     local = order[rank * b:(rank + 1) * b]  # (b,) canonical rows of this rank
     anchors = OBJ_ANCHORS * WORLD // world
-    leaves = {k: inputs[k][local].clone().requires_grad_(True) for k in ("image", "pin", "text")}
+    leaves = {k: inputs[k][local].clone().requires_grad_(True) for k in ("image", "pin", "text", "boards")}
     out = {k: F.normalize(v, dim=-1) for k, v in leaves.items()}
     out["text"] = out["text"] * inputs["mask"][local][..., None]
     out["text_mask"] = inputs["mask"][local]
+    out["board_text"] = out.pop("boards") * inputs["board_mask"][local][..., None]
+    out["board_mask"] = inputs["board_mask"][local]
     ctx = BatchContext(anchors, OBJ_HARD * WORLD // world, inputs["has_neighbor"][rank * anchors:(rank + 1) * anchors],
                        inputs["same"][order][:, order], inputs["share"][order][:, order], inputs["log_q"][order],
                        order, teacher_pin=inputs["teacher_pin"][local], teacher_text=inputs["teacher_text"][local])
     model = Scalars()
     terms = objective(model, out, ctx, cfg, OBJ_DIMS)
     (terms["loss"] / world).backward()
-    result = {name: terms[name].detach() for name in ("loss", "image_text", "neighbor", "distill", "quant_image_text")}
+    result = {name: terms[name].detach() for name in TERMS}
     result.update({f"d_{k}": v.grad for k, v in leaves.items()})
     result.update({name: p.grad for name, p in model.named_parameters()})
     return result
@@ -199,11 +204,11 @@ def test_two_ranks_match_one_process(rank_results, case):
 def test_two_ranks_of_the_whole_objective_match_one_process(rank_results):
     single = run_objective(objective_inputs(), 0, 1)
     ranks = [results["objective"] for results in rank_results]
-    assert single["quant_image_text"] > 0 and single["distill"] > 0 and single["neighbor"] > 0
-    for name in ("loss", "image_text", "neighbor", "distill", "quant_image_text"):
+    assert all(single[name] > 0 for name in TERMS)
+    for name in TERMS:
         torch.testing.assert_close(sum(r[name] for r in ranks) / WORLD, single[name], rtol=0, atol=1e-5, msg=name)
     for name, _ in Scalars().named_parameters():
         torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-5, atol=1e-6)
     order = rank_blocked_order()
-    for name in ("d_image", "d_pin", "d_text"):
+    for name in ("d_image", "d_pin", "d_text", "d_boards"):
         torch.testing.assert_close(torch.cat([r[name] for r in ranks]), single[name][order], rtol=1e-5, atol=1e-6)

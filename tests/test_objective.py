@@ -44,6 +44,7 @@ def test_siglip_bias_starts_at_minus_log_of_the_batch():
     assert initial_logit_scale_and_bias("siglip") == (pytest.approx(math.log(10)), -10.0)
 
 
+@pytest.mark.slow  # trains a model or builds the demo corpus
 def test_the_siglip_scalars_move_under_training_and_are_logged(catalog, tmp_path):
     from pinclip.train.trainer import train
 
@@ -125,6 +126,7 @@ def test_text_dropout_feeds_the_fused_pass_image_only_pins(catalog, tmp_path):
     assert out["pin"].requires_grad and torch.isfinite(out["pin"]).all()
 
 
+@pytest.mark.slow  # trains a model or builds the demo corpus
 def test_image_only_fused_embeddings_depend_on_the_image(tiny_checkpoint, catalog):
     from pinclip.models.embedder import embed_rows
     from pinclip.models.features import image_features
@@ -243,8 +245,11 @@ def _objective_inputs(seed: int = 0):
     mask[:, 0] = True
     mask[5] = False  # a pin without text
     text = _unit(rng.standard_normal((N, len(TEXT_FIELDS), DIM))) * mask[..., None]
+    board_mask = rng.random((N, 2)) > 0.3
+    board_mask[3] = False  # a row without a titled training board
     out = {"image": _unit(rng.standard_normal((N, DIM))), "pin": _unit(rng.standard_normal((N, DIM))),
-           "text": text, "text_mask": mask}
+           "text": text, "text_mask": mask, "board_text": _unit(rng.standard_normal((N, 2, DIM))) * board_mask[..., None],
+           "board_mask": board_mask}
     same = np.zeros((N, N), bool)
     same[0, 6] = same[6, 0] = True  # the hard row duplicates anchor 0
     share = np.zeros((N, N), bool)
@@ -277,12 +282,15 @@ def _expected_terms(raw: dict, cfg) -> dict[str, float]:
         role = np.array([0] * A + [1] * A + [2] * E)
         ignore_nb = ignore_nb | (role[:, None] == role[None, :]) | (role[None, :] == 2)
     log_q = raw["log_q"] if cfg.logq else np.zeros(N)
-    terms = {"image_text": 0.0, "pin_text": 0.0, "neighbor": 0.0, "image_neighbor": 0.0}
+    terms = {"image_text": 0.0, "pin_text": 0.0, "neighbor": 0.0, "image_neighbor": 0.0, "board": 0.0}
     for d in DIMS:
         text = _unit(raw["text"][..., :d]) * mask[..., None]
         image, pin = _unit(raw["image"][:, :d]), _unit(raw["pin"][:, :d])
         terms["image_text"] += _siglip(image, text, mask, weights, scale_it, bias_it, ignore_it)
         terms["pin_text"] += _siglip(pin, text, mask, weights, scale_it, bias_it, ignore_it)
+        titles = _unit(raw["board_text"][..., :d]) * raw["board_mask"][..., None]  # no field weights, boards masked
+        terms["board"] += _siglip(pin, titles, raw["board_mask"], [1.0, 1.0], scale_it, bias_it,
+                                  raw["same"] | raw["share"])
         terms["neighbor"] += _neighbor(pin, positive, ignore_nb, scale_nb, log_q)
         terms["image_neighbor"] += _neighbor(image, positive, ignore_nb, scale_nb, log_q)
     terms["distill"] = (_relational(raw["pin"], raw["teacher_pin"], np.ones(N, bool), cfg.distill_tau)
@@ -312,7 +320,7 @@ def test_the_objective_is_the_weighted_sum_of_hand_computed_terms(case):
     from pinclip.train.objective import objective
 
     weights = {"image_text_weight": 0.7, "pin_text_weight": 0.3, "neighbor_weight": 1.9,
-               "image_neighbor_weight": 0.45, "distill_weight": 0.2}
+               "image_neighbor_weight": 0.45, "board_weight": 0.6, "distill_weight": 0.2}
     cfg = load_config(preset="tiny", overrides=[*(f"loss.{k}={v}" for k, v in weights.items()),
                                                 "loss.quant_aware=true", *OBJECTIVE_CASES[case]]).loss
     out, ctx, raw = _objective_inputs()
@@ -321,7 +329,7 @@ def test_the_objective_is_the_weighted_sum_of_hand_computed_terms(case):
     for name, value in expected.items():
         assert terms[name].item() == pytest.approx(value, rel=1e-5), name
     total = sum(weights[f"{name}_weight"] * expected[name]
-                for name in ("image_text", "pin_text", "neighbor", "image_neighbor", "distill"))
+                for name in ("image_text", "pin_text", "neighbor", "image_neighbor", "board", "distill"))
     assert terms["loss"].item() == pytest.approx(total + expected["quant_image_text"], rel=1e-5)
     terms["loss"].backward()  # the straight-through quantization term is differentiable
 

@@ -116,12 +116,14 @@ def test_heldout_pins_are_never_sampled(data):
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_no_batch_holds_a_heldout_pin_as_anchor_partner_or_hard_negative(data, world):
-    cfg = BatchConfig(batch_size=16, seed=3, hard_negatives=True)
+    cfg = BatchConfig(batch_size=16, seed=3, hard_negatives=True, board_titles=2)
     training = set(data.train_rows.tolist())
     seen: set[int] = set()
     for step in range(30):
         batch = batch_at(data, step, cfg, world)
         assert set(batch.rows.tolist()) <= training, step
+        for row, boards in zip(batch.rows, batch.boards):  # board titles in the batch: the row's training boards
+            assert set(boards[boards >= 0].tolist()) <= set(data.graph.boards_of(int(row)).tolist())
         seen |= set(batch.rows.tolist())
         per = batch.anchors + batch.anchors + batch.extra
         for r in range(world):
@@ -142,6 +144,7 @@ def test_a_share_of_the_training_pins_trains_alone(dataset, raw_edges):
         assert set(batch_at(half, step, BatchConfig(batch_size=8)).rows.tolist()) <= training
 
 
+@pytest.mark.slow  # trains a model or builds the demo corpus
 def test_the_demo_corpus_split_does_not_leak(demo_corpus):
     dataset = load_dataset_dir(demo_corpus)
     splits = dataset.splits
