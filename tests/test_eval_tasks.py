@@ -56,7 +56,7 @@ def make_data(splits: dict = SPLITS) -> EvalData:
                     {b: title for b, (title, _) in BOARDS.items()}, splits)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: make mutants credits a shared fixture to the first test only
 def specs() -> dict:
     return {part: build_eval_tasks(make_data(), partition=part) for part in ("test", "val")}
 
@@ -225,7 +225,7 @@ def test_bad_input_is_rejected():
         build_eval_tasks(data)
 
 
-@pytest.mark.slow  # trains a model or builds the demo corpus
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_model_encoder_regimes_equal_embedding_the_pins_with_those_texts_removed(tiny_checkpoint, catalog):
     """The image regime's pin is the pin embedded from a table with no text at all; the title regime's
     is the pin embedded from a table holding only the titles."""

@@ -13,6 +13,7 @@ from pinclip.losses import (
     all_gather_with_grad,
     fake_quant_global_affine,
     image_text_loss,
+    initial_logit_scale_and_bias,
     matryoshka_loss,
     multi_positive_contrastive,
     neighbor_loss,
@@ -273,3 +274,33 @@ def test_bad_inputs_are_reported():
         neighbor_loss(query, torch.full((len(query),), 99), None, torch.tensor(0.0))
     with pytest.raises(ValueError, match="positive scale"):
         fake_quant_global_affine(query, 0.0, 0)
+
+
+def test_initial_scales_and_biases_by_mode():
+    assert initial_logit_scale_and_bias("infonce") == (pytest.approx(math.log(1 / 0.07)), 0.0)
+    assert initial_logit_scale_and_bias("siglip", batch_size=2)[1] == pytest.approx(-math.log(2))
+    assert initial_logit_scale_and_bias("siglip", batch_size=1)[1] == -10.0  # log 1 = 0 says nothing
+    with pytest.raises(ValueError, match="unknown contrastive mode"):
+        initial_logit_scale_and_bias("triplet")
+
+
+def test_memory_is_a_fifo_that_survives_a_state_round_trip():
+    from pinclip.losses.memory import EmbeddingMemory
+
+    with pytest.raises(ValueError, match="memory size"):
+        EmbeddingMemory(size=-1, dim=2)
+    empty = EmbeddingMemory(size=4, dim=3)
+    assert len(empty) == 0 and empty.embeddings.shape == (0, 3) and empty.pins.dtype == torch.long
+    off = EmbeddingMemory(size=0, dim=3)
+    off.push(torch.ones(2, 3), torch.tensor([1, 2]))
+    assert len(off) == 0  # size 0: no bank
+    memory = EmbeddingMemory(size=4, dim=3)
+    for step in range(3):  # 3 pushes of 2 rows: the last 4 stay
+        memory.push(torch.full((2, 3), float(step)), torch.tensor([2 * step, 2 * step + 1]))
+    assert len(memory) == 4 and memory.embeddings[:, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
+    assert memory.pins.tolist() == [2, 3, 4, 5] and memory.log_q.tolist() == [0.0] * 4
+    again = EmbeddingMemory(size=4, dim=3)
+    again.load_state_dict(memory.state_dict())
+    for name in ("embeddings", "pins", "log_q"):
+        assert torch.equal(getattr(again, name), getattr(memory, name))
+    assert set(memory.state_dict()) == {"embeddings", "pins", "log_q"}

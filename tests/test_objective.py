@@ -44,7 +44,7 @@ def test_siglip_bias_starts_at_minus_log_of_the_batch():
     assert initial_logit_scale_and_bias("siglip") == (pytest.approx(math.log(10)), -10.0)
 
 
-@pytest.mark.slow  # trains a model or builds the demo corpus
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_the_siglip_scalars_move_under_training_and_are_logged(catalog, tmp_path):
     from pinclip.train.trainer import train
 
@@ -71,7 +71,7 @@ def test_field_dropout_mask_follows_its_probabilities():
     assert mixed[:, 1].mean() == pytest.approx(0.6 * 0.5, abs=0.015)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: make mutants credits a shared fixture to the first test only
 def training_data(catalog):
     cfg = load_config(preset="tiny")
     return prepare_training(load_dataset_dir(catalog["pins"].parent), cfg.graph, seed=0, progress=False,
@@ -111,6 +111,7 @@ def test_log_q_is_a_distribution_that_favours_popular_neighbors(training_data):
     assert training_data.log_q[popular] > training_data.log_q[rare]
 
 
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_text_dropout_feeds_the_fused_pass_image_only_pins(catalog, tmp_path):
     from pinclip.models.pinclip import PinCLIP
     from pinclip.train.trainer import compute_features, local_batch
@@ -126,7 +127,7 @@ def test_text_dropout_feeds_the_fused_pass_image_only_pins(catalog, tmp_path):
     assert out["pin"].requires_grad and torch.isfinite(out["pin"]).all()
 
 
-@pytest.mark.slow  # trains a model or builds the demo corpus
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_image_only_fused_embeddings_depend_on_the_image(tiny_checkpoint, catalog):
     from pinclip.models.embedder import embed_rows
     from pinclip.models.features import image_features

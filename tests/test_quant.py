@@ -229,3 +229,31 @@ def test_json_record_round_trip_and_validation():
         quant_from_json({"scale": -1.0, "zero_point": 0.0})
     with pytest.raises(ValueError, match="scheme"):
         quant_from_json({**record, "scheme": "pq"})
+
+
+def test_faiss_codes_shift_ours_by_128():
+    codes = np.array([[-128, -1, 0, 127]], np.int8)
+    assert to_faiss_codes(codes).tolist() == [[0, 127, 128, 255]] and to_faiss_codes(codes).dtype == np.uint8
+
+
+def test_params_need_a_positive_scale_and_default_to_minmax():
+    with pytest.raises(ValueError, match="invalid"):
+        GlobalAffine.from_dict({"scale": 0.0, "zero_point": 0.0})
+    assert GlobalAffine.from_dict({"scale": 0.5, "zero_point": 1.0}).method == "minmax"
+
+
+def test_per_dim_percentile_default_clips_each_column_and_decodes_to_float32():
+    x = np.random.default_rng(8).standard_normal((20000, 3)).astype(np.float32)
+    x[0] = 50.0  # one outlier in every column
+    clipped = fit_per_dim_affine(x, "percentile")  # 99.99th percentile by default
+    hi = -clipped.scale * (clipped.zero_point + 128.5) + 255.0 * clipped.scale  # top of each column's range
+    np.testing.assert_allclose(hi, np.percentile(x, 99.99, axis=0), rtol=1e-6)
+    decoded = dequantize_per_dim(quantize_per_dim(x[:5], clipped), clipped)
+    assert decoded.dtype == np.float32 and np.abs(decoded[1:] - x[1:5]).max() <= clipped.scale.max() / 2 + 1e-6
+
+
+def test_fp16_rounds_through_float32_and_sign_bits_need_a_positive_value():
+    # 1 + 2^-11 + 2^-30: float32 rounds it to the fp16 tie 1 + 2^-11, which rounds to even (1.0)
+    assert to_fp16(np.array([[1 + 2**-11 + 2**-30]])).tolist() == [[1.0]]
+    assert binarize(np.array([[0.0, 1e-9, -0.0, 3.0]])).tolist() == [[0b01010000]]  # zero is not positive
+    assert binary_scores(binarize(np.ones((1, 8))), binarize(np.ones((2, 8))), 8).dtype == np.float32

@@ -33,14 +33,14 @@ SPLITS = {"seed": 0, "cold_start_pins": copies(COLD), "val_pins": copies(VAL), "
 HELD = set(SPLITS["cold_start_pins"]) | set(SPLITS["val_pins"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: make mutants credits a shared fixture to the first test only
 def dataset(catalog):
     dataset = load_dataset(catalog["pins"], catalog["boards"], None)
     dataset.splits = SPLITS
     return dataset
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: make mutants credits a shared fixture to the first test only
 def data(dataset):
     return prepare_training(dataset, WALK, seed=0, progress=False, hard_negatives=True)
 
@@ -144,7 +144,7 @@ def test_a_share_of_the_training_pins_trains_alone(dataset, raw_edges):
         assert set(batch_at(half, step, BatchConfig(batch_size=8)).rows.tolist()) <= training
 
 
-@pytest.mark.slow  # trains a model or builds the demo corpus
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_the_demo_corpus_split_does_not_leak(demo_corpus):
     dataset = load_dataset_dir(demo_corpus)
     splits = dataset.splits
