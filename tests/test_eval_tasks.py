@@ -290,3 +290,22 @@ def test_related_pins_recall_at_10_leaves_out_the_query_and_its_twin():
     np.testing.assert_allclose(values["ndcg@10"], 1.0)
     assert not any(q in row[:10].tolist() for q, row in enumerate(ranked))
     assert 1 not in ranked[0].tolist() and 0 not in ranked[1].tolist()  # the twin is not ranked either
+
+
+def test_eval_data_from_a_loaded_dataset_matches_the_raw_tables(catalog):
+    import pyarrow.parquet as pq
+
+    from pinclip.train.dataset import load_dataset_dir
+
+    dataset = load_dataset_dir(catalog["pins"].parent)
+    pins = pq.read_table(catalog["pins"]).to_pylist()
+    edges = pq.read_table(catalog["boards"]).to_pylist()
+    data = EvalData.from_dataset(dataset)
+    assert data.pin_ids == [p["pin_id"] for p in pins] and data.has_image.dtype == bool and data.has_image.all()
+    assert data.texts["title"] == [p["title"] for p in pins]
+    assert [(data.pin_ids[p], b) for p, b in zip(data.edge_pins.tolist(), data.edge_boards)] == \
+        [(e["pin_id"], e["board_id"]) for e in edges]
+    assert data.board_titles == {e["board_id"]: e["board_title"] for e in edges}
+    assert data.splits == dataset.splits and data.splits["heldout_boards"]
+    given = EvalData.from_dataset(dataset, has_image=np.arange(72) % 2, splits=SPLITS)
+    assert given.has_image.dtype == bool and given.has_image.sum() == 36 and given.splits is SPLITS

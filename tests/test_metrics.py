@@ -159,3 +159,25 @@ def test_exact_topk_with_ragged_exclusions_by_hand():
     np.testing.assert_array_equal(chunked, ids)  # exclusions land in the right block
     with pytest.raises(ValueError, match="one entry per query"):
         exact_topk(SCORES, np.eye(4, dtype=np.float32), k=3, exclude=exclude[:3])
+
+
+def test_one_relevant_set_per_query_is_required_and_metrics_are_floats():
+    ids = np.array([[0, 1, 2], [2, 1, 0]])
+    for metric in (per_query_metrics, recall_at_k):
+        with pytest.raises(ValueError, match="one relevant set per query"):
+            metric(ids, [np.array([0])], ks=(1,))
+    with pytest.raises(ValueError, match="one relevant set per query"):
+        recall_at_k(np.array([0, 1, 2]), [np.array([0])] * 3, ks=(1,))
+    values = per_query_metrics(ids, [np.array([1]), np.array([0, 2])], ks=(1, 2), ndcg_k=2)
+    assert values["hit@1"].dtype == np.float64 and values["hit@1"].tolist() == [0.0, 1.0]
+    nothing = recall_at_k(ids, [np.array([], np.int64)] * 2, ks=(1, 3))
+    assert set(nothing) == {"queries", "queries_without_relevant", "recall@1", "hit@1", "recall@3", "hit@3"}
+    assert nothing["queries"] == 0 and nothing["queries_without_relevant"] == 2 and np.isnan(nothing["hit@3"])
+
+
+def test_retrieval_metrics_pass_the_exclusions_on():
+    x = np.eye(3, dtype=np.float32)
+    x[1, 0] = 0.5  # query 0's nearest other item is 1
+    relevant = [np.array([1]), np.array([0]), np.array([0])]
+    assert retrieval_metrics(x, x, relevant, ks=(1,))["recall@1"] == 0.0  # each query finds itself first
+    assert retrieval_metrics(x, x, relevant, ks=(1,), exclude=np.arange(3))["recall@1"] == 1.0  # ties: lower id

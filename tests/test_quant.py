@@ -257,3 +257,29 @@ def test_fp16_rounds_through_float32_and_sign_bits_need_a_positive_value():
     assert to_fp16(np.array([[1 + 2**-11 + 2**-30]])).tolist() == [[1.0]]
     assert binarize(np.array([[0.0, 1e-9, -0.0, 3.0]])).tolist() == [[0b01010000]]  # zero is not positive
     assert binary_scores(binarize(np.ones((1, 8))), binarize(np.ones((2, 8))), 8).dtype == np.float32
+
+
+def test_faiss_index_defaults_and_list_count():
+    q = GlobalAffine(scale=0.01, zero_point=0.0)
+    assert isinstance(faiss_sq_index(q, 8), faiss.IndexScalarQuantizer)  # "flat" by default
+    hnsw = faiss_sq_index(q, 8, "hnsw")
+    assert hnsw.hnsw.nb_neighbors(1) == 32 and hnsw.metric_type == faiss.METRIC_INNER_PRODUCT
+    train = np.random.default_rng(9).standard_normal((50, 8)).astype(np.float32)
+    assert faiss_sq_index(q, 8, "ivf", train_vectors=train).nlist == 50  # at most one list per vector
+    assert faiss_sq_index(q, 8, "ivf", nlist=1, train_vectors=train).nlist == 1
+    assert faiss_sq_index(q, 8, "ivf", nlist=20, train_vectors=train).metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_int8_scores_stay_exact_past_float32_and_cover_every_row():
+    # 1024 products of 16384 reach 2^24; one odd product more is not a float32 number any longer. With
+    # zero-point -128 the dequantized vectors are (0, ..., 0, 255): the score is 255^2 exactly.
+    a = np.full((1, 1025), -128, np.int8)
+    a[0, -1] = 127
+    assert int8_scores(a, a, GlobalAffine(scale=1.0, zero_point=-128.0))[0, 0] == 255.0**2
+    q = GlobalAffine(scale=1.0, zero_point=0.0)
+    codes = np.random.default_rng(10).integers(-128, 128, (9, 4)).astype(np.int8)  # more rows than dims
+    np.testing.assert_allclose(int8_scores(codes, codes, q, chunk=2), codes.astype(np.float64) @ codes.T.astype(np.float64))
+    with pytest.raises(ValueError, match="code arrays"):
+        int8_scores(codes, codes[:, :3], q)
+    with pytest.raises(ValueError, match="code arrays"):
+        int8_scores(codes[0], codes, q)
