@@ -187,14 +187,43 @@ def _siglip(q, k, mask, weights, scale, bias, ignore) -> float:
     return total / n
 
 
-def _neighbor(x, positive, ignore, scale, log_q) -> float:
-    """InfoNCE of each query row against its positive; candidates: every other row not ignored."""
+def _logsumexp(values) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _infonce(q, k, mask, weights, scale, bias, ignore) -> float:
+    """Multi-positive InfoNCE, both directions: a query against every present field of every pin not
+    ignored (its own fields positive); each present field against every query not ignored."""
+    n, fields = mask.shape
+    total, valid = 0.0, 0
+    for i in range(n):
+        present = [f for f in range(fields) if mask[i, f] and weights[f] > 0]
+        if not present:
+            continue
+        valid += 1
+        norm = sum(weights[f] for f in present)
+        pins = [j for j in range(n) if j == i or not ignore[i, j]]
+        log_z = _logsumexp([scale * float(q[i] @ k[j, f]) for j in pins for f in range(fields) if mask[j, f]])
+        for f in present:
+            positive = scale * float(q[i] @ k[i, f])
+            total += weights[f] / norm * (log_z - positive)  # query -> fields
+            total += weights[f] / norm * (_logsumexp([scale * float(q[j] @ k[i, f]) for j in pins]) - positive)
+    return total / (2 * valid)
+
+
+def _neighbor(x, positive, ignore, scale, log_q, bank=None, bank_ignore=None, bank_log_q=None) -> float:
+    """InfoNCE of each query row against its positive; candidates: every other row not ignored, and the
+    memory bank's entries not ignored."""
     losses = []
     for i, pos in enumerate(positive):
         if pos < 0:
             continue
         logits = {j: scale * float(x[i] @ x[j]) - log_q[j] for j in range(len(x))
                   if j != i and (j == pos or not ignore[i, j])}
+        for m in range(0 if bank is None else len(bank)):
+            if not bank_ignore[i, m]:
+                logits[("bank", m)] = scale * float(x[i] @ bank[m]) - bank_log_q[m]
         top = max(logits.values())
         losses.append(top + math.log(sum(math.exp(v - top) for v in logits.values())) - logits[pos])
     return sum(losses) / len(losses)
@@ -276,6 +305,7 @@ def _expected_terms(raw: dict, cfg) -> dict[str, float]:
     if cfg.mask_duplicates:
         ignore_it = raw["same"] | (raw["share"] if cfg.mask_boards_in_image_text else False)
     scale_it, bias_it, scale_nb = 4.0, -1.5, 6.0
+    contrastive = _infonce if cfg.image_text == "infonce" else _siglip
     positive = [A + i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + \
                [i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + [-1] * E
     ignore_nb = raw["same"] | raw["share"]
@@ -287,10 +317,10 @@ def _expected_terms(raw: dict, cfg) -> dict[str, float]:
     for d in DIMS:
         text = _unit(raw["text"][..., :d]) * mask[..., None]
         image, pin = _unit(raw["image"][:, :d]), _unit(raw["pin"][:, :d])
-        terms["image_text"] += _siglip(image, text, mask, weights, scale_it, bias_it, ignore_it)
-        terms["pin_text"] += _siglip(pin, text, mask, weights, scale_it, bias_it, ignore_it)
+        terms["image_text"] += contrastive(image, text, mask, weights, scale_it, bias_it, ignore_it)
+        terms["pin_text"] += contrastive(pin, text, mask, weights, scale_it, bias_it, ignore_it)
         titles = _unit(raw["board_text"][..., :d]) * raw["board_mask"][..., None]  # no field weights, boards masked
-        terms["board"] += _siglip(pin, titles, raw["board_mask"], [1.0, 1.0], scale_it, bias_it,
+        terms["board"] += contrastive(pin, titles, raw["board_mask"], [1.0, 1.0], scale_it, bias_it,
                                   raw["same"] | raw["share"])
         terms["neighbor"] += _neighbor(pin, positive, ignore_nb, scale_nb, log_q)
         terms["image_neighbor"] += _neighbor(image, positive, ignore_nb, scale_nb, log_q)
@@ -303,7 +333,7 @@ def _expected_terms(raw: dict, cfg) -> dict[str, float]:
     scale = max(hi - lo, 1e-6) / 255.0
     zero_point = min(127, max(-128, int(round(-128 - lo / scale))))
     q_text = _fake_int8(raw["text"], scale, zero_point) * mask[..., None]
-    terms["quant_image_text"] = _siglip(_fake_int8(raw["image"], scale, zero_point), q_text, mask, weights,
+    terms["quant_image_text"] = contrastive(_fake_int8(raw["image"], scale, zero_point), q_text, mask, weights,
                                         scale_it, bias_it, ignore_it)
     return terms
 
@@ -313,6 +343,7 @@ OBJECTIVE_CASES = {
     "no log q, partners only, boards masked in image-text": ["loss.logq=false", "loss.neighbor_candidates=partners",
                                                              "loss.mask_boards_in_image_text=true"],
     "duplicates not masked": ["loss.mask_duplicates=false"],
+    "infonce, fields without a weight count 1": ["loss.image_text=infonce", "loss.field_weights={title: 3.0}"],
 }
 
 
@@ -333,6 +364,44 @@ def test_the_objective_is_the_weighted_sum_of_hand_computed_terms(case):
                 for name in ("image_text", "pin_text", "neighbor", "image_neighbor", "board", "distill"))
     assert terms["loss"].item() == pytest.approx(total + expected["quant_image_text"], rel=1e-5)
     terms["loss"].backward()  # the straight-through quantization term is differentiable
+
+
+@pytest.mark.parametrize("logq", [True, False])
+def test_the_memory_bank_adds_negatives_to_the_pin_neighbor_term_only(logq):
+    from pinclip.losses.memory import EmbeddingMemory
+    from pinclip.train.objective import objective
+
+    cfg = load_config(preset="tiny", overrides=["loss.image_text_weight=0", "loss.neighbor_weight=1.0",
+                                                "loss.image_neighbor_weight=1.0", f"loss.logq={logq}"]).loss
+    out, ctx, raw = _objective_inputs(seed=2)
+    rng = np.random.default_rng(3)
+    bank = EmbeddingMemory(size=3, dim=DIM)
+    bank.push(torch.tensor(rng.standard_normal((3, DIM)), dtype=torch.float32), torch.tensor([40, 41, 42]),
+              torch.tensor([-1.0, -3.0, -0.5]))
+    bank_ignore = np.zeros((N, 3), bool)
+    bank_ignore[0, 1] = bank_ignore[4, 2] = True
+    ctx.bank_ignore = torch.tensor(bank_ignore)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS, bank=bank)
+    positive = [A + i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + \
+               [i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + [-1] * E
+    log_q = raw["log_q"] if logq else np.zeros(N)
+    bank_log_q = bank.log_q.numpy() if logq else np.zeros(3)
+    entries = bank.embeddings.numpy().astype(np.float64)
+    expected = sum(_neighbor(_unit(raw["pin"][:, :d]), positive, raw["same"] | raw["share"], 6.0, log_q,
+                             _unit(entries[:, :d]), bank_ignore, bank_log_q) for d in DIMS)
+    assert terms["neighbor"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["image_neighbor"].item() == pytest.approx(_expected_terms(raw, cfg)["image_neighbor"], rel=1e-5)
+    without = objective(_Scalars(), out, ctx, cfg, DIMS, bank=EmbeddingMemory(size=3, dim=DIM))  # empty bank
+    assert without["neighbor"].item() == pytest.approx(_expected_terms(raw, cfg)["neighbor"], rel=1e-5)
+
+
+def test_unknown_neighbor_candidates_are_refused():
+    from pinclip.train.objective import objective
+
+    cfg = load_config(preset="tiny", overrides=["loss.neighbor_candidates=some"]).loss
+    out, ctx, _ = _objective_inputs()
+    with pytest.raises(ValueError, match="neighbor_candidates"):
+        objective(_Scalars(), out, ctx, cfg, DIMS)
 
 
 def test_rows_without_a_neighbor_are_no_neighbor_queries():
