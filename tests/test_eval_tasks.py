@@ -309,3 +309,67 @@ def test_eval_data_from_a_loaded_dataset_matches_the_raw_tables(catalog):
     assert data.splits == dataset.splits and data.splits["heldout_boards"]
     given = EvalData.from_dataset(dataset, has_image=np.arange(72) % 2, splits=SPLITS)
     assert given.has_image.dtype == bool and given.has_image.sum() == 36 and given.splits is SPLITS
+
+
+def many_boards(max_pins: int = 40) -> EvalData:
+    """Pins p00..p39 with titles; board Bk holds p(2k) (warm) and p(2k+1) (cold); every board is held out."""
+    ids = [f"p{i:02d}" for i in range(max_pins)]
+    edges = [(i, f"B{i // 2:02d}") for i in range(max_pins)]
+    boards = sorted({b for _, b in edges})
+    return EvalData(ids, {"title": [f"pin {i}" for i in range(max_pins)]}, np.ones(max_pins, bool),
+                    np.array([p for p, _ in edges]), [b for _, b in edges], {b: f"board {b[1:]}" for b in boards},
+                    {"seed": 0, "cold_start_pins": ids[1::2], "val_pins": [], "heldout_boards": boards})
+
+
+# The query draw is part of the protocol: evaluations of two versions compare only if they draw the same queries.
+DRAWN = {"pintext_i2t": {"warm": ["p04", "p28", "p34"], "cold": ["p05", "p09", "p19"]},
+         "pintext_t2i": {"warm": ["p06", "p34", "p38"], "cold": ["p05", "p11", "p37"]},
+         "related": {"warm": ["p02", "p30", "p36"], "cold": ["p03", "p27", "p29"]},
+         "search": {"warm": ["B01", "B02", "B14"], "cold": ["B08", "B10", "B18"]}}
+
+
+def test_query_draws_are_pinned_distinct_and_seeded():
+    data = many_boards()
+    specs = build_eval_tasks(data, regimes=("full",), max_queries=3)  # seed 0 by default
+    assert {t: {s: by["full"].query_ids for s, by in bs.items()} for t, bs in specs.items()} == DRAWN
+    other = build_eval_tasks(data, regimes=("full",), max_queries=3, seed=1)
+    assert other["related"]["warm"]["full"].query_ids != DRAWN["related"]["warm"]
+    for task, by_split in build_eval_tasks(data, regimes=("full",), max_queries=19).items():
+        for spec in by_split.values():  # 19 of 20 candidates: drawn without replacement, in catalog order
+            ids = spec["full"].query_ids
+            assert len(ids) == len(set(ids)) == 19 and ids == sorted(ids), task
+    assert len(build_eval_tasks(many_boards(2004), tasks=("related",), regimes=("full",))
+               ["related"]["warm"]["full"].query_ids) == 1000  # the default cap
+
+
+def test_every_spec_names_its_task_split_regime_and_kinds(specs):
+    kinds = {"pintext_i2t": ("image", "text"), "pintext_t2i": ("text", "image"), "related": ("pin", "pin"),
+             "search": ("text", "pin")}
+    counts = {("pintext_i2t", "warm"): 6, ("pintext_i2t", "cold"): 3, ("pintext_t2i", "warm"): 5,
+              ("pintext_t2i", "cold"): 3, ("related", "warm"): 7, ("related", "cold"): 2}
+    for task, by_split in specs["test"].items():
+        for split, by_regime in by_split.items():
+            for regime, spec in by_regime.items():
+                assert (spec.task, spec.split, spec.regime) == (task, split, regime)
+                assert (spec.query_kind, spec.corpus_kind) == kinds[task]
+                expected = {"candidates": 2, "boards_without_title": 0} if task == "search" else \
+                    {"candidates": counts[task, split]}
+                assert spec.counts == expected
+                assert all(r.dtype == np.int64 for r in spec.relevant) and spec.corpus_pins.dtype == np.int64
+                if spec.query_kind != "text" or task == "pintext_t2i":
+                    assert len(spec.query_pins) == spec.num_queries and spec.query_pins.dtype == np.int64
+    t2i = specs["test"]["pintext_t2i"]["warm"]["full"]
+    assert t2i.query_fields.tolist() == [0] * t2i.num_queries and len(t2i.corpus_pins) == 11
+
+
+def test_missing_fields_nan_texts_untitled_boards_and_empty_splits():
+    texts = {"title": ["apple", float("nan"), None], "annotations": [None, ["pear"], ["fig"]]}  # no other field
+    assert pin_fields(["a", "b", "c"], texts) == [[(0, "apple")], [(4, "pear")], [(4, "fig")]]
+    assert regime_mask(pin_fields(["a", "b", "c"], texts), "full").dtype == bool
+    data = make_data({**SPLITS, "val_pins": [], "heldout_boards": [*SPLITS["heldout_boards"], "B9"]})
+    data.board_titles = {**data.board_titles, "B2": None}  # an untitled test board, and a held-out board without pins
+    specs = build_eval_tasks(data, partition="test")
+    search = specs["search"]["warm"]["full"]
+    assert search.query_ids == ["B1"] and search.counts == {"candidates": 1, "boards_without_title": 2}
+    val = build_eval_tasks(data, partition="val", tasks=("search", "related"))
+    assert "cold" not in val["search"] and "cold" not in val["related"]  # no validation pin: no cold split

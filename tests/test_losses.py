@@ -304,3 +304,17 @@ def test_memory_is_a_fifo_that_survives_a_state_round_trip():
     for name in ("embeddings", "pins", "log_q"):
         assert torch.equal(getattr(again, name), getattr(memory, name))
     assert set(memory.state_dict()) == {"embeddings", "pins", "log_q"}
+
+
+def test_memory_keeps_its_device_and_aligns_pins_before_it_is_full():
+    from pinclip.losses.memory import EmbeddingMemory
+
+    memory = EmbeddingMemory(size=4, dim=3, device="meta")  # a device without data: only placement is checked
+    assert {t.device.type for t in (memory.embeddings, memory.pins, memory.log_q)} == {"meta"}
+    memory.push(torch.ones(2, 3, device="meta"), torch.tensor([5, 6], device="meta"))
+    assert memory.log_q.device.type == "meta" and memory.pins.shape == (2,) and memory.log_q.shape == (2,)
+    cpu = EmbeddingMemory(size=4, dim=3)
+    cpu.push(torch.ones(2, 3), torch.tensor([5, 6]))
+    assert cpu.pins.tolist() == [5, 6] and cpu.log_q.tolist() == [0.0, 0.0]  # nothing before the first push
+    memory.load_state_dict(cpu.state_dict())
+    assert {t.device.type for t in (memory.embeddings, memory.pins, memory.log_q)} == {"meta"}
