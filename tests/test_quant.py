@@ -283,3 +283,50 @@ def test_int8_scores_stay_exact_past_float32_and_cover_every_row():
         int8_scores(codes, codes[:, :3], q)
     with pytest.raises(ValueError, match="code arrays"):
         int8_scores(codes[0], codes, q)
+
+
+def test_float64_input_is_encoded_as_its_float32_value_like_faiss():
+    q = GlobalAffine(scale=0.01, zero_point=-28.5)  # vmin -1, cells of 0.01
+    x = np.array([[-0.989999999, 0.25, 1.5]])  # the first is just above a cell edge in float64, on it in float32
+    np.testing.assert_array_equal(quantize(x, q), quantize(x.astype(np.float32), q))
+    sq = faiss.ScalarQuantizer(3, faiss.ScalarQuantizer.QT_8bit_uniform)
+    set_faiss_sq_range(sq, q)
+    np.testing.assert_array_equal(to_faiss_codes(quantize(x, q)), sq.compute_codes(x.astype(np.float32)))
+    assert dequantize(quantize(x, q), q).dtype == np.float32
+
+
+def test_calibration_ranges_by_hand():
+    x = np.random.default_rng(11).standard_normal((2000, 4)).astype(np.float32)
+    top = fit_global_affine(x, "percentile", percentile=100.0)  # the 100th percentile is the max
+    assert (top.scale, top.zero_point) == (fit_global_affine(x).scale, fit_global_affine(x).zero_point)
+    lo, hi = np.percentile(x, [0.01, 99.99])
+    vmin, vdiff = faiss_uniform_range(fit_global_affine(x, "percentile"))  # 99.99 by default
+    assert (vmin, vmin + vdiff) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+    assert fit_global_affine(x, "percentile", percentile=50.5).scale > 0
+    for bad in (50.0, 100.5):
+        with pytest.raises(ValueError, match="percentile"):
+            fit_global_affine(x, "percentile", percentile=bad)
+    for value in (0.25, -5.0):  # constant data: a range of 1e-6 * max(1, |value|) on each side
+        vmin, vdiff = faiss_uniform_range(fit_global_affine(np.full((2, 3), value, np.float32)))
+        pad = 1e-6 * max(1.0, abs(value))
+        assert (vmin, vdiff) == (pytest.approx(value - pad, rel=1e-12, abs=0), pytest.approx(2 * pad, rel=1e-6))
+
+
+def test_errors_name_what_was_wrong():
+    empty = np.zeros((0, 3))
+    with pytest.raises(ValueError, match="calibration sample"):
+        fit_global_affine(empty)
+    with pytest.raises(ValueError, match="calibration sample"):
+        fit_per_dim_affine(empty)
+    q = GlobalAffine(scale=0.01, zero_point=0.0)
+    with pytest.raises(ValueError, match="vectors to quantize"):
+        quantize(empty, q)
+    with pytest.raises(ValueError, match="vectors to quantize"):
+        quantize_per_dim(empty, fit_per_dim_affine(np.ones((2, 3))))
+    with pytest.raises(ValueError, match="IVF training vectors"):
+        faiss_sq_index(q, 3, "ivf", train_vectors=empty)
+
+
+def test_ivf_lists_default_to_1024():
+    train = np.random.default_rng(12).standard_normal((1100, 4)).astype(np.float32)
+    assert faiss_sq_index(GlobalAffine(scale=0.01, zero_point=0.0), 4, "ivf", train_vectors=train).nlist == 1024
