@@ -318,3 +318,22 @@ def test_memory_keeps_its_device_and_aligns_pins_before_it_is_full():
     assert cpu.pins.tolist() == [5, 6] and cpu.log_q.tolist() == [0.0, 0.0]  # nothing before the first push
     memory.load_state_dict(cpu.state_dict())
     assert {t.device.type for t in (memory.embeddings, memory.pins, memory.log_q)} == {"meta"}
+
+
+@pytest.mark.parametrize("mode", ["siglip", "infonce"])
+def test_a_pin_whose_fields_weigh_less_than_one_in_total_matches_the_loops(mode):
+    query, keys, mask = random_batch(7)
+    mask[2] = torch.tensor([False, True, False])  # only a field of weight 0.5
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    loss = multi_positive_contrastive(query, keys, mask, torch.tensor(1.0), torch.tensor(-1.0), weights, mode=mode)
+    expected = reference_multi_positive(query, keys, mask, weights.tolist(), math.e, -1.0, mode)
+    assert loss["image_text"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_image_text_loss_passes_weights_and_chunks_on():
+    query, keys, mask = random_batch(8)
+    weights = torch.tensor([2.0, 0.5, 1.0])
+    direct = multi_positive_contrastive(query, keys, mask, torch.tensor(1.0), torch.tensor(-1.0), weights, "infonce")
+    wrapped = image_text_loss(query, keys, mask, torch.tensor(1.0), torch.tensor(-1.0), weights, "infonce", chunk_size=2)
+    assert list(wrapped) == ["image_text"]
+    assert wrapped["image_text"].item() == pytest.approx(direct["image_text"].item(), rel=1e-6)
