@@ -6,7 +6,8 @@ from typing import Any
 
 from bench.common import BenchResult
 
-ORDER = ("demo_stages", "train_mfu", "text_embed", "image_embed", "search_scale", "quant_quality", "graph_walk")
+ORDER = ("demo_stages", "train_mfu", "text_embed", "image_embed", "search_scale", "quant_quality", "graph_walk",
+         "serve_load", "serve_durability", "milvus_recall")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> list[str]:

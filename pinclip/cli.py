@@ -7,6 +7,7 @@
     pinclip embed --checkpoint C --pins P --out DIR
     pinclip index build --embeddings DIR --out INDEX
     pinclip serve --index INDEX --checkpoint C
+    pinclip export --checkpoint C --out DIR                 # merge a VLM run's LoRA adapters
     pinclip demo --out runs/demo
     pinclip run --pins pins.jsonl --boards boards.jsonl --out runs/mine
 
@@ -28,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "embed": "pinclip.serve.embed_cli",
     "index": "pinclip.serve.index_cli",
     "serve": "pinclip.serve.serve_cli",
+    "export": "pinclip.export",
     "demo": "pinclip.demo",
     "run": "pinclip.run",
 }

@@ -34,12 +34,36 @@ class BackboneConfig:
 
 
 @dataclass
+class VLMConfig:
+    """A pretrained vision-language model as the whole backbone (replaces vision + backbone above)."""
+
+    path: str = ""  # a local Hugging Face VLM folder (Qwen2/2.5/3-VL, Idefics3/SmolVLM, LLaVA); "" = embedded
+    finetune: str = "lora"  # "lora" | "full" (every language-model layer) | "frozen" (zero-shot)
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_vision: bool = False  # adapters in the vision encoder too (its features are then not cached)
+    pooling: str = "last"  # "last" (left padding) | "mean"
+    regions: int = 2  # global + regions x regions tokens pooled from the patch grid; -1 = none
+    head: str = "linear"  # "linear" (trained, to dims[0]) | "none" (the pooled state, truncated to dims[0])
+    prompt: str = "auto"  # "auto" (the chat template when the processor has one) | "chat" | "plain"
+    max_text_tokens: int = 64  # per text field
+    max_image_tokens: int = 256  # tokens per image for dynamic-resolution families; 0 = the processor's own
+    attn_implementation: str = "sdpa"  # "sdpa" | "eager" | "flash_attention_2"
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # weights: "auto" (bf16 with a GPU, else fp32) | "bf16" | "fp32"
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
     dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka dims; the first is the full embedding
     projector_hidden: int = 1024
     pin_mode: str = "fused"  # "fused": one pass over [visual; text] tokens | "late": unit(image) + unit(mean text)
+    mode_tokens: bool = False  # a learned embedding per mode on the summary token: an image-only fused pin
+    #                            is then not the image embedding, each free to serve its own task
 
 
 @dataclass
@@ -108,6 +132,7 @@ class TrainConfig:
     feature_noise: float = 0.0  # Gaussian noise on cached visual tokens, in units of their std
     token_dropout: float = 0.0  # each regional visual token zeroed with this probability
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
+    parallel: str = "ddp"  # "ddp" (replicated weights) | "fsdp" (FSDP2-sharded, Distributed Checkpoint)
 
 
 @dataclass
@@ -133,11 +158,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Pretrained EfficientNet-Lite0 + MiniLM, top 2 layers trained: about 10 minutes on 2 CPU cores.
     "demo": {},
-    # A GPU run: the whole backbone trained, bigger batches.
+    # A pretrained VLM (model.vlm.path, default ./models/vlm) fine-tuned with LoRA on GPUs: bf16,
+    # gradient checkpointing, FSDP2 across ranks (one GPU: no sharding), Distributed Checkpoints.
     "gpu": {
-        "model": {"backbone": {"train_layers": -1, "max_field_tokens": 32}},
-        "train": {"steps": 3000, "batch_size": 1024, "lr": 1e-3, "backbone_lr": 2e-5, "warmup_steps": 200,
-                  "eval_every": 500, "checkpoint_every": 500},
+        "model": {"vlm": {"path": "models/vlm", "finetune": "lora", "lora_rank": 16, "lora_alpha": 32,
+                          "gradient_checkpointing": True, "max_image_tokens": 256, "max_text_tokens": 64}},
+        "train": {"steps": 3000, "batch_size": 256, "lr": 1e-3, "backbone_lr": 1e-4, "warmup_steps": 100,
+                  "eval_every": 500, "checkpoint_every": 500, "parallel": "fsdp"},
     },
 }
 
@@ -209,7 +236,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (expected UTF-8 YAML)") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
     preset = data.pop("preset", None) or preset or "demo"

@@ -42,3 +42,18 @@ def demo_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     build_demo_corpus(str(out), seed=0, max_clipart=50, max_emoji=25)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """family -> a folder holding a tiny random-init VLM of that family and its processor (built once)."""
+    from pinclip.models.vlm.tiny import write_tiny_vlm
+
+    built: dict[str, Path] = {}
+
+    def folder(family: str) -> Path:
+        if family not in built:
+            built[family] = write_tiny_vlm(family, tmp_path_factory.mktemp(f"vlm-{family}"))
+        return built[family]
+
+    return folder

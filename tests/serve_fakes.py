@@ -3,9 +3,11 @@
 FakeEmbedder follows the Embedder API (version, dim, quant, embed_texts/embed_images/embed_pins):
 text is a hashed bag of words, an image is its ink color and coverage projected to `dim`, a pin is the
 normalized sum of both unit vectors; every output is L2-normalized. Run as a script it embeds
-a pins table, which the resume test kills and restarts:
+a pins table, which the resume test kills and restarts, or serves an index folder over HTTP (the
+kill -9 test of the write log):
 
     python tests/serve_fakes.py PINS OUT_DIR SHARD_SIZE DELAY_S
+    python tests/serve_fakes.py serve INDEX_DIR PORT TOKEN COMPACT_BYTES
 """
 
 from __future__ import annotations
@@ -167,9 +169,24 @@ def write_pins_parquet(pins: list[dict], path: Path) -> Path:
     return path
 
 
+def serve(index_dir: str, port: str, token: str, compact_bytes: str) -> int:
+    """The real app and durable index folder, with FakeEmbedder, on 127.0.0.1:port."""
+    import uvicorn
+
+    from pinclip.serve.app import create_app
+    from pinclip.serve.faiss_backend import FaissBackend
+
+    backend = FaissBackend.open(index_dir, compact_bytes=int(compact_bytes))
+    app = create_app(FakeEmbedder(), backend, {}, token)
+    uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning", access_log=False)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     from pinclip.serve.embed import embed_pins_table
 
+    if argv[0] == "serve":
+        return serve(*argv[1:])
     pins, out, shard_size, delay = argv
     manifest = embed_pins_table(FakeEmbedder(delay_s=float(delay)), pins, out, shard_size=int(shard_size),
                                 batch_size=4, progress=False)

@@ -22,27 +22,21 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from pinclip.config import LossConfig
-from pinclip.losses import image_text_loss, neighbor_loss, rank_and_world
-from pinclip.losses.neighbor import batch_positives
+from pinclip.losses import image_text_loss, multi_positive_contrastive, neighbor_loss, rank_and_world
+from pinclip.losses.distill import relational_distillation
 
 WORLD = 2
-BATCH, FIELDS, RAW_DIM, DIM = 8, 3, 5, 4  # global batch, split 4 + 4
-ANCHORS = BATCH // WORLD // 2  # the neighbor case: [anchors; partners] per rank
+BATCH, FIELDS, RAW_DIM, DIM = 6, 3, 5, 4  # global batch, split 3 + 3
 FIELD_WEIGHTS = torch.tensor([1.0, 0.5, 2.0])
-HAS_NEIGHBOR = torch.tensor([True, False, True, True])  # (WORLD * ANCHORS,): rank 0 has a row without one
+POSITIVE = torch.tensor([3, 4, 5, 0, 1, -1])  # global neighbor pairs (0,3), (1,4), (2,5); row 5 is no query
 CASES = {  # case -> (loss function, the raw features it reads)
     "image_text_siglip_chunked": (partial(image_text_loss, mode="siglip", chunk_size=2), ("img", "txt")),
     "image_text_infonce": (partial(image_text_loss, mode="infonce"), ("img", "txt")),
+    "image_text_siglip_ignore": (partial(multi_positive_contrastive, mode="siglip"), ("img", "txt")),
+    "image_text_infonce_ignore": (partial(multi_positive_contrastive, mode="infonce"), ("img", "txt")),
     "neighbor": (neighbor_loss, ("img",)),
-    "neighbor_bank": (neighbor_loss, ("img",)),
+    "distill": (relational_distillation, ("img", "nbr")),
 }
-
-
-def local_positives(rows: slice) -> torch.Tensor:
-    """Positives of the rows `rows` of the global batch, each rank block laid out [anchors; partners]."""
-    blocks = [batch_positives(ANCHORS, ANCHORS, 0, HAS_NEIGHBOR[r * ANCHORS:(r + 1) * ANCHORS], WORLD, r)
-              for r in range(WORLD)]
-    return torch.cat(blocks)[rows]
 
 
 def global_inputs() -> dict[str, torch.Tensor]:
@@ -52,10 +46,10 @@ def global_inputs() -> dict[str, torch.Tensor]:
     return {
         "img": torch.randn(BATCH, RAW_DIM, generator=gen),
         "txt": torch.randn(BATCH, FIELDS, RAW_DIM, generator=gen),
+        "nbr": torch.randn(BATCH, RAW_DIM, generator=gen),
         "mask": mask,
         "share_board": torch.rand(BATCH, BATCH, generator=gen) > 0.6,
-        "log_q": -torch.rand(BATCH, generator=gen),
-        "bank": F.normalize(torch.randn(4, DIM, generator=gen), dim=-1),
+        "log_q": torch.randn(BATCH, generator=gen),
         "weight": torch.randn(RAW_DIM, DIM, generator=gen),
     }
 
@@ -67,12 +61,17 @@ def run_case(case: str, inputs: dict[str, torch.Tensor], rows: slice) -> dict[st
     bias = torch.tensor(-5.0, requires_grad=True)
     loss_fn, names = CASES[case]
     feats = {name: inputs[name][rows].clone().requires_grad_(True) for name in names}
-    embedded = [F.normalize(feats[name] @ weight, dim=-1) for name in names]
-    if case.startswith("neighbor"):
-        (loss,) = loss_fn(embedded[0], local_positives(rows), inputs["share_board"], scale, log_q=inputs["log_q"],
-                          **({"bank": inputs["bank"]} if case == "neighbor_bank" else {})).values()
+    query, *other = (F.normalize(feats[name] @ weight, dim=-1) for name in names)
+    if case == "neighbor":
+        (loss,) = loss_fn(query, POSITIVE[rows], inputs["share_board"], scale, log_q=inputs["log_q"]).values()
+    elif case == "distill":  # a "teacher" of another width, no gradient
+        (loss,) = loss_fn(query, inputs["nbr"][rows] / inputs["nbr"][rows].norm(dim=-1, keepdim=True)).values()
+        loss = loss + 0 * scale + 0 * bias  # the scalars get zero gradients, like every other case's tensors
+    elif case.endswith("_ignore"):  # duplicates in the batch: neither positive nor negative
+        ignore = inputs["share_board"] | inputs["share_board"].T
+        (loss,) = loss_fn(query, other[0], inputs["mask"][rows], scale, bias, FIELD_WEIGHTS, ignore=ignore).values()
     else:
-        (loss,) = loss_fn(*embedded, inputs["mask"][rows], scale, bias, FIELD_WEIGHTS).values()
+        (loss,) = loss_fn(query, other[0], inputs["mask"][rows], scale, bias, FIELD_WEIGHTS).values()
     _, world = rank_and_world()
     (loss / world).backward()
     no_grad = torch.zeros(())  # InfoNCE does not use the bias
@@ -193,7 +192,7 @@ def test_two_ranks_match_one_process(rank_results, case):
     for name in ("weight", "scale", "bias"):
         torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ranks[1][name], single[name], rtol=1e-5, atol=1e-6)
-    for name in CASES[case][1]:
+    for name in CASES[case][1][:1] if case == "distill" else CASES[case][1]:
         assert ranks[0][f"d_{name}"].shape[0] == BATCH // WORLD
         torch.testing.assert_close(
             torch.cat([r[f"d_{name}"] for r in ranks]), single[f"d_{name}"], rtol=1e-5, atol=1e-6

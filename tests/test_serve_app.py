@@ -14,6 +14,7 @@ from serve_fakes import COLORS, FakeEmbedder, color_png, embedded_index
 from pinclip.quant import quantize
 from pinclip.serve.app import ServeLimits, create_app
 from pinclip.serve.serve_cli import load_pins_meta
+from pinclip.serve.service import image_roots_of
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,7 +25,7 @@ def service(tmp_path):
     pins_path, index = embedded_index(tmp_path, 30)
     embedder = FakeEmbedder()
     limits = ServeLimits(max_body_bytes=200_000, max_k=50, max_texts=4, max_text_chars=100, max_image_pixels=1_000_000)
-    app = create_app(embedder, index, load_pins_meta(pins_path), TOKEN, limits)
+    app = create_app(embedder, index, load_pins_meta(pins_path), TOKEN, limits, image_roots_of(pins_path))
     with TestClient(app) as client:
         yield client, embedder, index
 
@@ -38,7 +39,8 @@ def png_bytes(size: tuple[int, int], color=(200, 30, 30)) -> bytes:
 def test_health_and_docs(service):
     client, _, index = service
     assert client.get("/health").json() == {"status": "ok", "model_version": "fake-1", "index_size": 30,
-                                             "index_kind": "flat", "field": "pin", "dim": 32}
+                                             "index_kind": "flat", "field": "pin", "dim": 32,
+                                             "backend": "faiss"}
     assert "/search/text" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")
@@ -54,7 +56,7 @@ def test_text_search_ranks_matching_titles_first(service):
     assert all(t.startswith("blue circle") for t in titles[:2])  # p002 and p020 are the two blue circles
     expected_scores, _ = index.search(embedder.embed_texts(["blue circle"]), 3)
     assert [h["score"] for h in body["results"]] == pytest.approx(expected_scores[0].tolist(), abs=1e-5)
-    assert body["results"][0]["image_url"] == f"/pins/{body['results'][0]['pin_id']}/image"
+    assert body["results"][0]["image_url"] == f"/images/{body['results'][0]['pin_id']}"
     posted = client.post("/search/text", json={"q": "blue circle", "k": 3}).json()
     assert posted["results"] == body["results"]
 
@@ -90,10 +92,10 @@ def test_pin_neighbors_and_related_exclude_self(service):
     assert related["query"]["title"] == "purple circle 4" and len(related["results"]) == 4
     assert "p004" not in [h["pin_id"] for h in related["results"]]
     assert [h["pin_id"] for h in related["results"]][:3] == [h["pin_id"] for h in with_self["results"]][1:]
-    image = client.get("/pins/p004/image")
+    image = client.get("/images/p004")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert client.get("/pins/p004").json() == {"pin_id": "p004", "title": "purple circle 4",
-                                               "image_url": "/pins/p004/image", "indexed": True}
+                                               "image_url": "/images/p004"}
 
 
 def test_add_pin_needs_the_token_and_is_searchable_at_once(service):
@@ -107,11 +109,37 @@ def test_add_pin_needs_the_token_and_is_searchable_at_once(service):
     assert added.status_code == 201 and added.json()["pin_id"] == "zig-1" and added.json()["index_size"] == 31
     assert client.get("/search/text", params={"q": "magenta zigzag", "k": 1}).json()["results"][0]["pin_id"] == "zig-1"
     assert client.get("/related/zig-1", params={"k": 3}).status_code == 200
-    assert client.get("/pins/zig-1/image").content == files["image"][1]
-    again = client.post("/pins", data={**form, "pin_id": "zig-1"}, headers=AUTH)
-    assert again.status_code == 409
+    stored = Image.open(io.BytesIO(client.get("/images/zig-1").content))
+    assert stored.size == (40, 40) and stored.convert("RGB").getpixel((5, 5)) == (255, 0, 255)
     fresh = client.post("/pins", data={"title": "plain words", "queries": "one|two"}, headers=AUTH).json()
     assert fresh["pin_id"].startswith("fresh-") and len(index) == 32
+
+
+def test_re_adding_a_pin_replaces_it_and_delete_removes_it(service):
+    client, _, index = service
+    first = client.post("/pins", data={"pin_id": "w-1", "title": "orange wagon"}, headers=AUTH).json()
+    assert first["replaced"] is False and len(index) == 31
+    again = client.post("/pins", data={"pin_id": "w-1", "title": "teal kayak"}, headers=AUTH)
+    assert again.status_code == 201 and again.json()["replaced"] is True and len(index) == 31
+    assert client.get("/search/text", params={"q": "teal kayak", "k": 1}).json()["results"][0]["pin_id"] == "w-1"
+    top = client.get("/search/text", params={"q": "orange wagon", "k": 3}).json()["results"]
+    assert "w-1" not in [hit["pin_id"] for hit in top] and client.get("/pins/w-1").json()["title"] == "teal kayak"
+    assert client.delete("/pins/w-1").status_code == 401
+    gone = client.delete("/pins/w-1", headers=AUTH)
+    assert gone.status_code == 200 and gone.json() == {"pin_id": "w-1", "deleted": True, "index_size": 30}
+    assert client.get("/pins/w-1").status_code == 404 and client.get("/related/w-1").status_code == 404
+    assert client.delete("/pins/w-1", headers=AUTH).status_code == 404
+    assert client.delete("/pins/p003", headers=AUTH).status_code == 200  # a pin of the table
+    assert client.get("/images/p003").status_code == 404 and len(index) == 29
+    hits = client.get("/search/text", params={"q": "green circle", "k": 29}).json()["results"]
+    assert "p003" not in [hit["pin_id"] for hit in hits] and len(hits) == 29
+
+
+def test_a_write_for_another_model_version_is_refused_with_409(service):
+    client, _, index = service
+    refused = client.post("/pins", data={"title": "x", "model_version": "fake-0"}, headers=AUTH)
+    assert refused.status_code == 409 and "fake-1" in refused.json()["detail"] and len(index) == 30
+    assert client.post("/pins", data={"title": "x", "model_version": "fake-1"}, headers=AUTH).status_code == 201
 
 
 def test_add_pin_is_disabled_without_a_configured_token(tmp_path):
@@ -122,25 +150,25 @@ def test_add_pin_is_disabled_without_a_configured_token(tmp_path):
 
 
 BAD_REQUESTS = [
-    ("get", "/search/text", {"params": {"q": "", "k": 5}}, 422, "q must be a non-empty string"),
-    ("get", "/search/text", {"params": {"q": "   "}}, 422, "q must be a non-empty string"),
-    ("get", "/search/text", {"params": {"q": "red", "k": 0}}, 422, "k must be between 1 and 50, got 0"),
-    ("get", "/search/text", {"params": {"q": "red", "k": 10**6}}, 422, "k must be between 1 and 50"),
+    ("get", "/search/text", {"params": {"q": "", "k": 5}}, 422, "query.q: String should have at least 1 character"),
+    ("get", "/search/text", {"params": {"q": "   "}}, 422, "query.q: String should match pattern"),
+    ("get", "/search/text", {"params": {"q": "red", "k": 0}}, 422, "query.k: Input should be greater than or equal to 1"),
+    ("get", "/search/text", {"params": {"q": "red", "k": 10**6}}, 422, "query.k: Input should be less than or equal to 50"),
     ("get", "/search/text", {"params": {"q": "red", "k": "ten"}}, 422, "query.k"),
     ("get", "/search/text", {"params": {"k": 3}}, 422, "query.q: Field required"),
-    ("get", "/search/text", {"params": {"q": "x" * 101}}, 413, "limit is 100"),
+    ("get", "/search/text", {"params": {"q": "x" * 101}}, 422, "at most 100 characters"),
     ("get", "/related/nope", {}, 404, "pin 'nope' is not in the index"),
     ("get", "/search/pin/nope", {"params": {"k": 3}}, 404, "not in the index"),
-    ("get", "/related/p001", {"params": {"k": 51}}, 422, "k must be between"),
-    ("get", "/pins/nope/image", {}, 404, "has no image"),
+    ("get", "/related/p001", {"params": {"k": 51}}, 422, "less than or equal to 50"),
+    ("get", "/images/nope", {}, 404, "has no image"),
     ("get", "/pins/nope", {}, 404, "unknown pin"),
     ("post", "/embed/text", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
      "request body is not valid JSON"),
-    ("post", "/embed/text", {"json": {"texts": []}}, 422, "texts must hold 1 to 4 strings, got 0"),
-    ("post", "/embed/text", {"json": {"texts": ["a"] * 5}}, 422, "got 5"),
+    ("post", "/embed/text", {"json": {"texts": []}}, 422, "body.texts: List should have at least 1 item"),
+    ("post", "/embed/text", {"json": {"texts": ["a"] * 5}}, 422, "at most 4 items after validation, not 5"),
     ("post", "/embed/text", {"json": {"texts": "a"}}, 422, "body.texts"),
-    ("post", "/embed/text", {"json": {"texts": ["a"], "dim": 7}}, 422, "dim must be one of 32, 16, 8, got 7"),
-    ("post", "/embed/text", {"json": {"texts": [""]}}, 422, "texts[0] must be a non-empty string"),
+    ("post", "/embed/text", {"json": {"texts": ["a"], "dim": 7}}, 422, "body.dim: Input should be 32, 16 or 8"),
+    ("post", "/embed/text", {"json": {"texts": [""]}}, 422, "body.texts.0: "),
     ("post", "/search/text", {"json": {"k": 3}}, 422, "body.q: Field required"),
     ("post", "/search/image", {"files": {"file": ("bad.png", b"\x89PNG garbage", "image/png")}}, 422,
      "uploaded file 'bad.png': "),
@@ -155,7 +183,7 @@ BAD_REQUESTS = [
     ("post", "/pins", {"data": {"texts": '{"colour": "red"}'}, "headers": AUTH}, 422, "JSON object with keys among"),
     ("post", "/pins", {"data": {"queries": '["a", 3]'}, "headers": AUTH}, 422, "queries must be a list of strings"),
     ("post", "/pins", {"data": {"title": "  "}, "headers": AUTH}, 422, "needs an image or at least one"),
-    ("post", "/pins", {"data": {"title": "x", "pin_id": "a\nb"}, "headers": AUTH}, 422, "printable characters"),
+    ("post", "/pins", {"data": {"title": "x", "pin_id": "a\nb"}, "headers": AUTH}, 422, "body.pin_id: String should match"),
 ]
 
 

@@ -18,6 +18,7 @@ from serve_fakes import COLORS, FakeEmbedder, color_png, embedded_index
 
 from pinclip.serve.app import create_app
 from pinclip.serve.serve_cli import load_pins_meta
+from pinclip.serve.service import image_roots_of
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,7 +36,8 @@ def server_url(tmp_path) -> Iterator[str]:
     import uvicorn
 
     pins_path, index = embedded_index(tmp_path / "data", 30)
-    app = create_app(FakeEmbedder(), index, load_pins_meta(pins_path), token=None)
+    app = create_app(FakeEmbedder(), index, load_pins_meta(pins_path), token=None,
+                     image_roots=image_roots_of(pins_path))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

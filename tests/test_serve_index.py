@@ -106,10 +106,28 @@ def test_mixing_versions_quantization_or_ids_is_refused(random_codes):
     with pytest.raises(PinIndexError, match="quantization params differ"):
         index.add_codes(codes[100:101], ["new"], "v1", other)
     with pytest.raises(PinIndexError, match="already in the index or repeated: r3"):
-        index.add_codes(codes[100:102], ["new", "r3"], "v1", quant)
+        index.put(codes[100:102], ["new", "r3"], replace=False)
     with pytest.raises(PinIndexError, match="repeated: twice"):
         index.add_codes(codes[100:102], ["twice", "twice"], "v1", quant)
     assert len(index) == 100  # nothing half-added
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_replace_and_delete_are_skipped_by_search_until_compaction(random_codes, kind):
+    codes, ids, quant = random_codes
+    index = PinIndex.build(codes[:1000], ids[:1000], quant, "v1", config=IndexConfig(kind=kind))
+    stored = dequantize(codes[:1000], quant)
+    assert index.search(stored[3:4], 1)[1] == [["r3"]]
+    index.put(codes[500:501], ["r3"])  # r3 now holds r500's vector
+    assert index.delete(["r500", "r7", "unknown"]) == 2 and len(index) == 998
+    _, found = index.search(stored[[3, 500, 7]], 10)
+    assert found[1][0] == "r3" and "r3" not in found[0] and not any("r500" in f or "r7" in f for f in found)
+    assert np.allclose(index.vector("r3"), stored[500], atol=1e-6)
+    compact = index.compacted()
+    assert len(compact) == 998 and compact.faiss_index.ntotal == 998 and not compact.dead
+    before, after = index.search(stored[[3, 500, 7]], 10)[1], compact.search(stored[[3, 500, 7]], 10)[1]
+    assert after[1][0] == "r3" and (after == before if kind != "hnsw" else after[0][:3] == before[0][:3])
+    assert np.array_equal(compact.codes_of(["r3", "r9"]), index.codes_of(["r3", "r9"]))
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
@@ -162,14 +180,19 @@ def test_cli_build_add_and_refuse_another_model(tmp_path, capsys):
     assert main(["index", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(fresh / "emb")]) == 0
     index = PinIndex.load(tmp_path / "idx")
     assert len(index) == 23 and "fresh-p001" in index
-    assert index.meta.sources == [str(first.resolve()), str((fresh / "emb").resolve())]
+    from pinclip.serve.faiss_backend import FaissBackend
+
+    store = FaissBackend.open(tmp_path / "idx")
+    assert store.card("fresh-p001")["title"] == "green circle 1"  # titles from the new pins' table
+    store.close()
+    assert index.meta.sources == [str(first.resolve())]
 
     other = _embed(tmp_path / "c", 4, version="fake-2")
     capsys.readouterr()
     assert main(["index", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(other)]) == 2
     assert "model fake-1, these are from model fake-2" in capsys.readouterr().err
-    assert main(["index", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(first)]) == 2
-    assert "already in the index" in capsys.readouterr().err
+    assert main(["index", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(first)]) == 0
+    assert "added 0 pins and replaced 20" in capsys.readouterr().err
     assert len(PinIndex.load(tmp_path / "idx")) == 23
 
 

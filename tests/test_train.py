@@ -67,6 +67,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def train_two_ranks(overrides: list[str], timeout: int = 300) -> None:
+    """`pinclip train --preset tiny` on two CPU ranks (gloo) under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "pinclip", "train", "--preset", "tiny", "--quiet", *overrides]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("extra", [[], EVERYTHING], ids=["default", "everything"])
 def test_two_ranks_match_one_process(catalog, tmp_path, extra):
     from pinclip.train.trainer import train
@@ -75,12 +84,7 @@ def test_two_ranks_match_one_process(catalog, tmp_path, extra):
     train(load_config(preset="tiny", overrides=[*tiny_overrides(catalog, one, steps=3),
                                                 *extra]), progress=False)
     two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "pinclip", "train", "--preset", "tiny", "--quiet",
-           *tiny_overrides(catalog, two, steps=3), *extra]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_two_ranks([*tiny_overrides(catalog, two, steps=3), *extra])
     single, double = losses(one), losses(two)
     assert sorted(single) == sorted(double) == [1, 2, 3]
     for step in single:

@@ -73,14 +73,26 @@ def composite_on_white(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(src: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode an image (path or bytes) to RGB on white, refusing more than `max_pixels` pixels."""
+def open_image(src: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int | None = None) -> Image.Image:
+    """Decode an image (path or bytes) to RGB on white, refusing more than `max_pixels` pixels.
+
+    With `max_side`, a larger image is decoded at a reduced scale where the format allows it (JPEG's
+    DCT scaling, `Image.draft`) and then shrunk by an integer factor (`Image.reduce`) to no less than
+    max_side on its longer side, so a large upload's full-size pixels are held only briefly.
+    """
     img = _open_lazy(src)
     try:
         _check_pixels(img, max_pixels)
+        if max_side and img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
+        factor = max(img.size) // max_side if max_side else 1
+        if factor > 1:
+            if img.mode not in ("L", "RGB", "RGBA"):
+                img = img.convert("RGBA" if img.mode in ("P", "PA", "LA") else "RGB")
+            img = img.reduce(factor)
         return composite_on_white(img)
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"corrupt image data ({err})") from None

@@ -185,9 +185,12 @@ def split_sizes(
 def write_splits(splits: dict, path: str) -> None:
     """Write splits.json atomically (temp file in the same folder, then rename); stable bytes."""
     if os.path.isdir(path):
-        raise UserError(f"{path}: is a folder; give the path of the splits.json to write")
+        raise UserError(f"--out {path} is a folder; give the file to write, e.g. {os.path.join(path, 'splits.json')}")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the folder of {path}: {err.strerror}") from None
     keys = ["seed", *SPLIT_KEYS, *OPTIONAL_KEYS, "duplicate_groups", "config"]
     text = json.dumps({k: splits[k] for k in keys if k in splits}, indent=1) + "\n"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".splits-", suffix=".tmp")
@@ -195,9 +198,11 @@ def write_splits(splits: dict, path: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror}") from None
     finally:
         if os.path.exists(tmp):
-            os.remove(tmp)
+            os.unlink(tmp)
 
 
 def _is_string_list(values: object) -> bool:

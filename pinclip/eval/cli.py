@@ -4,6 +4,7 @@
     pinclip eval --checkpoint A --checkpoint B --name ours --name theirs --pins P --boards E --splits S
     pinclip eval --run runs/demo --baselines all --seeds 3 --scaling   # makes what is missing (`make report`)
     pinclip eval --run runs/demo --partition val --out runs/demo/eval-val   # choose settings on validation
+    pinclip eval --checkpoint runs/vlm/train/final --vlm-embedder /models/Qwen3-VL-Embedding-2B --data-dir D
 
 --partition test (the default) judges with the test boards and the cold-start pins; val with the
 validation boards and pins: choose settings on val, look at test for the final table only. With --run,
@@ -42,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain-shift", action="store_true", help="with --run: train PinCLIP on the domain-shift split "
                    "(whole top-level categories held out) and judge it beside frozen and bm25 (<run>/eval-domain)")
     p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help="with --scaling: shares of the training pins")
+    p.add_argument("--vlm-embedder", metavar="FOLDER", help="also score this pretrained VLM (e.g. Qwen3-VL-Embedding) "
+                   "zero-shot, last-token pooled, as the vlm_embedder baseline (pinclip.baselines.vlm_embedder)")
     p.add_argument("--steps", type=int, default=None, help="training steps of trained baselines and seeds")
     p.add_argument("--partition", default="test", choices=("test", "val"),
                    help="test: the final numbers; val: for choosing settings")
@@ -142,7 +145,8 @@ def evaluate_models(models: dict[str, Sequence[Path]], dataset: Any, out_dir: st
 def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int = 1, scaling: bool = False,
                  steps: int | None = None, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), dataset: Any = None,
                  data_dir: str | None = None, cache_dir: str | None = None, out_dir: str | Path | None = None,
-                 options: EvalOptions | None = None) -> dict[str, Path]:
+                 options: EvalOptions | None = None, extra_models: dict[str, list[Path]] | None = None
+                 ) -> dict[str, Path]:
     """Make the run's missing models (PinCLIP seeds, the named baselines, the scaling runs), then evaluate
     every model under the run and write the report to out_dir (default <run>/eval, <run>/eval-val)."""
     import yaml
@@ -166,8 +170,8 @@ def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int 
     dataset = dataset or load_dataset_dir(base_cfg.train.data_dir)
     curve = _scaling_curve(points, dataset, base_cfg.train.cache_dir, options) if points else None
     default_out = run_dir / ("eval" if options.partition == "test" else f"eval-{options.partition}")
-    return evaluate_models(existing_models(run_dir), dataset, out_dir or default_out, base_cfg.train.cache_dir,
-                           options, curve)
+    return evaluate_models({**existing_models(run_dir), **(extra_models or {})}, dataset, out_dir or default_out,
+                           base_cfg.train.cache_dir, options, curve)
 
 
 def evaluate_domain_shift(run_dir: str | Path, cache_dir: str | None = None, options: EvalOptions | None = None
@@ -226,18 +230,32 @@ def run(args: argparse.Namespace) -> int:
     tasks = _names_list(args.tasks, TASKS, "--tasks") if args.tasks else None
     options = EvalOptions(args.partition, regimes, tasks, args.all_test, args.max_queries, not args.no_ann,
                           not args.no_quant, not args.no_trec, args.device, not args.quiet)
+    extra = _vlm_embedder(args)
     if args.run:
         dataset = _load_data(args) if (args.pins or args.boards) else None
         paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
-                             _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options)
+                             _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options,
+                             extra)
         if args.domain_shift:
             domain = evaluate_domain_shift(args.run, args.cache_dir, options)
             print(f"domain-shift report: {domain['report']}")
     else:
-        models = {name: [Path(c)] for name, c in zip(_names(args), args.checkpoint)}
+        models = {**{name: [Path(c)] for name, c in zip(_names(args), args.checkpoint)}, **extra}
         paths = evaluate_models(models, _load_data(args), args.out or "eval", args.cache_dir, options)
     print(f"report: {paths['report']}\nmetrics: {paths['metrics']}")
     return 0
+
+
+def _vlm_embedder(args: argparse.Namespace) -> dict[str, list[Path]]:
+    """{"vlm_embedder": [its folder]} when --vlm-embedder names a VLM: under <run>/baselines or the output."""
+    if not args.vlm_embedder:
+        return {}
+    from pinclip.baselines.vlm_embedder import create_vlm_embedder
+
+    if not (Path(args.vlm_embedder) / "config.json").is_file():
+        raise UserError(f"--vlm-embedder {args.vlm_embedder}: not a Hugging Face model folder (no config.json)")
+    root = Path(args.run) / "baselines" if args.run else Path(args.out or "eval")
+    return {"vlm_embedder": [create_vlm_embedder(args.vlm_embedder, root / "vlm_embedder", cache_dir=args.cache_dir)]}
 
 
 def _names_list(text: str, known: Sequence[str], flag: str) -> tuple[str, ...]:

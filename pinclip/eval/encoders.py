@@ -162,4 +162,8 @@ def load_encoder(checkpoint: str | Path, device: str = "cpu") -> Encoder | Ranke
         from pinclip.baselines.bm25 import BM25Ranker
 
         return BM25Ranker(path)
+    if meta.get("vlm_version"):  # a VLM backbone, trained or zero-shot (pinclip.baselines.vlm_embedder)
+        from pinclip.eval.vlm_encoder import VLMEncoder
+
+        return VLMEncoder(path, device)
     return ModelEncoder(path, device)

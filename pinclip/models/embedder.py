@@ -67,9 +67,14 @@ class Embedder:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
                         cache_write: bool = True) -> Embedder:
+        from pinclip.models.build import is_vlm
         from pinclip.train.checkpoint import load_model
 
         model, _, meta = load_model(path, device)
+        if is_vlm(model):  # a VLM backbone: the same interface, its own inputs
+            from pinclip.models.vlm.embedder import VLMEmbedder
+
+            return VLMEmbedder(model, meta, device, cache_dir, cache_write)
         return cls(model, meta, device, cache_dir, cache_write)
 
     def optimize(self, backend: str = "auto", precision: str = "fp32") -> Embedder:

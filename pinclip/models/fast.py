@@ -119,7 +119,7 @@ class TextModeGraph(nn.Module):
         states = self.backbone.encode_prefix(ids, mask)  # (B, L, W)
         tagged = states.float() + model.field_embed[field_ids].unsqueeze(1)  # (B, L, W)
         b = ids.shape[0]
-        summary = model.summary.expand(b, 1, -1).to(tagged.dtype)  # (B, 1, W)
+        summary = model.summary_token("text", b).to(tagged.dtype)  # (B, 1, W)
         ones = torch.ones(b, 1, dtype=torch.bool, device=ids.device)
         last = model.cfg.backbone.pooling == "last"
         hidden = torch.cat([tagged, summary] if last else [summary, tagged], dim=1)  # (B, L+1, W)

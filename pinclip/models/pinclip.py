@@ -22,6 +22,8 @@ from pinclip.data.schema import TEXT_FIELDS
 from pinclip.models.backbone import Backbone
 from pinclip.models.vision import build_vision_tower, grid_to_tokens, num_visual_tokens
 
+MODES: tuple[str, ...] = ("image", "text", "pin")
+
 
 class PinCLIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -40,6 +42,8 @@ class PinCLIP(nn.Module):
         self.granularity = nn.Parameter(torch.randn(self.num_visual, width, generator=g) * 0.02)
         self.field_embed = nn.Parameter(torch.randn(len(TEXT_FIELDS), width, generator=g) * 0.02)
         self.summary = nn.Parameter(torch.randn(width, generator=g) * 0.02)
+        if cfg.mode_tokens:  # image, text, fused: zero at the start, so training decides how they differ
+            self.mode_embed = nn.Parameter(torch.zeros(len(MODES), width))
         self.head = nn.Linear(width, cfg.dims[0])
         # contrastive temperatures and biases (SigLIP init: scale 10, bias -10)
         self.it_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -66,10 +70,15 @@ class PinCLIP(nn.Module):
             feats = batch["vis"]  # (B, T, C)
         return self.projector(feats.float()) + self.granularity  # (B, T, W)
 
-    def _encode(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def summary_token(self, mode: str, b: int) -> torch.Tensor:
+        """(B, 1, W) the summary token of a mode ("image", "text" or "pin")."""
+        summary = self.summary + self.mode_embed[MODES.index(mode)] if self.cfg.mode_tokens else self.summary
+        return summary.expand(b, 1, -1)
+
+    def _encode(self, parts: list[tuple[torch.Tensor, torch.Tensor]], mode: str) -> torch.Tensor:
         """Joint sequence of (states (B, L, W), mask (B, L)) parts -> (B, D) normalized embedding."""
         b = parts[0][0].shape[0]
-        summary = self.summary.expand(b, 1, -1)  # (B, 1, W)
+        summary = self.summary_token(mode, b)  # (B, 1, W)
         ones = torch.ones(b, 1, dtype=torch.bool, device=summary.device)
         if self.cfg.backbone.pooling == "last":
             parts = [*parts, (summary, ones)]
@@ -95,13 +104,13 @@ class PinCLIP(nn.Module):
     def encode_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         vis = self.visual_tokens(batch)  # (B, T, W)
         mask = torch.ones(vis.shape[:2], dtype=torch.bool, device=vis.device)
-        return self._encode([(vis, mask)])
+        return self._encode([(vis, mask)], "image")
 
     def encode_text(self, states: torch.Tensor, mask: torch.Tensor, field_id: torch.Tensor,
                     bucket: int = 128) -> torch.Tensor:
         """(N, L, W) field states, (N, L) mask, (N,) field index -> (N, D)."""
         tagged = states.float() + self.field_embed[field_id].unsqueeze(1)  # (N, L, W)
-        return self._bucketed(tagged, mask, mask.sum(1), 0, bucket)
+        return self._bucketed(tagged, mask, mask.sum(1), 0, bucket, "text")
 
     def encode_pin(self, batch: dict[str, torch.Tensor], bucket: int = 128) -> torch.Tensor:
         vis = self.visual_tokens(batch)  # (B, T, W)
@@ -109,10 +118,10 @@ class PinCLIP(nn.Module):
         text = batch["pin_states"].float() + self.field_embed[batch["pin_field_ids"]]  # (B, Lp, W)
         joint = torch.cat([vis, text], dim=1)  # (B, T + Lp, W): visual tokens, then the packed fields
         mask = torch.cat([vis_mask, batch["pin_mask"]], dim=1)  # (B, T + Lp)
-        return self._bucketed(joint, mask, batch["pin_mask"].sum(1), vis.shape[1], bucket)
+        return self._bucketed(joint, mask, batch["pin_mask"].sum(1), vis.shape[1], bucket, "pin")
 
     def _bucketed(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, prefix: int,
-                  bucket: int) -> torch.Tensor:
+                  bucket: int, mode: str) -> torch.Tensor:
         """Encode rows sorted by length in buckets, each trimmed to prefix + its longest row.
 
         Padding is masked anyway, so this equals encoding the whole padded batch (a test checks),
@@ -125,7 +134,7 @@ class PinCLIP(nn.Module):
         for lo in range(0, x.shape[0], bucket):
             rows = order[lo : lo + bucket]
             width = prefix + max(int(lengths[rows].max()), 1 - min(prefix, 1))
-            chunks.append(self._encode([(x[rows, :width], mask[rows, :width])]))  # (b, D)
+            chunks.append(self._encode([(x[rows, :width], mask[rows, :width])], mode))  # (b, D)
         return torch.cat(chunks)[torch.argsort(order)]  # (N, D) back in input order, autocast dtype kept
 
     def forward(self, batch: dict[str, torch.Tensor], modes: tuple[str, ...] = ("image", "text", "pin")

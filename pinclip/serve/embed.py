@@ -13,11 +13,14 @@ such as duplicate pin_ids stop the job with the file, row and field). Shard i ho
     image_fp32, text_fp32, pin_fp32   float32[D], only with keep_fp32
 
 and the global scale/zero-point in the parquet schema metadata (key b"pinclip"). DIR/manifest.json
-records the model version, quantization params, the input's fingerprint and, per shard, row counts,
-sha256, unreadable images and skipped pins with reasons. Each shard goes to a temp file and is then
-os.replace'd; the manifest is rewritten the same way after every shard. A restart keeps the shards
-whose hash matches the manifest and redoes the rest, so an interrupted job (even kill -9) ends
-byte-identical to an uninterrupted one.
+records the model version, quantization params, the input table and, per shard, row counts, sha256,
+the fingerprint of what the shard was made from (`input_sha256`: each pin's id and texts, and the
+bytes of its image, read from the file), unreadable images and skipped pins with reasons. Each
+shard goes to a temp file and is then os.replace'd; the manifest is rewritten the same way after
+every shard. A restart keeps a shard only when its file's hash matches the manifest and its input
+fingerprint matches the pins it would be made from now, and redoes the rest: an interrupted job
+(even kill -9) ends byte-identical to an uninterrupted one, and an edited table row or a changed
+image file anywhere redoes exactly the shards they fall in.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class Manifest:
     model_version: str
     dim: int
     quant: dict[str, Any]  # quant_to_json record
-    pins: dict[str, Any]  # path, rows (pins loaded), fingerprint
+    pins: dict[str, Any]  # path, rows (pins loaded), fingerprint (of the whole file, for the record)
     shard_size: int
     keep_fp32: bool
     load_skipped: dict[str, Any] = field(default_factory=dict)  # pins dropped by load_pins: counts, examples
@@ -81,11 +84,9 @@ class Manifest:
         return -(-self.pins["rows"] // self.shard_size)
 
     def settings(self) -> dict[str, Any]:
-        """What must match for a restart to reuse this run's shards. The pins table counts by content
-        (rows, fingerprint), not by path: a run folder moved with its data still resumes."""
-        out = {k: getattr(self, k) for k in ("format", "model_version", "dim", "quant", "shard_size", "keep_fp32")}
-        out["pins"] = {k: v for k, v in self.pins.items() if k != "path"}
-        return out
+        """What must match for a restart to reuse any of this run's shards. The pins are checked shard by
+        shard (input_sha256), not by table path: a run folder moved with its data still resumes."""
+        return {k: getattr(self, k) for k in ("format", "model_version", "dim", "quant", "shard_size", "keep_fp32")}
 
     def totals(self) -> dict[str, Any]:
         """Counts over the whole run: rows written, pins skipped by reason, unreadable images."""
@@ -148,6 +149,22 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_input_sha256(pins: Any, start: int, stop: int) -> str:
+    """sha256 of everything shard [start, stop) is made from: ids, texts and image bytes of its pins."""
+    digest = hashlib.sha256(f"{start}:{stop}".encode())
+    for i in range(start, min(stop, len(pins))):
+        texts = {f: pins.texts[f][i] for f in TEXT_FIELDS if f in pins.texts}
+        digest.update(json.dumps([pins.pin_ids[i], texts], sort_keys=True, default=str).encode())
+        image = pins.images[i]
+        if isinstance(image, str):
+            try:
+                image = Path(image).read_bytes()
+            except OSError as err:
+                image = f"unreadable: {err.strerror}".encode()
+        digest.update(hashlib.sha256(image or b"").digest())
     return digest.hexdigest()
 
 
@@ -271,7 +288,7 @@ def write_shard(out: ShardVectors, path: Path, model_version: str, quant: Global
     return sha256_file(path)
 
 
-def shard_entry(index: int, start: int, stop: int, out: ShardVectors, sha256: str) -> dict[str, Any]:
+def shard_entry(index: int, start: int, stop: int, out: ShardVectors, sha256: str, input_sha256: str) -> dict[str, Any]:
     return {
         "index": index,
         "file": shard_name(index),
@@ -284,6 +301,7 @@ def shard_entry(index: int, start: int, stop: int, out: ShardVectors, sha256: st
         "skipped": dict(sorted(out.skipped.items())),
         "examples": out.examples,
         "sha256": sha256,
+        "input_sha256": input_sha256,
     }
 
 
@@ -291,9 +309,10 @@ def run_shard(embedder: Any, pins: Any, index: int, job: EmbedJob, out_dir: Path
     """Reader slice -> mapper -> writer for shard `index`; returns its manifest entry."""
     start = index * job.shard_size
     stop = min(len(pins), start + job.shard_size)
+    input_sha256 = shard_input_sha256(pins, start, stop)  # before reading: a file changed meanwhile redoes it
     out = embed_shard(embedder, pins, start, stop, job)
     sha256 = write_shard(out, Path(out_dir) / shard_name(index), embedder.version, quant, job.keep_fp32)
-    return shard_entry(index, start, stop, out, sha256)
+    return shard_entry(index, start, stop, out, sha256, input_sha256)
 
 
 # ---- the job ------------------------------------------------------------------------------------
@@ -322,8 +341,8 @@ def new_manifest(embedder: Any, pins: Any, pins_path: str | Path, load_skipped: 
     )
 
 
-def resume_shards(manifest: Manifest, out_dir: Path) -> list[dict[str, Any]]:
-    """Entries of shards already complete in out_dir (hash checked); removes leftover temp files."""
+def resume_shards(manifest: Manifest, out_dir: Path, pins: Any) -> list[dict[str, Any]]:
+    """Entries of shards already complete in out_dir whose file and inputs are unchanged; removes temp files."""
     for leftover in out_dir.glob(".*.tmp-*"):
         leftover.unlink(missing_ok=True)
     if not (out_dir / MANIFEST).exists():
@@ -335,7 +354,14 @@ def resume_shards(manifest: Manifest, out_dir: Path) -> list[dict[str, Any]]:
             f"{out_dir} holds embeddings of another run (different {', '.join(changed)}); "
             "use a new --out folder or delete this one"
         )
-    return [s for s in old.shards if (out_dir / s["file"]).is_file() and sha256_file(out_dir / s["file"]) == s["sha256"]]
+    keep = []
+    for s in old.shards:
+        start = s["index"] * manifest.shard_size
+        stop = min(len(pins), start + manifest.shard_size)
+        if (s["index"] < manifest.num_shards and s.get("input_sha256") == shard_input_sha256(pins, start, stop)
+                and (out_dir / s["file"]).is_file() and sha256_file(out_dir / s["file"]) == s["sha256"]):
+            keep.append(s)
+    return keep
 
 
 def prepare_run(embedder: Any, pins_path: str | Path, out_dir: str | Path, job: EmbedJob) -> tuple[Any, Manifest, list[int]]:
@@ -349,7 +375,7 @@ def prepare_run(embedder: Any, pins_path: str | Path, out_dir: str | Path, job: 
     out_dir.mkdir(parents=True, exist_ok=True)
     pins, load_skipped = load_pins_for_embedding(pins_path, job.max_image_pixels)
     manifest = new_manifest(embedder, pins, pins_path, load_skipped, job)
-    manifest.shards = resume_shards(manifest, out_dir)
+    manifest.shards = resume_shards(manifest, out_dir, pins)
     done = {s["index"] for s in manifest.shards}
     return pins, manifest, [i for i in range(manifest.num_shards) if i not in done]
 

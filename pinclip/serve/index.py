@@ -13,13 +13,14 @@ graph links (M=32: 256 bytes a vector) double the memory of the codes, where IVF
 efSearch and IVF's nprobe are tuned at build time to the smallest value reaching recall@10 >= 0.95
 against exact search, both for a sample of stored vectors as queries (self excluded, as for related
 pins) and for random directions (off-distribution, like text queries).
-Ids: FAISS id i is row i of the sidecar ids.parquet (pin_id). `load_embeddings` reads one field's
-codes back from the shards of a finished `pinclip embed` run.
+Ids: FAISS id i is row i of the sidecar ids.parquet (pin_id). Pins are mutable: `put` replaces a
+pin_id already present and `delete` removes one; both tombstone the old row, which searches skip
+(an id selector) until `compacted()`. `load_embeddings` reads one field's codes back from the
+shards of a finished `pinclip embed` run.
 
-On disk, INDEX/ holds index.faiss, ids.parquet and index.json (kind, parameters, dim, field,
-model version, quantization params, size, sources), each written atomically, index.json last.
-Adding embeddings of another model version or other quantization params is refused, and so is a
-pin_id already in the index (pins are immutable here: re-embed and rebuild to change one).
+A snapshot folder holds index.faiss, ids.parquet and index.json (kind, parameters, dim, field,
+model version, quantization params, size, sources). The durable index folder that the server and
+`pinclip index` use (snapshots + write log + lock) is pinclip.serve.faiss_backend.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ import pyarrow.parquet as pq
 
 from pinclip.cli import UserError
 from pinclip.quant import GlobalAffine, dequantize, faiss_sq_index, quant_from_json, quant_to_json, quantize
+from pinclip.serve.ann_tuning import exact_top_k, recall_at_k, set_search_param, tune_search
 from pinclip.serve.embed import EMBEDDING_FIELDS, EmbedJobError, Manifest, atomic_write_bytes, sha256_file
+
+__all__ = ["PinIndex", "PinIndexError", "IndexConfig", "IndexMeta", "load_embeddings", "exact_top_k", "recall_at_k"]
 
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.parquet", "index.json"
 FORMAT = "pinclip-index/1"
 KINDS = ("auto", "flat", "hnsw", "ivf")
-EF_SEARCH_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 
@@ -128,67 +130,6 @@ def choose_kind(n: int, config: IndexConfig) -> str:
     return "flat" if n < config.flat_max else "ivf"
 
 
-def exact_top_k(queries: np.ndarray, base: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Ids (Q, k) of the k largest inner products, brute force; exclude[q] is left out of row q."""
-    top = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), 256):
-        scores = queries[start : start + 256] @ base.T  # (q, N)
-        if exclude is not None:
-            scores[np.arange(len(scores)), exclude[start : start + 256]] = -np.inf
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (q, k), unordered
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
-        top[start : start + 256] = np.take_along_axis(part, order, axis=1)
-    return top
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found ∩ truth| / |truth| (ids (Q, k) each)."""
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
-
-
-def _ann_top_k(index: Any, queries: np.ndarray, k: int, self_ids: np.ndarray | None = None) -> np.ndarray:
-    """ANN ids (Q, k); self_ids[q] (the query's own row) is dropped from row q."""
-    _, ids = index.search(queries, k + 1)  # (Q, k + 1)
-    if self_ids is None:
-        return ids[:, :k]
-    return np.stack([[i for i in row if i != s][:k] for row, s in zip(ids.tolist(), self_ids)])
-
-
-def tune_search(index: Any, kind: str, vectors: np.ndarray, config: IndexConfig, k: int = 10) -> dict[str, Any]:
-    """Smallest efSearch (HNSW) / nprobe (IVF) whose recall@k vs exact search reaches the target.
-
-    Two query sets must both reach it: stored vectors with themselves excluded (related pins) and
-    random unit directions, a hard stand-in for text or image queries that lie off the pins.
-    """
-    if kind == "flat" or len(vectors) <= k + 1:
-        return {}
-    rng = np.random.default_rng(config.seed)
-    sample = rng.choice(len(vectors), size=min(config.tune_queries, len(vectors)), replace=False)
-    directions = rng.standard_normal((len(sample), vectors.shape[1])).astype(np.float32)  # (Q, D)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    truth_stored = exact_top_k(vectors[sample], vectors, k, exclude=sample)  # (Q, k)
-    truth_random = exact_top_k(directions, vectors, k)  # (Q, k)
-    if kind == "hnsw":
-        name, steps = "ef_search", EF_SEARCH_STEPS
-    else:
-        name, steps = "nprobe", tuple(sorted({min(v, index.nlist) for v in NPROBE_STEPS}))
-    recall = 0.0
-    for value in steps:
-        _set_search_param(index, kind, value)
-        recall = min(recall_at_k(_ann_top_k(index, vectors[sample], k, sample), truth_stored),
-                     recall_at_k(_ann_top_k(index, directions, k), truth_random))
-        if recall >= config.target_recall:
-            break
-    return {name: value, f"tuned_recall_at_{k}": round(recall, 4), "tune_queries": 2 * len(sample)}
-
-
-def _set_search_param(index: Any, kind: str, value: int) -> None:
-    if kind == "hnsw":
-        index.hnsw.efSearch = int(value)
-    elif kind == "ivf":
-        index.nprobe = int(value)
-
-
 def _new_faiss_index(kind: str, quant: GlobalAffine, vectors: np.ndarray, config: IndexConfig) -> tuple[Any, dict]:
     """An empty FAISS SQ index of `kind` with the global range set, and its construction params."""
     dim = vectors.shape[1]
@@ -206,16 +147,22 @@ def _new_faiss_index(kind: str, quant: GlobalAffine, vectors: np.ndarray, config
 
 
 class PinIndex:
-    """FAISS SQ index + pin_id sidecar: build, add, search by vector or by pin id, save and load."""
+    """FAISS SQ index + pin_id sidecar: build, put (add or replace), delete, search, save and load.
 
-    def __init__(self, faiss_index: Any, meta: IndexMeta, pin_ids: list[str]) -> None:
+    FAISS row i holds pin_ids[i]. Replacing or deleting a pin tombstones its row (`dead`): searches
+    skip dead rows through an id selector, and `compacted()` returns a copy without them.
+    """
+
+    def __init__(self, faiss_index: Any, meta: IndexMeta, pin_ids: list[str], dead: set[int] | None = None) -> None:
         self.faiss_index, self.meta, self.pin_ids = faiss_index, meta, list(pin_ids)
-        self.row_of = {pin_id: i for i, pin_id in enumerate(self.pin_ids)}
+        self.dead: set[int] = set(dead or ())
+        self.row_of = {pin_id: i for i, pin_id in enumerate(self.pin_ids) if i not in self.dead}
+        self._search_params: Any = None  # rebuilt when `dead` changes
         if meta.kind == "ivf":
             faiss_index.make_direct_map()  # for reconstruct (search by pin id)
 
     def __len__(self) -> int:
-        return len(self.pin_ids)
+        return len(self.row_of)
 
     def __contains__(self, pin_id: object) -> bool:
         return pin_id in self.row_of
@@ -238,7 +185,7 @@ class PinIndex:
         meta = IndexMeta(kind, codes.shape[1], field, str(model_version), quant_to_json(quant, model_version),
                          params, sources=list(sources))
         index = cls(faiss_index, meta, [])
-        index._append(codes, list(pin_ids))
+        index.put(codes, list(pin_ids), replace=False)
         index.meta.params.update(tune_search(faiss_index, kind, vectors, config))
         return index
 
@@ -257,34 +204,65 @@ class PinIndex:
         if dim != self.meta.dim:
             raise PinIndexError(f"the index holds {self.meta.dim}-d vectors, these are {dim}-d")
 
-    def _append(self, codes: np.ndarray, pin_ids: list[str]) -> None:
-        if len(pin_ids) != len(codes):
-            raise PinIndexError(f"{len(pin_ids)} pin ids for {len(codes)} vectors")
-        dupes = _duplicates(pin_ids, self.row_of)
+    def put(self, codes: np.ndarray, pin_ids: list[str], replace: bool = True) -> int:
+        """Add int8 codes (N, D); a pin_id already present is replaced (refused when replace=False)."""
+        codes = np.asarray(codes, dtype=np.int8)
+        if len(pin_ids) != len(codes) or codes.ndim != 2 or codes.shape[1] != self.meta.dim:
+            raise PinIndexError(f"{len(pin_ids)} pin ids for codes of shape {codes.shape} (dim {self.meta.dim})")
+        dupes = _duplicates(pin_ids, {} if replace else self.row_of)
         if dupes:
             raise PinIndexError(f"{len(dupes)} pin_id(s) already in the index or repeated: {', '.join(dupes[:5])}")
+        self.delete([p for p in pin_ids if p in self.row_of])
         self.faiss_index.add(dequantize(codes, self.quant))  # re-encodes to exactly these codes
         for pin_id in pin_ids:
             self.row_of[pin_id] = len(self.pin_ids)
             self.pin_ids.append(pin_id)
-        self.meta.size = len(self.pin_ids)
+        self.meta.size = len(self.row_of)
+        return len(pin_ids)
+
+    def delete(self, pin_ids: list[str]) -> int:
+        """Tombstone the rows of these pins (unknown ids are ignored); returns how many were live."""
+        rows = [self.row_of.pop(p) for p in dict.fromkeys(pin_ids) if p in self.row_of]
+        if rows:
+            self.dead.update(rows)
+            self._search_params = None
+            self.meta.size = len(self.row_of)
+        return len(rows)
 
     def add_codes(self, codes: np.ndarray, pin_ids: list[str], model_version: str, quant: GlobalAffine) -> int:
-        """Add int8 codes (N, D) of new pins without a rebuild; returns how many were added."""
+        """Add (or replace) int8 codes (N, D) of pins without a rebuild; returns how many were written."""
         codes = np.asarray(codes, dtype=np.int8)
         self.check_compatible(model_version, quant, codes.shape[1])
-        self._append(codes, list(pin_ids))
-        return len(pin_ids)
+        return self.put(codes, list(pin_ids))
 
     def add_vectors(self, vectors: np.ndarray, pin_ids: list[str]) -> int:
         """Add float embeddings (N, D) of new pins (from this index's model), quantized first."""
-        self._append(quantize(vectors, self.quant), list(pin_ids))
-        return len(pin_ids)
+        return self.put(quantize(vectors, self.quant), list(pin_ids))
 
-    def add_embeddings(self, emb: EmbeddingSet) -> int:
-        added = self.add_codes(emb.codes, emb.pin_ids, emb.model_version, emb.quant)
-        self.meta.sources.append(emb.source)
-        return added
+    def codes_of(self, pin_ids: list[str]) -> np.ndarray:
+        """The stored int8 codes (N, D) of live pins."""
+        rows = [self.row_of[p] for p in pin_ids]
+        return quantize(np.stack([self.faiss_index.reconstruct(r) for r in rows]), self.quant) if rows \
+            else np.zeros((0, self.meta.dim), np.int8)
+
+    def _params(self) -> Any:
+        """FAISS search parameters that skip dead rows (None when there are none)."""
+        if not self.dead:
+            return None
+        if self._search_params is None:
+            import faiss
+
+            batch = faiss.IDSelectorBatch(np.fromiter(self.dead, dtype=np.int64, count=len(self.dead)))
+            selector = faiss.IDSelectorNot(batch)
+            if self.meta.kind == "ivf":
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.faiss_index.nprobe)
+            elif self.meta.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.faiss_index.hnsw.efSearch)
+            else:
+                params = faiss.SearchParameters(sel=selector)
+            params.keep = (batch, selector)  # the SWIG objects must outlive the search
+            self._search_params = params
+        return self._search_params
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """Top-k by <q, x_dq> for float queries (Q, D): scores (Q, k) and pin ids per query.
@@ -296,7 +274,7 @@ class PinIndex:
         if vectors.ndim != 2 or vectors.shape[1] != self.meta.dim:
             raise ValueError(f"queries must be (Q, {self.meta.dim}), got {vectors.shape}")
         k = max(1, min(int(k), len(self)))
-        scores, ids = self.faiss_index.search(vectors, k)  # (Q, k), (Q, k)
+        scores, ids = self.faiss_index.search(vectors, k, params=self._params())  # (Q, k), (Q, k)
         scores[ids < 0] = np.nan
         return scores, [[self.pin_ids[i] for i in row if i >= 0] for row in ids.tolist()]
 
@@ -310,20 +288,54 @@ class PinIndex:
         keep = [j for j, p in enumerate(ids[0]) if not (exclude_self and p == pin_id)][:k]
         return scores[0][keep], [ids[0][j] for j in keep]
 
-    def save(self, path: str | Path) -> None:
+    def compacted(self) -> PinIndex:
+        """A copy holding only the live rows, in row order (same kind, parameters and IVF lists)."""
         import faiss
 
+        live = sorted(self.row_of.values())
+        meta = IndexMeta(**{**asdict(self.meta), "params": dict(self.meta.params), "sources": list(self.meta.sources)})
+        if self.meta.kind == "hnsw":
+            fresh = faiss_sq_index(self.quant, self.meta.dim, "hnsw", hnsw_m=self.meta.params.get("hnsw_m", 32))
+            fresh.hnsw.efConstruction = self.meta.params.get("ef_construction", 80)
+        else:
+            fresh = faiss.clone_index(self.faiss_index)  # keeps IVF's trained lists and the SQ range
+            fresh.reset()
+        if live:
+            fresh.add(np.stack([self.faiss_index.reconstruct(r) for r in live]))
+        for name in ("ef_search", "nprobe"):
+            if name in meta.params:
+                set_search_param(fresh, meta.kind, meta.params[name])
+        meta.size = len(live)
+        return PinIndex(fresh, meta, [self.pin_ids[r] for r in live])
+
+    def save(self, path: str | Path) -> None:
+        """Write index.faiss, ids.parquet and index.json (live rows only) to a folder, each atomically."""
+        import faiss
+
+        index = self.compacted() if self.dead else self
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / INDEX_FILE, faiss.serialize_index(self.faiss_index).tobytes())
-        sidecar = pa.table({"pin_id": pa.array(self.pin_ids, type=pa.string())})
+        atomic_write_bytes(path / INDEX_FILE, faiss.serialize_index(index.faiss_index).tobytes())
+        sidecar = pa.table({"pin_id": pa.array(index.pin_ids, type=pa.string())})
         tmp = path / f".{IDS_FILE}.tmp-{os.getpid()}"
         pq.write_table(sidecar, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path / IDS_FILE)
-        atomic_write_bytes(path / META_FILE, (json.dumps(asdict(self.meta), indent=1, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(path / META_FILE, (json.dumps(asdict(index.meta), indent=1, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | Path) -> PinIndex:
+        """The index in a folder: a snapshot folder, or an index folder with its write log replayed."""
+        path = Path(path)
+        if _is_store(path):
+            from pinclip.serve.faiss_backend import read_index
+
+            return read_index(path)
+        return cls.load_snapshot(path)
+
+    @classmethod
+    def load_snapshot(cls, path: str | Path) -> PinIndex:
         import faiss
 
         path = Path(path)
@@ -338,8 +350,16 @@ class PinIndex:
                                 f"{len(pin_ids)}, index.faiss has {faiss_index.ntotal}); rebuild it")
         for name in ("ef_search", "nprobe"):
             if name in meta.params:
-                _set_search_param(faiss_index, meta.kind, meta.params[name])
+                set_search_param(faiss_index, meta.kind, meta.params[name])
         return cls(faiss_index, meta, pin_ids)
+
+
+def _is_store(path: Path) -> bool:
+    """True for an index folder with snapshots and a write log (pinclip.serve.faiss_backend)."""
+    try:
+        return "snapshot" in json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _duplicates(pin_ids: list[str], existing: dict[str, int]) -> list[str]:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pinclip.cli import UserError
 
@@ -28,7 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
     """--data-dir/--pins/--boards/--splits as train.* overrides (absolute paths: the checkpoint records them)."""
-    from pathlib import Path
 
     flags = {"data_dir": args.data_dir, "pins": args.pins, "boards": args.boards, "splits": args.splits}
     if args.data_dir and (args.pins or args.boards or args.splits):

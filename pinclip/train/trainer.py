@@ -21,19 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from tqdm import tqdm
 
-from pinclip.config import Config
+from pinclip.config import Config, config_to_dict
 from pinclip.data.schema import TEXT_FIELDS
 from pinclip.eval.metrics import retrieval_metrics
 from pinclip.losses.gather import all_gather_no_grad, rank_and_world
 from pinclip.losses.image_text import initial_logit_scale_and_bias
 from pinclip.losses.memory import EmbeddingMemory
+from pinclip.models.build import build_model, is_vlm
 from pinclip.models.embedder import embed_rows
 from pinclip.models.features import image_features
 from pinclip.models.pinclip import PinCLIP
 from pinclip.models.text_states import TextStates, compute_text_states, field_strings
 from pinclip.quant import fit_global_affine
+from pinclip.train import parallel
 from pinclip.train.checkpoint import save_checkpoint
 from pinclip.train.data_source import load_source, training_source
 from pinclip.train.dataset import BatchConfig, TrainingData, batch_at, prepare_training, share_board_mask
@@ -48,6 +51,14 @@ class Features:
     feature_std: float = 1.0  # std of the visual tokens of pins with an image (noise scale)
     teacher_text: np.ndarray | None = None  # (P, F, W) frozen towers' unit field embeddings (distillation)
     title_states: TextStates | None = None  # entry-layer states of the training boards' titles ("queries" field)
+
+    @property
+    def has_text(self) -> np.ndarray:
+        return self.states.length.sum(1) > 0
+
+    def embed(self, model: PinCLIP, rows: np.ndarray, modes: tuple[str, ...] = ("image", "text", "pin"),
+              device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+        return embed_rows(model, self.vis, self.has_image, self.states, rows, modes, device=device)
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -68,8 +79,14 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
 def compute_features(model: PinCLIP, data: TrainingData, cache_dir: str, rank: int, progress: bool,
                      teacher: bool = False, titles: bool = False) -> Features:
     """Image features and text states of every pin (and the frozen teacher's field embeddings when
-    `teacher`); rank 0 fills the caches, the others read them."""
+    `teacher`); rank 0 fills the caches, the others read them. A VLM's inputs instead: its images
+    scanned and, with a frozen vision side, its vision cache filled."""
     pins = data.dataset.pins
+    if is_vlm(model):
+        from pinclip.models.vlm.inputs import prepare_vlm_inputs
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        return prepare_vlm_inputs(model, pins, cache_dir, rank, world, progress)
     texts = field_strings(pins.texts, len(pins))
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
@@ -196,11 +213,14 @@ def local_batch(data: TrainingData, feats: Features, step: int, cfg: Config, ran
     b = len(gb.rows) // world
     lo, hi = rank * b, (rank + 1) * b
     rows = gb.rows[lo:hi]
-    batch = text_batch(feats.states, rows, pin_keep=gb.fused_keep[lo:hi])
-    vis = torch.from_numpy(feats.vis[rows].astype(np.float32))
-    batch["vis"] = augment_features(vis, cfg, step, gb.canonical[lo:hi], len(gb.rows), feats.feature_std)
-    batch["has_image"] = torch.from_numpy(feats.has_image[rows])
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if isinstance(feats, Features):
+        batch = text_batch(feats.states, rows, pin_keep=gb.fused_keep[lo:hi])
+        vis = torch.from_numpy(feats.vis[rows].astype(np.float32))
+        batch["vis"] = augment_features(vis, cfg, step, gb.canonical[lo:hi], len(gb.rows), feats.feature_std)
+        batch["has_image"] = torch.from_numpy(feats.has_image[rows])
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    else:  # a VLM's images and texts (the fused prompt keeps the fields the batch keeps)
+        batch = feats.batch(rows, pin_keep=gb.fused_keep[lo:hi])
     bank_ignore = None
     if bank is not None and len(bank):
         pins = bank.pins.cpu().numpy()
@@ -232,10 +252,10 @@ def teacher_rows(feats: Features, rows: np.ndarray, keep: np.ndarray) -> tuple[n
 def validate(model: PinCLIP, data: TrainingData, feats: Features, cfg: Config, device: torch.device) -> dict:
     """PinText Recall@10 on the validation pins (image -> own title, title -> own image)."""
     rows = data.val_rows[: cfg.train.val_max_pins]
-    rows = rows[feats.has_image[rows] & (feats.states.length[rows].sum(1) > 0)]
+    rows = rows[feats.has_image[rows] & feats.has_text[rows]]
     if len(rows) < 2:
         return {}
-    emb = embed_rows(model, feats.vis, feats.has_image, feats.states, rows, ("image", "text"), device=device)
+    emb = feats.embed(model, rows, ("image", "text"), device=device)
     first = emb["text_mask"].argmax(1)  # first present field of each pin
     text = emb["text"][np.arange(len(rows)), first]  # (N, D)
     own = [np.array([i]) for i in range(len(rows))]
@@ -249,7 +269,7 @@ def calibrate_quant(model: PinCLIP, data: TrainingData, feats: Features, device:
     """Global int8 parameters fitted on a mix of image, text and pin embeddings of training pins."""
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(data.train_rows, min(n, len(data.train_rows)), replace=False))
-    emb = embed_rows(model, feats.vis, feats.has_image, feats.states, rows, device=device)
+    emb = feats.embed(model, rows, device=device)
     mix = np.concatenate([emb["image"], emb["pin"], emb["text"][emb["text_mask"]]])
     return fit_global_affine(mix, method="percentile", percentile=99.99).to_dict()
 
@@ -266,19 +286,27 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     dataset = load_source(training_source(cfg.train))
     data = prepare_training(dataset, cfg.graph, cfg.train.seed, cfg.train.train_fraction, progress and rank == 0,
                             hard_negatives=cfg.train.hard_negatives)
-    model = PinCLIP(cfg.model).to(device).eval()
+    model = build_model(cfg.model).to(device).eval()
+    if is_vlm(model):
+        from pinclip.models.vlm.inputs import check_training_config
+
+        check_training_config(cfg)
     init_contrastive_scalars(model, cfg)
     features_started = time.perf_counter()
     feats = compute_features(model, data, cfg.train.cache_dir, rank, progress, teacher=cfg.loss.distill_weight > 0,
                              titles=cfg.loss.board_weight > 0)
     setup_s = {"prepare_seconds": features_started - started, "features_seconds": time.perf_counter() - features_started}
+    bf16 = use_bf16(cfg.train.precision, device)
+    if cfg.train.parallel == "fsdp" and world > 1:
+        model = parallel.shard_model(model, bf16=bf16)
+    sharded = parallel.is_sharded(model)  # every rank then runs every forward (validation too)
     optimizer, scheduler = build_optimizer(model, cfg)
     bank = EmbeddingMemory(cfg.train.memory_size, cfg.model.dims[0], device) if cfg.train.memory_size else None
     start = _maybe_resume(out_dir / "last", model, optimizer, scheduler, device, bank) if resume else 0
-    _broadcast_parameters(model)
-    bf16 = use_bf16(cfg.train.precision, device)
+    if not sharded:
+        _broadcast_parameters(model)
     log = _Log(out_dir / "metrics.jsonl", start, enabled=rank == 0)
-    if rank == 0 and start == 0:
+    if (rank == 0 or sharded) and start == 0:
         log.write({"step": 0, **validate(model, data, feats, cfg, device)})
     bar = tqdm(range(start, cfg.train.steps), desc="train", unit="step", disable=not progress or rank != 0, initial=start, total=cfg.train.steps)
     t0, pins_seen = time.perf_counter(), 0
@@ -293,8 +321,9 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
         terms = objective(model, out, ctx, cfg.loss, cfg.model.dims, bank)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        _average_gradients(model)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if not sharded:  # FSDP has reduce-scattered the mean gradient already
+            _average_gradients(model)
+        grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip))
         optimizer.step()
         scheduler.step()
         if bank is not None:
@@ -304,16 +333,18 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
                   **{k: _mean_over_ranks(v) for k, v in terms.items()}, **_scalars(model),
                   "pins_per_s": pins_seen / (time.perf_counter() - t0)}
         bar.set_postfix(loss=f"{record['loss']:.3f}", pins_s=f"{record['pins_per_s']:.0f}")
-        if rank == 0 and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
+        if (rank == 0 or sharded) and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
             record.update(validate(model, data, feats, cfg, device))
         log.write(record)
         if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
             _save_last(out_dir, model, cfg, step + 1, optimizer, scheduler, rank, bank)
     final = out_dir / "final"
-    if rank == 0:
+    if rank == 0 or sharded:
         meta = {"quant": calibrate_quant(model, data, feats, device), "train_pins": int(len(data.train_rows)),
                 "seconds": time.perf_counter() - t0, **setup_s}
-        version = save_checkpoint(final, model, cfg, cfg.train.steps, meta=meta)
+        weights = parallel.full_weights(model) if sharded else None
+    if rank == 0:
+        version = save_checkpoint(final, model, cfg, cfg.train.steps, meta=meta, weights=weights)
         log.write({"step": cfg.train.steps, "final": str(final), "version": version})
     if dist.is_initialized():
         dist.barrier()
@@ -388,9 +419,10 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 def _scalars(model: PinCLIP) -> dict[str, float]:
     """The contrastive temperatures (as multipliers) and biases, for the training log."""
+    value = parallel.as_float  # a sharded model's scalars are DTensors (every rank calls this)
     with torch.no_grad():
-        return {"it_scale": float(model.it_logit_scale.exp()), "it_bias": float(model.it_logit_bias),
-                "nb_scale": float(model.nb_logit_scale.exp())}
+        return {"it_scale": value(model.it_logit_scale.exp()), "it_bias": value(model.it_logit_bias),
+                "nb_scale": value(model.nb_logit_scale.exp())}
 
 
 def _push_bank(bank: EmbeddingMemory, out: dict[str, torch.Tensor], ctx: BatchContext) -> None:
@@ -403,6 +435,11 @@ def _push_bank(bank: EmbeddingMemory, out: dict[str, torch.Tensor], ctx: BatchCo
 
 
 def _save_last(out_dir: Path, model, cfg, step, optimizer, scheduler, rank, bank=None) -> None:
+    if cfg.train.parallel == "fsdp":  # Distributed Checkpoint: every rank writes its shards
+        parallel.save_train_state(out_dir / "last", model, optimizer, scheduler, step,
+                                  yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+                                  {"bank": bank.state_dict() if bank is not None else None})
+        return
     if rank != 0:
         if dist.is_initialized():
             dist.barrier()
@@ -415,6 +452,11 @@ def _save_last(out_dir: Path, model, cfg, step, optimizer, scheduler, rank, bank
 
 
 def _maybe_resume(path: Path, model, optimizer, scheduler, device, bank=None) -> int:
+    if parallel.has_train_state(path):  # written by FSDP at any world size
+        state = parallel.load_train_state(path, model, optimizer, scheduler)
+        if bank is not None and state.get("bank") is not None:
+            bank.load_state_dict(state["bank"])
+        return int(state["step"])
     if not (path / "trainer.pt").is_file():
         return 0
     from safetensors.torch import load_file

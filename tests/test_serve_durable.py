@@ -1,0 +1,171 @@
+"""The durable index folder: writes survive restarts and kill -9, compaction, the lock, atomic `index add`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from durability import kill_loop
+from serve_fakes import FakeEmbedder, synthetic_pins, write_pins_parquet
+
+from pinclip.cli import main
+from pinclip.quant import quantize
+from pinclip.serve.backend import VersionConflict
+from pinclip.serve.embed import embed_pins_table
+from pinclip.serve.faiss_backend import FaissBackend
+from pinclip.serve.index import IndexConfig, PinIndex, PinIndexError
+from pinclip.serve.wal import read_log
+
+FAKE = FakeEmbedder()
+
+
+def codes_for(texts: list[str]) -> np.ndarray:
+    return quantize(FAKE.embed_texts(texts), FAKE.quant)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    names = [f"seed {i}" for i in range(20)]
+    index = PinIndex.build(codes_for(names), [f"s{i}" for i in range(20)], FAKE.quant, FAKE.version,
+                           config=IndexConfig(kind="flat"))
+    FaissBackend.create(tmp_path / "idx", index)
+    return tmp_path / "idx"
+
+
+def top_hit(store, text: str) -> str:
+    return store.search(FAKE.embed_texts([text]), 1)[1][0][0]
+
+
+def test_puts_replacements_and_deletes_survive_a_reopen(folder):
+    store = FaissBackend.open(folder)
+    store.put(["a", "b"], codes_for(["apple pie", "bicycle"]), [{"title": "apple pie"}, {"title": "bicycle"}],
+              FAKE.version)
+    store.put(["a"], codes_for(["avocado"]), [{"title": "avocado", "image": b"\x89PNG..."}], FAKE.version)
+    assert store.delete(["s3", "b", "nope"]) == 2
+    store.close()  # no compaction: everything is in the log
+    assert [op.kind for op in read_log(folder / json.loads((folder / "index.json").read_text())["logs"][0])[1]] \
+        == ["put", "put", "delete"]
+    again = FaissBackend.open(folder)
+    assert len(again) == 20 and "b" not in again and "s3" not in again
+    assert top_hit(again, "avocado") == "a" and again.card("a") == {"title": "avocado", "image": b"\x89PNG..."}
+    assert top_hit(again, "apple pie") != "a"
+    again.close()
+
+
+def test_compaction_folds_the_log_into_a_new_snapshot(folder):
+    store = FaissBackend.open(folder)
+    store.put(["a"], codes_for(["apple"]), [{"title": "apple"}], FAKE.version)
+    store.delete(["s1"])
+    assert store.compact()
+    manifest = json.loads((folder / "index.json").read_text())
+    assert manifest["snapshot"] == "snap-000002" and manifest["logs"] == ["log-000002.wal"]
+    assert sorted(p.name for p in folder.iterdir()) == ["LOCK", "index.json", "log-000002.wal", "snap-000002"]
+    assert store.index.faiss_index.ntotal == 20 and not store.index.dead  # the tombstone is gone
+    store.put(["c"], codes_for(["cherry"]), [{"title": "cherry"}], FAKE.version)
+    store.close()
+    again = FaissBackend.open(folder)
+    assert len(again) == 21 and top_hit(again, "cherry") == "c" and again.card("a")["title"] == "apple"
+    again.close()
+
+
+def test_the_log_compacts_itself_past_its_size(folder):
+    store = FaissBackend.open(folder, compact_bytes=2000)
+    for i in range(40):
+        store.put([f"n{i}"], codes_for([f"new {i}"]), [{"title": f"new {i}"}], FAKE.version)
+    store.close()  # waits for a running compaction
+    manifest = json.loads((folder / "index.json").read_text())
+    assert manifest["generation"] > 1 and (folder / manifest["logs"][0]).stat().st_size < 4000
+    again = FaissBackend.open(folder)
+    assert len(again) == 60 and all(top_hit(again, f"new {i}") == f"n{i}" for i in range(40))
+    again.close()
+
+
+def test_a_torn_tail_is_cut_and_only_acknowledged_records_replay(folder):
+    store = FaissBackend.open(folder)
+    store.put(["a"], codes_for(["apple"]), [{"title": "apple"}], FAKE.version)
+    log_path = store.log.path
+    store.close()
+    size = log_path.stat().st_size
+    with open(log_path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00garbage from a write cut short")
+    again = FaissBackend.open(folder)
+    assert len(again) == 21 and log_path.stat().st_size == size  # tail cut back
+    again.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)
+    again.close()
+    assert len(read_log(log_path)[1]) == 2
+
+
+def test_a_second_process_cannot_open_the_folder(folder):
+    store = FaissBackend.open(folder)
+    with pytest.raises(PinIndexError, match=f"open in another process \\(pid {os.getpid()}\\)"):
+        FaissBackend.open(folder)
+    assert main(["index", "compact", "--index", str(folder)]) == 2
+    store.close()
+    FaissBackend.open(folder).close()  # free again once closed
+
+
+def test_writes_of_another_model_version_are_refused(folder):
+    store = FaissBackend.open(folder)
+    with pytest.raises(VersionConflict, match="model fake-1; this write is from model other"):
+        store.put(["x"], codes_for(["x"]), [{}], "other")
+    assert len(store) == 20
+    store.close()
+
+
+def _embedded(folder, n, prefix):
+    pins = synthetic_pins(folder, n)
+    for pin in pins:
+        pin["pin_id"] = prefix + pin["pin_id"]
+    write_pins_parquet(pins, folder / "pins.parquet")
+    embed_pins_table(FakeEmbedder(), folder / "pins.parquet", folder / "emb", progress=False)
+    return folder / "emb"
+
+
+def test_index_add_is_atomic_when_a_write_fails_part_way(tmp_path, monkeypatch, capsys):
+    base, fresh = _embedded(tmp_path / "a", 12, "a-"), _embedded(tmp_path / "b", 9, "b-")
+    assert main(["index", "build", "--embeddings", str(base), "--out", str(tmp_path / "idx")]) == 0
+    real_write = os.write
+
+    def failing_write(fd, data):  # the disk fills up half-way through the log record
+        if len(data) > 200:
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        main(["index", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(fresh)])
+    monkeypatch.setattr(os, "write", real_write)
+    index = PinIndex.load(tmp_path / "idx")  # loads, with none of the new pins
+    assert len(index) == 12 and not any(p.startswith("b-") for p in index.pin_ids)
+    assert main(["index", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(fresh)]) == 0
+    assert len(PinIndex.load(tmp_path / "idx")) == 21
+
+
+def test_a_compaction_that_fails_part_way_leaves_the_index_whole(folder, monkeypatch):
+    import pinclip.serve.faiss_backend as fb
+
+    store = FaissBackend.open(folder)
+    store.put(["a"], codes_for(["apple"]), [{"title": "apple"}], FAKE.version)
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "I/O error while writing the snapshot")
+
+    monkeypatch.setattr(fb, "write_snapshot", broken)
+    with pytest.raises(OSError):
+        store.compact()
+    store.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)  # writes go on
+    store.close()
+    monkeypatch.undo()
+    again = FaissBackend.open(folder)
+    assert len(again) == 22 and top_hit(again, "apple") == "a" and top_hit(again, "banana") == "b"
+    assert again.compact() and len(again) == 22
+    again.close()
+
+
+def test_kill_9_at_random_moments_loses_no_acknowledged_write(folder):
+    totals = kill_loop(folder, kills=6, seed=1, workers=3, compact_bytes=3000, max_delay_s=1.0)
+    assert totals["kills"] == 6 and totals["acknowledged_writes"] > 20
+    assert totals["pins_found"] == totals["pins_checked"]
