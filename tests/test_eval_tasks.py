@@ -367,9 +367,9 @@ def test_missing_fields_nan_texts_untitled_boards_and_empty_splits():
     assert pin_fields(["a", "b", "c"], texts) == [[(0, "apple")], [(4, "pear")], [(4, "fig")]]
     assert regime_mask(pin_fields(["a", "b", "c"], texts), "full").dtype == bool
     data = make_data({**SPLITS, "val_pins": [], "heldout_boards": [*SPLITS["heldout_boards"], "B9"]})
-    data.board_titles = {**data.board_titles, "B2": None}  # an untitled test board, and a held-out board without pins
+    data.board_titles = {**data.board_titles, "B2": None, "B9": "nine"}  # an untitled board; a board without pins
     specs = build_eval_tasks(data, partition="test")
     search = specs["search"]["warm"]["full"]
-    assert search.query_ids == ["B1"] and search.counts == {"candidates": 1, "boards_without_title": 2}
+    assert search.query_ids == ["B1"] and search.counts == {"candidates": 2, "boards_without_title": 1}
     val = build_eval_tasks(data, partition="val", tasks=("search", "related"))
     assert "cold" not in val["search"] and "cold" not in val["related"]  # no validation pin: no cold split
