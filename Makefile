@@ -4,6 +4,7 @@
 #   make test        # venv + installs + demo data, then the test suite
 #   make report      # the demo's evaluation against every baseline + scaling curve (~30 min more)
 #   make bench       # benchmarks against peer tools (long; not part of the tests)
+#   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant (~1 h)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ SERVE ?= 1
 RUN ?= runs/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo report test bench lint install data-deps clean
+.PHONY: demo report test bench mutants lint install data-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,5 +42,16 @@ bench: install data-deps
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) bench/run.py --out bench
 
+# a fresh run each time (mutmut would keep results of tests that have changed since); MUTANTS='pinclip.quant*'
+# checks only the mutants whose names match
+MUTANTS ?=
+mutants: install
+	$(PY) -m pip install -q -e '.[dev,mutants]'
+	rm -rf mutants
+	start=$$(date +%s); OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+		$(VENV)/bin/mutmut run --max-children 2 $(if $(MUTANTS),'$(MUTANTS)') \
+		&& echo "mutmut run: $$(( $$(date +%s) - start )) s wall" | tee mutants/wall.txt
+	$(PY) scripts/mutants_report.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs mutants

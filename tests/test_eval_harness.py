@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from ranking import brute_force
 from synthetic import COLORS, SHAPES
 
 from pinclip.cli import UserError
@@ -73,22 +74,6 @@ def test_search_queries_are_the_test_boards_only(result):
     assert sorted(result["per_query"]["search"]["warm"]["full"]["query_ids"]) == sorted(TEST_BOARDS)
 
 
-def brute_force(queries: np.ndarray, corpus: np.ndarray, relevant: list[set[int]], exclude: list[set[int]]
-                ) -> dict[str, list[float]]:
-    """Recall@10, nDCG@10 and MRR per query by a full sort in plain Python."""
-    out: dict[str, list[float]] = {"recall@10": [], "ndcg@10": [], "mrr": [], "top": []}
-    for q, query in enumerate(queries):
-        scores = corpus @ query
-        ranking = [j for _, j in sorted((-scores[j], j) for j in range(len(corpus)) if j not in exclude[q])]
-        hits = [j in relevant[q] for j in ranking]
-        ideal = sum(1 / np.log2(i + 2) for i in range(min(10, len(relevant[q]))))
-        out["recall@10"].append(sum(hits[:10]) / len(relevant[q]))
-        out["ndcg@10"].append(sum(h / np.log2(i + 2) for i, h in enumerate(hits[:10])) / ideal)
-        out["mrr"].append(1 / (hits.index(True) + 1) if True in hits[:100] else 0.0)
-        out["top"].append(ranking[:10])
-    return out
-
-
 @pytest.fixture(scope="module")
 def raw(catalog):
     """The raw tables, read with pyarrow and PIL only."""
@@ -105,23 +90,59 @@ def check_against(result, task, split, regime, reference, ids):
         np.testing.assert_allclose(ours[name], reference[name], atol=1e-9, err_msg=name)
 
 
-def test_related_pins_in_the_image_regime_recomputed_from_the_raw_tables(result, raw, tiny_checkpoint):
-    """Image-only pins embedded by the Embedder from the PNGs; queries, relevant and excluded pins from
-    the boards table: warm pins of a test board; mates minus the query's color-shape triple."""
-    from pinclip.models.embedder import Embedder
-
-    pins, edges, images = raw
+def related_by_hand(raw) -> tuple[list[int], list[set[int]], list[set[int]]]:
+    """Related Pins (warm split) from the boards table: queries are warm pins of a test board; relevant are
+    their board mates minus the query's color-shape triple, which is excluded from the ranking."""
+    pins, edges, _ = raw
     ids = [p["pin_id"] for p in pins]
-    embedder = Embedder.from_checkpoint(tiny_checkpoint)
-    vectors = embedder.embed_pins([{"image": img} for img in images])  # (72, D), no text at all
     members = {b: {ids.index(e["pin_id"]) for e in edges if e["board_id"] == b} for b in TEST_BOARDS}
     held = set(copies(COLD)) | set(copies(VAL))
     group = {i: {j for j, other in enumerate(ids) if other.rsplit("-", 1)[0] == pin.rsplit("-", 1)[0]}
              for i, pin in enumerate(ids)}
     queries = [i for i, pin in enumerate(ids) if pin not in held and any(i in m for m in members.values())]
     relevant = [set().union(*(m for m in members.values() if i in m)) - group[i] for i in queries]
-    reference = brute_force(vectors[queries], vectors, relevant, [group[i] for i in queries])
-    check_against(result, "related", "warm", "image", reference, [ids[i] for i in queries])
+    return queries, relevant, [group[i] for i in queries]
+
+
+def test_related_pins_in_the_image_regime_recomputed_from_the_raw_tables(result, raw, tiny_checkpoint):
+    """Image-only pins embedded by the Embedder from the PNGs; queries, relevant and excluded pins from
+    the boards table: warm pins of a test board; mates minus the query's color-shape triple."""
+    from pinclip.models.embedder import Embedder
+
+    pins, _, images = raw
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    vectors = embedder.embed_pins([{"image": img} for img in images])  # (72, D), no text at all
+    queries, relevant, exclude = related_by_hand(raw)
+    reference = brute_force(vectors[queries], vectors, relevant, exclude)
+    check_against(result, "related", "warm", "image", reference, [pins[i]["pin_id"] for i in queries])
+
+
+def test_matryoshka_and_int8_entries_recomputed_from_the_raw_tables(result, raw, tiny_checkpoint):
+    """Related Pins (full regime) at the 16-d prefix, and from int8 codes under the checkpoint's global
+    scale and zero-point, ranked by brute force over pins embedded by the Embedder."""
+    from pinclip.data.schema import TEXT_FIELDS
+    from pinclip.models.embedder import Embedder
+    from pinclip.quant import dequantize, quantize
+
+    pins, _, images = raw
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    vectors = embedder.embed_pins([{"image": img, **{f: p[f] for f in TEXT_FIELDS}} for p, img in zip(pins, images)])
+    queries, relevant, exclude = related_by_hand(raw)
+
+    def two(v: np.ndarray) -> dict[str, float]:
+        ref = brute_force(v[queries], v, relevant, exclude)
+        return {"recall@10": float(np.mean(ref["recall@10"])), "ndcg@10": float(np.mean(ref["ndcg@10"]))}
+
+    full, short = two(vectors), two(unit(vectors[:, :16]))
+    stored = two(dequantize(quantize(vectors, embedder.quant), embedder.quant))
+    quant = result["quantization"]["related"]["warm"]
+    for name in ("recall@10", "ndcg@10"):
+        assert result["metrics"]["related"]["warm"]["full"][name] == pytest.approx(full[name], abs=1e-9)
+        assert result["dims"][32]["related"]["warm"][name] == pytest.approx(full[name], abs=1e-9)
+        assert result["dims"][16]["related"]["warm"][name] == pytest.approx(short[name], abs=1e-9)
+        assert quant["fp32"][name] == pytest.approx(full[name], abs=1e-9)
+        assert quant["int8_global"][name] == pytest.approx(stored[name], abs=1e-9)
+    assert short != full  # the prefix ranks differently: the entries are not copies of one another
 
 
 def test_search_in_the_full_regime_recomputed_from_the_raw_tables(result, raw, tiny_checkpoint):

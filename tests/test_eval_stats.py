@@ -76,3 +76,51 @@ def test_seed_summary_averages_each_query_over_seeds():
     assert (s["low"], s["high"]) == bootstrap_ci([0.5, 0.0, 1.0])  # over queries of the seed-mean model
     one = seed_summary([np.array([0.2, 0.4])])
     assert one["mean"] == pytest.approx(0.3) and one["seed_std"] == 0.0 and one["seeds"] == 1
+
+
+def test_the_interval_is_the_percentiles_of_resampled_means_at_the_level():
+    """The definition: n_boot resamples of the queries with replacement (seeded), the (1 - level) / 2 tails."""
+    x = np.random.default_rng(4).random(37)
+    rng = np.random.default_rng(0)
+    means = x[rng.integers(0, len(x), size=(500, len(x)))].mean(axis=1)
+    for level in (0.95, 0.5):
+        tail = 100 * (1 - level) / 2
+        expected = tuple(np.percentile(means, [tail, 100 - tail]))
+        assert bootstrap_ci(x, n_boot=500, level=level) == pytest.approx(expected, rel=1e-12)
+    assert bootstrap_ci(x) == bootstrap_ci(x, n_boot=1000, level=0.95, seed=0)  # the documented defaults
+
+
+def test_float32_values_are_averaged_in_float64():
+    x = np.random.default_rng(5).random(300).astype(np.float32)
+    assert bootstrap_ci(x) == bootstrap_ci(x.astype(np.float64))
+    d32 = paired_difference(x[:150], x[150:])
+    d64 = paired_difference(x[:150].astype(np.float64), x[150:].astype(np.float64))
+    assert d32 == d64
+    s32 = seed_summary([x[:150], x[150:]])
+    assert s32 == seed_summary([x[:150].astype(np.float64), x[150:].astype(np.float64)])
+
+
+def test_paired_difference_and_seed_summary_pass_their_seed_and_resamples_on():
+    a, b = np.random.default_rng(6).random((2, 40))
+    d = paired_difference(a, b, n_boot=300, level=0.8, seed=7)
+    assert (d["low"], d["high"]) == bootstrap_ci(a - b, n_boot=300, level=0.8, seed=7)
+    assert paired_difference(a, b)["low"] == bootstrap_ci(a - b)[0]  # seed 0 by default
+    s = seed_summary([a, b], n_boot=300, seed=7)
+    assert (s["low"], s["high"]) == bootstrap_ci((a + b) / 2, n_boot=300, seed=7)
+    assert seed_summary([a, b])["low"] == bootstrap_ci((a + b) / 2)[0]
+
+
+def test_empty_and_zero_baselines_give_nan_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice", no division by zero
+        empty = paired_difference([], [])
+        assert np.isnan(empty["diff"]) and np.isnan(empty["relative"]) and np.isnan(empty["low"])
+        assert empty["queries"] == 0 and not empty["significant"]
+        zero = paired_difference([0.5, 0.5], [0.0, 0.0])
+        assert zero["diff"] == 0.5 and np.isnan(zero["relative"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the std of empty seed means warns
+        nothing = seed_summary([np.zeros(0), np.zeros(0)])
+    assert np.isnan(nothing["mean"]) and np.isnan(nothing["low"]) and nothing["seeds"] == 2

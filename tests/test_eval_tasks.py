@@ -56,7 +56,7 @@ def make_data(splits: dict = SPLITS) -> EvalData:
                     {b: title for b, (title, _) in BOARDS.items()}, splits)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: make mutants credits a shared fixture to the first test only
 def specs() -> dict:
     return {part: build_eval_tasks(make_data(), partition=part) for part in ("test", "val")}
 
@@ -225,6 +225,7 @@ def test_bad_input_is_rejected():
         build_eval_tasks(data)
 
 
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_model_encoder_regimes_equal_embedding_the_pins_with_those_texts_removed(tiny_checkpoint, catalog):
     """The image regime's pin is the pin embedded from a table with no text at all; the title regime's
     is the pin embedded from a table holding only the titles."""
@@ -245,3 +246,130 @@ def test_model_encoder_regimes_equal_embedding_the_pins_with_those_texts_removed
         other.prepare(dataclasses.replace(pins, texts=texts), None, progress=False)
         np.testing.assert_allclose(masked[regime], other._catalog("pin", "full"), atol=1e-5)
         assert np.abs(masked[regime] - masked["full"]).max() > 1e-3  # the texts did count in the full regime
+
+
+class TableEncoder:
+    """A dense encoder (pinclip.eval.encoders.Encoder) over given pin vectors: the harness ranks with it."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors_of_pins = vectors
+
+    def vectors(self, spec):
+        from pinclip.eval.encoders import TaskVectors
+
+        return TaskVectors(self.vectors_of_pins[spec.query_pins], self.vectors_of_pins[spec.corpus_pins])
+
+
+def test_related_pins_recall_at_10_leaves_out_the_query_and_its_twin():
+    """14 pins on a test board, nearly one point of the space (each nearest to itself), 6 distractors far
+    away; p00 and p01 are twins with one vector. Without the query (and its twin) in the ranking, the top
+    10 are 10 board mates: Recall@10 = 10/12 for a twin (12 mates outside its group), 10/13 for the
+    others, and nDCG@10 = 1. A ranking that kept the query would score 9/12 and 9/13."""
+    from pinclip.eval.harness import _rank
+    from pinclip.eval.metrics import per_query_metrics
+
+    ids = [f"p{i:02d}" for i in range(14)] + [f"d{i}" for i in range(6)]
+    rng = np.random.default_rng(0)
+    vectors = np.zeros((20, 8))
+    vectors[:14, 0], vectors[14:, 1] = 1.0, 1.0
+    vectors[:, 2:] = 0.05 * rng.standard_normal((20, 6))
+    vectors[1] = vectors[0]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    edges = [(i, "B") for i in range(14)] + [(i, "T") for i in range(14, 20)]
+    texts = {"title": [f"pin {i}" for i in ids]}
+    splits = {"seed": 0, "cold_start_pins": [], "val_pins": [], "heldout_boards": ["B"],
+              "duplicate_groups": [["p00", "p01"]]}
+    data = EvalData(ids, texts, np.ones(20, bool), np.array([p for p, _ in edges]), [b for _, b in edges],
+                    {"B": "board", "T": "training"}, splits)
+    spec = build_eval_tasks(data, tasks=("related",), regimes=("image",))["related"]["warm"]["image"]
+    assert spec.query_ids == ids[:14] and len(spec.corpus_ids) == 20
+    ranked, _, _ = _rank(TableEncoder(vectors), spec)
+    values = per_query_metrics(ranked, spec.relevant, ks=(10,))
+    expected = np.array([10 / 12] * 2 + [10 / 13] * 12)
+    np.testing.assert_allclose(values["recall@10"], expected)
+    np.testing.assert_allclose(values["ndcg@10"], 1.0)
+    assert not any(q in row[:10].tolist() for q, row in enumerate(ranked))
+    assert 1 not in ranked[0].tolist() and 0 not in ranked[1].tolist()  # the twin is not ranked either
+
+
+def test_eval_data_from_a_loaded_dataset_matches_the_raw_tables(catalog):
+    import pyarrow.parquet as pq
+
+    from pinclip.train.dataset import load_dataset_dir
+
+    dataset = load_dataset_dir(catalog["pins"].parent)
+    pins = pq.read_table(catalog["pins"]).to_pylist()
+    edges = pq.read_table(catalog["boards"]).to_pylist()
+    data = EvalData.from_dataset(dataset)
+    assert data.pin_ids == [p["pin_id"] for p in pins] and data.has_image.dtype == bool and data.has_image.all()
+    assert data.texts["title"] == [p["title"] for p in pins]
+    assert [(data.pin_ids[p], b) for p, b in zip(data.edge_pins.tolist(), data.edge_boards)] == \
+        [(e["pin_id"], e["board_id"]) for e in edges]
+    assert data.board_titles == {e["board_id"]: e["board_title"] for e in edges}
+    assert data.splits == dataset.splits and data.splits["heldout_boards"]
+    given = EvalData.from_dataset(dataset, has_image=np.arange(72) % 2, splits=SPLITS)
+    assert given.has_image.dtype == bool and given.has_image.sum() == 36 and given.splits is SPLITS
+
+
+def many_boards(max_pins: int = 40) -> EvalData:
+    """Pins p00..p39 with titles; board Bk holds p(2k) (warm) and p(2k+1) (cold); every board is held out."""
+    ids = [f"p{i:02d}" for i in range(max_pins)]
+    edges = [(i, f"B{i // 2:02d}") for i in range(max_pins)]
+    boards = sorted({b for _, b in edges})
+    return EvalData(ids, {"title": [f"pin {i}" for i in range(max_pins)]}, np.ones(max_pins, bool),
+                    np.array([p for p, _ in edges]), [b for _, b in edges], {b: f"board {b[1:]}" for b in boards},
+                    {"seed": 0, "cold_start_pins": ids[1::2], "val_pins": [], "heldout_boards": boards})
+
+
+# The query draw is part of the protocol: evaluations of two versions compare only if they draw the same queries.
+DRAWN = {"pintext_i2t": {"warm": ["p04", "p28", "p34"], "cold": ["p05", "p09", "p19"]},
+         "pintext_t2i": {"warm": ["p06", "p34", "p38"], "cold": ["p05", "p11", "p37"]},
+         "related": {"warm": ["p02", "p30", "p36"], "cold": ["p03", "p27", "p29"]},
+         "search": {"warm": ["B01", "B02", "B14"], "cold": ["B08", "B10", "B18"]}}
+
+
+def test_query_draws_are_pinned_distinct_and_seeded():
+    data = many_boards()
+    specs = build_eval_tasks(data, regimes=("full",), max_queries=3)  # seed 0 by default
+    assert {t: {s: by["full"].query_ids for s, by in bs.items()} for t, bs in specs.items()} == DRAWN
+    other = build_eval_tasks(data, regimes=("full",), max_queries=3, seed=1)
+    assert other["related"]["warm"]["full"].query_ids != DRAWN["related"]["warm"]
+    for task, by_split in build_eval_tasks(data, regimes=("full",), max_queries=19).items():
+        for spec in by_split.values():  # 19 of 20 candidates: drawn without replacement, in catalog order
+            ids = spec["full"].query_ids
+            assert len(ids) == len(set(ids)) == 19 and ids == sorted(ids), task
+    assert len(build_eval_tasks(many_boards(2004), tasks=("related",), regimes=("full",))
+               ["related"]["warm"]["full"].query_ids) == 1000  # the default cap
+
+
+def test_every_spec_names_its_task_split_regime_and_kinds(specs):
+    kinds = {"pintext_i2t": ("image", "text"), "pintext_t2i": ("text", "image"), "related": ("pin", "pin"),
+             "search": ("text", "pin")}
+    counts = {("pintext_i2t", "warm"): 6, ("pintext_i2t", "cold"): 3, ("pintext_t2i", "warm"): 5,
+              ("pintext_t2i", "cold"): 3, ("related", "warm"): 7, ("related", "cold"): 2}
+    for task, by_split in specs["test"].items():
+        for split, by_regime in by_split.items():
+            for regime, spec in by_regime.items():
+                assert (spec.task, spec.split, spec.regime) == (task, split, regime)
+                assert (spec.query_kind, spec.corpus_kind) == kinds[task]
+                expected = {"candidates": 2, "boards_without_title": 0} if task == "search" else \
+                    {"candidates": counts[task, split]}
+                assert spec.counts == expected
+                assert all(r.dtype == np.int64 for r in spec.relevant) and spec.corpus_pins.dtype == np.int64
+                if spec.query_kind != "text" or task == "pintext_t2i":
+                    assert len(spec.query_pins) == spec.num_queries and spec.query_pins.dtype == np.int64
+    t2i = specs["test"]["pintext_t2i"]["warm"]["full"]
+    assert t2i.query_fields.tolist() == [0] * t2i.num_queries and len(t2i.corpus_pins) == 11
+
+
+def test_missing_fields_nan_texts_untitled_boards_and_empty_splits():
+    texts = {"title": ["apple", float("nan"), None], "annotations": [None, ["pear"], ["fig"]]}  # no other field
+    assert pin_fields(["a", "b", "c"], texts) == [[(0, "apple")], [(4, "pear")], [(4, "fig")]]
+    assert regime_mask(pin_fields(["a", "b", "c"], texts), "full").dtype == bool
+    data = make_data({**SPLITS, "val_pins": [], "heldout_boards": [*SPLITS["heldout_boards"], "B9"]})
+    data.board_titles = {**data.board_titles, "B2": None, "B9": "nine"}  # an untitled board; a board without pins
+    specs = build_eval_tasks(data, partition="test")
+    search = specs["search"]["warm"]["full"]
+    assert search.query_ids == ["B1"] and search.counts == {"candidates": 2, "boards_without_title": 1}
+    val = build_eval_tasks(data, partition="val", tasks=("search", "related"))
+    assert "cold" not in val["search"] and "cold" not in val["related"]  # no validation pin: no cold split

@@ -56,17 +56,17 @@ def test_openvino_text_paths_match_reference(embedder):
     for precision in ("bf16", "int8"):
         encoder = FastTextEncoder(embedder.model, backend="openvino", precision=precision, calibration_texts=calibration)
         cosine = (encoder.embed(TEXTS, field="queries") * ref).sum(1)
-        assert cosine.min() > 0.9, precision
+        assert cosine.min() > 0.99, precision  # measured: int8 0.9946, bf16 0.99999
     with pytest.raises(ValueError, match="calibration"):
         FastTextEncoder(embedder.model, backend="openvino", precision="int8")
 
 
 def test_fast_text_int8_and_bf16_stay_close(embedder):
     ref = embedder.embed_texts(TEXTS)
-    for precision in ("int8", "bf16"):
+    for precision, floor in (("int8", 0.999), ("bf16", 0.99)):  # measured: int8 0.999998, bf16 0.9972
         fast = FastTextEncoder(embedder.model, backend="torch", precision=precision).embed(TEXTS)
         cosine = (fast * ref).sum(1)
-        assert cosine.min() > 0.9, precision
+        assert cosine.min() > floor, precision
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])

@@ -159,3 +159,21 @@ def test_invalid_settings_are_reported():
         walk(graph, restart_prob=1.5)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         walk(graph, top_k=0)
+
+
+def test_random_walk_neighbors_has_the_defaults_and_passes_every_setting_on():
+    graph = random_graph(3, num_pins=5000, num_boards=500, num_edges=20000)  # more start pins than one batch
+    assert (graph.pin_degree() > 0).sum() > 4097
+    defaults = mine_neighbors(graph, RandomWalkConfig(), progress=False)
+    neighbors, counts = random_walk_neighbors(graph, progress=False)
+    assert np.array_equal(neighbors, defaults.neighbors) and np.array_equal(counts, defaults.counts)
+    small = graph_of_3()
+    config = RandomWalkConfig(num_walkers_per_pin=7, walk_length=2, restart_prob=0.3, top_k=2,
+                              board_degree_damping=1.0, seed=5, batch_pins=1)
+    mined = mine_neighbors(small, config, progress=False)
+    neighbors, counts = random_walk_neighbors(small, 7, 2, 0.3, 2, 1.0, 5, 1, progress=False)
+    assert np.array_equal(neighbors, mined.neighbors) and np.array_equal(counts, mined.counts)
+
+
+def graph_of_3() -> BipartiteGraph:
+    return BipartiteGraph.from_arrays(np.array([0, 1, 2, 0, 3]), np.array([0, 0, 0, 1, 1]), 4, 2)

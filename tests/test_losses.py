@@ -13,6 +13,7 @@ from pinclip.losses import (
     all_gather_with_grad,
     fake_quant_global_affine,
     image_text_loss,
+    initial_logit_scale_and_bias,
     matryoshka_loss,
     multi_positive_contrastive,
     neighbor_loss,
@@ -273,3 +274,66 @@ def test_bad_inputs_are_reported():
         neighbor_loss(query, torch.full((len(query),), 99), None, torch.tensor(0.0))
     with pytest.raises(ValueError, match="positive scale"):
         fake_quant_global_affine(query, 0.0, 0)
+
+
+def test_initial_scales_and_biases_by_mode():
+    assert initial_logit_scale_and_bias("infonce") == (pytest.approx(math.log(1 / 0.07)), 0.0)
+    assert initial_logit_scale_and_bias("siglip", batch_size=2)[1] == pytest.approx(-math.log(2))
+    assert initial_logit_scale_and_bias("siglip", batch_size=1)[1] == -10.0  # log 1 = 0 says nothing
+    with pytest.raises(ValueError, match="unknown contrastive mode"):
+        initial_logit_scale_and_bias("triplet")
+
+
+def test_memory_is_a_fifo_that_survives_a_state_round_trip():
+    from pinclip.losses.memory import EmbeddingMemory
+
+    with pytest.raises(ValueError, match="memory size"):
+        EmbeddingMemory(size=-1, dim=2)
+    empty = EmbeddingMemory(size=4, dim=3)
+    assert len(empty) == 0 and empty.embeddings.shape == (0, 3) and empty.pins.dtype == torch.long
+    off = EmbeddingMemory(size=0, dim=3)
+    off.push(torch.ones(2, 3), torch.tensor([1, 2]))
+    assert len(off) == 0  # size 0: no bank
+    memory = EmbeddingMemory(size=4, dim=3)
+    for step in range(3):  # 3 pushes of 2 rows: the last 4 stay
+        memory.push(torch.full((2, 3), float(step)), torch.tensor([2 * step, 2 * step + 1]))
+    assert len(memory) == 4 and memory.embeddings[:, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
+    assert memory.pins.tolist() == [2, 3, 4, 5] and memory.log_q.tolist() == [0.0] * 4
+    again = EmbeddingMemory(size=4, dim=3)
+    again.load_state_dict(memory.state_dict())
+    for name in ("embeddings", "pins", "log_q"):
+        assert torch.equal(getattr(again, name), getattr(memory, name))
+    assert set(memory.state_dict()) == {"embeddings", "pins", "log_q"}
+
+
+def test_memory_keeps_its_device_and_aligns_pins_before_it_is_full():
+    from pinclip.losses.memory import EmbeddingMemory
+
+    memory = EmbeddingMemory(size=4, dim=3, device="meta")  # a device without data: only placement is checked
+    assert {t.device.type for t in (memory.embeddings, memory.pins, memory.log_q)} == {"meta"}
+    memory.push(torch.ones(2, 3, device="meta"), torch.tensor([5, 6], device="meta"))
+    assert memory.log_q.device.type == "meta" and memory.pins.shape == (2,) and memory.log_q.shape == (2,)
+    cpu = EmbeddingMemory(size=4, dim=3)
+    cpu.push(torch.ones(2, 3), torch.tensor([5, 6]))
+    assert cpu.pins.tolist() == [5, 6] and cpu.log_q.tolist() == [0.0, 0.0]  # nothing before the first push
+    memory.load_state_dict(cpu.state_dict())
+    assert {t.device.type for t in (memory.embeddings, memory.pins, memory.log_q)} == {"meta"}
+
+
+@pytest.mark.parametrize("mode", ["siglip", "infonce"])
+def test_a_pin_whose_fields_weigh_less_than_one_in_total_matches_the_loops(mode):
+    query, keys, mask = random_batch(7)
+    mask[2] = torch.tensor([False, True, False])  # only a field of weight 0.5
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    loss = multi_positive_contrastive(query, keys, mask, torch.tensor(1.0), torch.tensor(-1.0), weights, mode=mode)
+    expected = reference_multi_positive(query, keys, mask, weights.tolist(), math.e, -1.0, mode)
+    assert loss["image_text"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_image_text_loss_passes_weights_and_chunks_on():
+    query, keys, mask = random_batch(8)
+    weights = torch.tensor([2.0, 0.5, 1.0])
+    direct = multi_positive_contrastive(query, keys, mask, torch.tensor(1.0), torch.tensor(-1.0), weights, "infonce")
+    wrapped = image_text_loss(query, keys, mask, torch.tensor(1.0), torch.tensor(-1.0), weights, "infonce", chunk_size=2)
+    assert list(wrapped) == ["image_text"]
+    assert wrapped["image_text"].item() == pytest.approx(direct["image_text"].item(), rel=1e-6)

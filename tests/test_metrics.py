@@ -159,3 +159,57 @@ def test_exact_topk_with_ragged_exclusions_by_hand():
     np.testing.assert_array_equal(chunked, ids)  # exclusions land in the right block
     with pytest.raises(ValueError, match="one entry per query"):
         exact_topk(SCORES, np.eye(4, dtype=np.float32), k=3, exclude=exclude[:3])
+
+
+def test_one_relevant_set_per_query_is_required_and_metrics_are_floats():
+    ids = np.array([[0, 1, 2], [2, 1, 0]])
+    for metric in (per_query_metrics, recall_at_k):
+        with pytest.raises(ValueError, match="one relevant set per query"):
+            metric(ids, [np.array([0])], ks=(1,))
+    with pytest.raises(ValueError, match="one relevant set per query"):
+        recall_at_k(np.array([0, 1, 2]), [np.array([0])] * 3, ks=(1,))
+    values = per_query_metrics(ids, [np.array([1]), np.array([0, 2])], ks=(1, 2), ndcg_k=2)
+    assert values["hit@1"].dtype == np.float64 and values["hit@1"].tolist() == [0.0, 1.0]
+    nothing = recall_at_k(ids, [np.array([], np.int64)] * 2, ks=(1, 3))
+    assert set(nothing) == {"queries", "queries_without_relevant", "recall@1", "hit@1", "recall@3", "hit@3"}
+    assert nothing["queries"] == 0 and nothing["queries_without_relevant"] == 2 and np.isnan(nothing["hit@3"])
+
+
+def test_retrieval_metrics_pass_the_exclusions_on():
+    x = np.eye(3, dtype=np.float32)
+    x[1, 0] = 0.5  # query 0's nearest other item is 1
+    relevant = [np.array([1]), np.array([0]), np.array([0])]
+    assert retrieval_metrics(x, x, relevant, ks=(1,))["recall@1"] == 0.0  # each query finds itself first
+    assert retrieval_metrics(x, x, relevant, ks=(1,), exclude=np.arange(3))["recall@1"] == 1.0  # ties: lower id
+
+
+def test_exact_topk_equals_a_full_sort_at_every_k():
+    x = np.random.default_rng(3).standard_normal((3, 300)).astype(np.float32)
+    order = np.argsort(-x, axis=1, kind="stable")  # scores against the identity corpus are x itself
+    for k in range(1, 301):
+        np.testing.assert_array_equal(exact_topk(x, np.eye(300, dtype=np.float32), k)[1], order[:, :k], err_msg=k)
+
+
+def test_scores_are_float32_and_exclusions_come_in_every_documented_form():
+    # 1 and 1 + 1e-9 are one float32 number: a tie, broken by the lower id
+    _, ids = exact_topk(np.array([[1.0]]), np.array([[1.0], [1.0 + 1e-9]]), k=2)
+    assert ids.tolist() == [[0, 1]]
+    _, ids = exact_topk(np.array([[1.0, 1.0 + 1e-9]]), np.eye(2), k=2)  # the query is float32 too
+    assert ids.tolist() == [[0, 1]]
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], dtype=np.float32)
+    expected = [[2, -1], [0, -1], [1, -1]]  # each query: itself and one more left out
+    for exclude in (np.array([[0, 1], [1, 2], [2, 0]]), [[0, 1], [1, 2], [2, 0]],
+                    np.array([np.array([0, 1]), np.array([1, 2]), np.array([2, 0])], dtype=object)):
+        assert exact_topk(x, x, k=2, exclude=exclude)[1].tolist() == expected
+    assert exact_topk(x, x, k=1, exclude=[0, 1, 2])[1].tolist() == [[1], [0], [1]]  # a list of single ids
+    assert exact_topk(x, x, k=1, exclude=np.array([0.0, 1.0, 2.0]))[1].tolist() == [[1], [0], [1]]  # cast to ids
+    assert exact_topk(x, x, k=2, exclude=[[0.0, 1.0], [1.0, 2.0], [2.0, 0.0]])[1].tolist() == expected
+    with pytest.raises(ValueError, match="must be"):
+        exact_topk(np.zeros(2), x, k=1)
+    scores, ids = exact_topk(np.zeros((0, 2)), x, k=2, exclude=[])
+    assert scores.shape == ids.shape == (0, 2)
+
+
+def test_no_relevant_items_at_all_gives_empty_integer_rows():
+    values = per_query_metrics(np.array([[0, 1]]), [np.array([], np.int64)], ks=(1,), ndcg_k=1)
+    assert values["rows"].dtype == np.int64 and len(values["rows"]) == 0 and len(values["recall@1"]) == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pinclip.config import load_config
-from pinclip.data.schema import TEXT_FIELDS
+from pinclip.data.schema import TEXT_FIELDS, field_text
 from pinclip.models.backbone import Backbone
 from pinclip.models.pinclip import PinCLIP
 from pinclip.models.text_states import compute_text_states, text_batch
@@ -143,23 +143,41 @@ def test_qwen2_backbone_and_siglip_tower_plug_in_offline(hf_folders):
     assert all(p.grad is None for p in model.vision.parameters())
 
 
-def test_embedder_matches_training_path(tiny_checkpoint, catalog):
+def test_embedder_matches_training_path(tiny_checkpoint, catalog, tmp_path):
+    """The Embedder on raw PNGs and raw texts gives what a training step computes for the same pins from its
+    feature cache and text states (pinclip.train.trainer.local_batch, then the model's forward)."""
+    import pyarrow.parquet as pq
     from PIL import Image
 
     from pinclip.models.embedder import Embedder
+    from pinclip.train.checkpoint import load_model
+    from pinclip.train.dataset import batch_at, load_dataset_dir, prepare_training
+    from pinclip.train.trainer import batch_config, compute_features, local_batch
 
-    emb = Embedder.from_checkpoint(tiny_checkpoint)
+    model, cfg, meta = load_model(tiny_checkpoint)
+    data = prepare_training(load_dataset_dir(catalog["pins"].parent), cfg.graph, seed=0, progress=False)
+    feats = compute_features(model, data, str(tmp_path), rank=0, progress=False)
+    batch, _ = local_batch(data, feats, 0, cfg, 0, 1, torch.device("cpu"))
+    with torch.no_grad():
+        trained = model(batch)  # (B, D) image and pin, (B, F, D) text of the training rows
+    rows = batch_at(data, 0, batch_config(cfg)).rows
+    table = pq.read_table(catalog["pins"]).to_pylist()
+    pins = [{"image": Image.open(catalog["pins"].parent / table[r]["image"]),
+             **{f: table[r][f] for f in TEXT_FIELDS}} for r in rows]
+    emb = Embedder(model, meta)
     assert emb.version.startswith("pinclip-") and emb.dim == 32 and emb.quant is not None
-    texts = emb.embed_texts(["red circle", "blue square"])
-    assert texts.shape == (2, 32) and np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
-    img = Image.open(catalog["pins"].parent / "images" / "red-circle-0.png")
-    image = emb.embed_images([img])
-    pin_img_only = emb.embed_pins([{"image": img}])
-    assert image.shape == pin_img_only.shape == (1, 32)
-    # a fused pin with a title differs from the same image alone
-    pin = emb.embed_pins([{"image": img, "title": "red circle", "annotations": ["red", "circle"]}])
-    assert not np.allclose(pin, pin_img_only)
-    assert len(TEXT_FIELDS) == 5
+    ours = emb.embed_pin_modes(pins)
+    np.testing.assert_allclose(ours["image"], trained["image"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours["pin"], trained["pin"].numpy(), atol=1e-5)
+    mask = trained["text_mask"].numpy()
+    for f, field in enumerate(TEXT_FIELDS):
+        present = np.flatnonzero(mask[:, f])
+        if len(present):
+            texts = [field_text(pins[i][field]) for i in present]
+            np.testing.assert_allclose(emb.embed_texts(texts, field=field), trained["text"][present, f].numpy(),
+                                       atol=1e-5, err_msg=field)
+    assert mask[:, 0].all() and mask[:, 4].all() and not mask[:, 2].any()  # titles, annotations; no caption
+    assert not np.allclose(ours["pin"], emb.embed_pins([{"image": p["image"]} for p in pins]), atol=1e-3)
 
 
 def test_embed_pin_modes_equals_the_separate_calls(tiny_checkpoint, catalog):

@@ -44,6 +44,7 @@ def test_siglip_bias_starts_at_minus_log_of_the_batch():
     assert initial_logit_scale_and_bias("siglip") == (pytest.approx(math.log(10)), -10.0)
 
 
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_the_siglip_scalars_move_under_training_and_are_logged(catalog, tmp_path):
     from pinclip.train.trainer import train
 
@@ -70,7 +71,7 @@ def test_field_dropout_mask_follows_its_probabilities():
     assert mixed[:, 1].mean() == pytest.approx(0.6 * 0.5, abs=0.015)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: make mutants credits a shared fixture to the first test only
 def training_data(catalog):
     cfg = load_config(preset="tiny")
     return prepare_training(load_dataset_dir(catalog["pins"].parent), cfg.graph, seed=0, progress=False,
@@ -110,6 +111,7 @@ def test_log_q_is_a_distribution_that_favours_popular_neighbors(training_data):
     assert training_data.log_q[popular] > training_data.log_q[rare]
 
 
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_text_dropout_feeds_the_fused_pass_image_only_pins(catalog, tmp_path):
     from pinclip.models.pinclip import PinCLIP
     from pinclip.train.trainer import compute_features, local_batch
@@ -125,6 +127,7 @@ def test_text_dropout_feeds_the_fused_pass_image_only_pins(catalog, tmp_path):
     assert out["pin"].requires_grad and torch.isfinite(out["pin"]).all()
 
 
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
 def test_image_only_fused_embeddings_depend_on_the_image(tiny_checkpoint, catalog):
     from pinclip.models.embedder import embed_rows
     from pinclip.models.features import image_features
@@ -155,3 +158,260 @@ def test_board_titles_come_from_the_row_s_own_training_boards_only(training_data
         for b in boards[boards >= 0]:
             assert b in data.graph.boards_of(int(row))
             assert data.board_titles[b] and data.graph.board_ids[b] not in heldout
+
+
+# --- the whole objective against plain loops: every term, its weight, and the masks ---------------------------
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _softplus(z: float) -> float:
+    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+
+
+def _siglip(q, k, mask, weights, scale, bias, ignore) -> float:
+    """Multi-positive SigLIP: every (query i, pin j) pair weighs one, shared over j's present fields
+    by weight; ignored pairs i != j are no term; divided by the batch size."""
+    n, fields = mask.shape
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            if i != j and ignore[i, j]:
+                continue
+            present = [f for f in range(fields) if mask[j, f] and weights[f] > 0]
+            norm = sum(weights[f] for f in present)
+            for f in present:
+                z = scale * float(q[i] @ k[j, f]) + bias
+                total += weights[f] / norm * _softplus(-z if i == j else z)
+    return total / n
+
+
+def _logsumexp(values) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _infonce(q, k, mask, weights, scale, bias, ignore) -> float:
+    """Multi-positive InfoNCE, both directions: a query against every present field of every pin not
+    ignored (its own fields positive); each present field against every query not ignored."""
+    n, fields = mask.shape
+    total, valid = 0.0, 0
+    for i in range(n):
+        present = [f for f in range(fields) if mask[i, f] and weights[f] > 0]
+        if not present:
+            continue
+        valid += 1
+        norm = sum(weights[f] for f in present)
+        pins = [j for j in range(n) if j == i or not ignore[i, j]]
+        log_z = _logsumexp([scale * float(q[i] @ k[j, f]) for j in pins for f in range(fields) if mask[j, f]])
+        for f in present:
+            positive = scale * float(q[i] @ k[i, f])
+            total += weights[f] / norm * (log_z - positive)  # query -> fields
+            total += weights[f] / norm * (_logsumexp([scale * float(q[j] @ k[i, f]) for j in pins]) - positive)
+    return total / (2 * valid)
+
+
+def _neighbor(x, positive, ignore, scale, log_q, bank=None, bank_ignore=None, bank_log_q=None) -> float:
+    """InfoNCE of each query row against its positive; candidates: every other row not ignored, and the
+    memory bank's entries not ignored."""
+    losses = []
+    for i, pos in enumerate(positive):
+        if pos < 0:
+            continue
+        logits = {j: scale * float(x[i] @ x[j]) - log_q[j] for j in range(len(x))
+                  if j != i and (j == pos or not ignore[i, j])}
+        for m in range(0 if bank is None else len(bank)):
+            if not bank_ignore[i, m]:
+                logits[("bank", m)] = scale * float(x[i] @ bank[m]) - bank_log_q[m]
+        top = max(logits.values())
+        losses.append(top + math.log(sum(math.exp(v - top) for v in logits.values())) - logits[pos])
+    return sum(losses) / len(losses)
+
+
+def _relational(student, teacher, valid, tau) -> float:
+    """KL(teacher || student) of each valid row's softmax over the other valid rows, averaged."""
+    def log_softmax(v):
+        top = v.max()
+        return v - top - math.log(np.exp(v - top).sum())
+
+    rows = np.flatnonzero(valid)
+    kls = []
+    for i in rows:
+        others = [j for j in rows if j != i]
+        if not others:
+            continue
+        log_t = log_softmax(np.array([teacher[i] @ teacher[j] for j in others]) / tau)
+        log_s = log_softmax(np.array([student[i] @ student[j] for j in others]) / tau)
+        kls.append(float((np.exp(log_t) * (log_t - log_s)).sum()))
+    return sum(kls) / len(kls)
+
+
+def _fake_int8(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return scale * (np.clip(np.round(x / scale) + zero_point, -128, 127) - zero_point)
+
+
+class _Scalars(torch.nn.Module):
+    """The objective reads only the model's contrastive scalars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.it_logit_scale = torch.nn.Parameter(torch.tensor(math.log(4.0)))
+        self.it_logit_bias = torch.nn.Parameter(torch.tensor(-1.5))
+        self.nb_logit_scale = torch.nn.Parameter(torch.tensor(math.log(6.0)))
+
+
+A, E, DIM, DIMS = 3, 1, 6, (6, 3)  # anchors, hard rows, width, Matryoshka dims
+N = 2 * A + E
+HAS_NEIGHBOR = [True, False, True]  # anchor 1's partner is a random pin: no neighbor term for rows 1 and 4
+
+
+def _objective_inputs(seed: int = 0):
+    from pinclip.data.schema import TEXT_FIELDS
+    from pinclip.train.objective import BatchContext
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((N, len(TEXT_FIELDS))) > 0.4
+    mask[:, 0] = True
+    mask[5] = False  # a pin without text
+    text = _unit(rng.standard_normal((N, len(TEXT_FIELDS), DIM))) * mask[..., None]
+    board_mask = rng.random((N, 2)) > 0.3
+    board_mask[3] = False  # a row without a titled training board
+    out = {"image": _unit(rng.standard_normal((N, DIM))), "pin": _unit(rng.standard_normal((N, DIM))),
+           "text": text, "text_mask": mask, "board_text": _unit(rng.standard_normal((N, 2, DIM))) * board_mask[..., None],
+           "board_mask": board_mask}
+    same = np.zeros((N, N), bool)
+    same[0, 6] = same[6, 0] = True  # the hard row duplicates anchor 0
+    share = np.zeros((N, N), bool)
+    share[1, 5] = share[5, 1] = share[2, 3] = share[3, 2] = True
+    log_q = rng.normal(-2.0, 0.7, N)
+    teacher_pin, teacher_text = _unit(rng.standard_normal((N, 5))), _unit(rng.standard_normal((N, len(TEXT_FIELDS), 4)))
+    t = {k: torch.tensor(v) if v.dtype == bool else torch.tensor(v, dtype=torch.float32) for k, v in out.items()}
+    ctx = BatchContext(A, E, torch.tensor(HAS_NEIGHBOR), torch.tensor(same), torch.tensor(share),
+                       torch.tensor(log_q, dtype=torch.float32), torch.arange(N),
+                       teacher_pin=torch.tensor(teacher_pin, dtype=torch.float32),
+                       teacher_text=torch.tensor(teacher_text, dtype=torch.float32))
+    raw = {**out, "same": same, "share": share, "log_q": log_q, "teacher_pin": teacher_pin, "teacher_text": teacher_text}
+    return t, ctx, raw
+
+
+def _expected_terms(raw: dict, cfg) -> dict[str, float]:
+    """Every term of pinclip.train.objective by the loops above, from the module's docstring."""
+    from pinclip.data.schema import TEXT_FIELDS
+
+    weights = [cfg.field_weights.get(f, 1.0) for f in TEXT_FIELDS]
+    mask = raw["text_mask"]
+    ignore_it = np.zeros((N, N), bool)
+    if cfg.mask_duplicates:
+        ignore_it = raw["same"] | (raw["share"] if cfg.mask_boards_in_image_text else False)
+    scale_it, bias_it, scale_nb = 4.0, -1.5, 6.0
+    contrastive = _infonce if cfg.image_text == "infonce" else _siglip
+    positive = [A + i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + \
+               [i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + [-1] * E
+    ignore_nb = raw["same"] | raw["share"]
+    if cfg.neighbor_candidates == "partners":
+        role = np.array([0] * A + [1] * A + [2] * E)
+        ignore_nb = ignore_nb | (role[:, None] == role[None, :]) | (role[None, :] == 2)
+    log_q = raw["log_q"] if cfg.logq else np.zeros(N)
+    terms = {"image_text": 0.0, "pin_text": 0.0, "neighbor": 0.0, "image_neighbor": 0.0, "board": 0.0}
+    for d in DIMS:
+        text = _unit(raw["text"][..., :d]) * mask[..., None]
+        image, pin = _unit(raw["image"][:, :d]), _unit(raw["pin"][:, :d])
+        terms["image_text"] += contrastive(image, text, mask, weights, scale_it, bias_it, ignore_it)
+        terms["pin_text"] += contrastive(pin, text, mask, weights, scale_it, bias_it, ignore_it)
+        titles = _unit(raw["board_text"][..., :d]) * raw["board_mask"][..., None]  # no field weights, boards masked
+        terms["board"] += contrastive(pin, titles, raw["board_mask"], [1.0, 1.0], scale_it, bias_it,
+                                  raw["same"] | raw["share"])
+        terms["neighbor"] += _neighbor(pin, positive, ignore_nb, scale_nb, log_q)
+        terms["image_neighbor"] += _neighbor(image, positive, ignore_nb, scale_nb, log_q)
+    terms["distill"] = (_relational(raw["pin"], raw["teacher_pin"], np.ones(N, bool), cfg.distill_tau)
+                        + _relational(raw["text"].reshape(N * len(TEXT_FIELDS), DIM),
+                                      raw["teacher_text"].reshape(N * len(TEXT_FIELDS), -1), mask.reshape(-1),
+                                      cfg.distill_tau))
+    joint = np.concatenate([raw["image"].ravel(), raw["text"][mask].ravel()])
+    lo, hi = float(joint.min()), float(joint.max())
+    scale = max(hi - lo, 1e-6) / 255.0
+    zero_point = min(127, max(-128, int(round(-128 - lo / scale))))
+    q_text = _fake_int8(raw["text"], scale, zero_point) * mask[..., None]
+    terms["quant_image_text"] = contrastive(_fake_int8(raw["image"], scale, zero_point), q_text, mask, weights,
+                                        scale_it, bias_it, ignore_it)
+    return terms
+
+
+OBJECTIVE_CASES = {
+    "default masks": [],
+    "no log q, partners only, boards masked in image-text": ["loss.logq=false", "loss.neighbor_candidates=partners",
+                                                             "loss.mask_boards_in_image_text=true"],
+    "duplicates not masked": ["loss.mask_duplicates=false"],
+    "infonce, fields without a weight count 1": ["loss.image_text=infonce", "loss.field_weights={title: 3.0}"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(OBJECTIVE_CASES))
+def test_the_objective_is_the_weighted_sum_of_hand_computed_terms(case):
+    from pinclip.train.objective import objective
+
+    weights = {"image_text_weight": 0.7, "pin_text_weight": 0.3, "neighbor_weight": 1.9,
+               "image_neighbor_weight": 0.45, "board_weight": 0.6, "distill_weight": 0.2}
+    cfg = load_config(preset="tiny", overrides=[*(f"loss.{k}={v}" for k, v in weights.items()),
+                                                "loss.quant_aware=true", *OBJECTIVE_CASES[case]]).loss
+    out, ctx, raw = _objective_inputs()
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    expected = _expected_terms(raw, cfg)
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value, rel=1e-5), name
+    total = sum(weights[f"{name}_weight"] * expected[name]
+                for name in ("image_text", "pin_text", "neighbor", "image_neighbor", "board", "distill"))
+    assert terms["loss"].item() == pytest.approx(total + expected["quant_image_text"], rel=1e-5)
+    terms["loss"].backward()  # the straight-through quantization term is differentiable
+
+
+@pytest.mark.parametrize("logq", [True, False])
+def test_the_memory_bank_adds_negatives_to_the_pin_neighbor_term_only(logq):
+    from pinclip.losses.memory import EmbeddingMemory
+    from pinclip.train.objective import objective
+
+    cfg = load_config(preset="tiny", overrides=["loss.image_text_weight=0", "loss.neighbor_weight=1.0",
+                                                "loss.image_neighbor_weight=1.0", f"loss.logq={logq}"]).loss
+    out, ctx, raw = _objective_inputs(seed=2)
+    rng = np.random.default_rng(3)
+    bank = EmbeddingMemory(size=3, dim=DIM)
+    bank.push(torch.tensor(rng.standard_normal((3, DIM)), dtype=torch.float32), torch.tensor([40, 41, 42]),
+              torch.tensor([-1.0, -3.0, -0.5]))
+    bank_ignore = np.zeros((N, 3), bool)
+    bank_ignore[0, 1] = bank_ignore[4, 2] = True
+    ctx.bank_ignore = torch.tensor(bank_ignore)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS, bank=bank)
+    positive = [A + i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + \
+               [i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + [-1] * E
+    log_q = raw["log_q"] if logq else np.zeros(N)
+    bank_log_q = bank.log_q.numpy() if logq else np.zeros(3)
+    entries = bank.embeddings.numpy().astype(np.float64)
+    expected = sum(_neighbor(_unit(raw["pin"][:, :d]), positive, raw["same"] | raw["share"], 6.0, log_q,
+                             _unit(entries[:, :d]), bank_ignore, bank_log_q) for d in DIMS)
+    assert terms["neighbor"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["image_neighbor"].item() == pytest.approx(_expected_terms(raw, cfg)["image_neighbor"], rel=1e-5)
+    without = objective(_Scalars(), out, ctx, cfg, DIMS, bank=EmbeddingMemory(size=3, dim=DIM))  # empty bank
+    assert without["neighbor"].item() == pytest.approx(_expected_terms(raw, cfg)["neighbor"], rel=1e-5)
+
+
+def test_unknown_neighbor_candidates_are_refused():
+    from pinclip.train.objective import objective
+
+    cfg = load_config(preset="tiny", overrides=["loss.neighbor_candidates=some"]).loss
+    out, ctx, _ = _objective_inputs()
+    with pytest.raises(ValueError, match="neighbor_candidates"):
+        objective(_Scalars(), out, ctx, cfg, DIMS)
+
+
+def test_rows_without_a_neighbor_are_no_neighbor_queries():
+    from pinclip.train.objective import objective
+
+    cfg = load_config(preset="tiny", overrides=["loss.image_text_weight=0", "loss.neighbor_weight=1.0"]).loss
+    out, ctx, raw = _objective_inputs(seed=1)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    assert set(terms) == {"loss", "neighbor", *(f"neighbor@{d}" for d in DIMS)}  # image-text and quant off
+    expected = _expected_terms(raw, cfg)["neighbor"]
+    assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
+    ctx.has_neighbor = torch.ones(A, dtype=torch.bool)  # every partner a neighbor: another value
+    assert objective(_Scalars(), out, ctx, cfg, DIMS)["loss"].item() != pytest.approx(expected, rel=1e-3)

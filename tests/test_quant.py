@@ -229,3 +229,104 @@ def test_json_record_round_trip_and_validation():
         quant_from_json({"scale": -1.0, "zero_point": 0.0})
     with pytest.raises(ValueError, match="scheme"):
         quant_from_json({**record, "scheme": "pq"})
+
+
+def test_faiss_codes_shift_ours_by_128():
+    codes = np.array([[-128, -1, 0, 127]], np.int8)
+    assert to_faiss_codes(codes).tolist() == [[0, 127, 128, 255]] and to_faiss_codes(codes).dtype == np.uint8
+
+
+def test_params_need_a_positive_scale_and_default_to_minmax():
+    with pytest.raises(ValueError, match="invalid"):
+        GlobalAffine.from_dict({"scale": 0.0, "zero_point": 0.0})
+    assert GlobalAffine.from_dict({"scale": 0.5, "zero_point": 1.0}).method == "minmax"
+
+
+def test_per_dim_percentile_default_clips_each_column_and_decodes_to_float32():
+    x = np.random.default_rng(8).standard_normal((20000, 3)).astype(np.float32)
+    x[0] = 50.0  # one outlier in every column
+    clipped = fit_per_dim_affine(x, "percentile")  # 99.99th percentile by default
+    hi = -clipped.scale * (clipped.zero_point + 128.5) + 255.0 * clipped.scale  # top of each column's range
+    np.testing.assert_allclose(hi, np.percentile(x, 99.99, axis=0), rtol=1e-6)
+    decoded = dequantize_per_dim(quantize_per_dim(x[:5], clipped), clipped)
+    assert decoded.dtype == np.float32 and np.abs(decoded[1:] - x[1:5]).max() <= clipped.scale.max() / 2 + 1e-6
+
+
+def test_fp16_rounds_through_float32_and_sign_bits_need_a_positive_value():
+    # 1 + 2^-11 + 2^-30: float32 rounds it to the fp16 tie 1 + 2^-11, which rounds to even (1.0)
+    assert to_fp16(np.array([[1 + 2**-11 + 2**-30]])).tolist() == [[1.0]]
+    assert binarize(np.array([[0.0, 1e-9, -0.0, 3.0]])).tolist() == [[0b01010000]]  # zero is not positive
+    assert binary_scores(binarize(np.ones((1, 8))), binarize(np.ones((2, 8))), 8).dtype == np.float32
+
+
+def test_faiss_index_defaults_and_list_count():
+    q = GlobalAffine(scale=0.01, zero_point=0.0)
+    assert isinstance(faiss_sq_index(q, 8), faiss.IndexScalarQuantizer)  # "flat" by default
+    hnsw = faiss_sq_index(q, 8, "hnsw")
+    assert hnsw.hnsw.nb_neighbors(1) == 32 and hnsw.metric_type == faiss.METRIC_INNER_PRODUCT
+    train = np.random.default_rng(9).standard_normal((50, 8)).astype(np.float32)
+    assert faiss_sq_index(q, 8, "ivf", train_vectors=train).nlist == 50  # at most one list per vector
+    assert faiss_sq_index(q, 8, "ivf", nlist=1, train_vectors=train).nlist == 1
+    assert faiss_sq_index(q, 8, "ivf", nlist=20, train_vectors=train).metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_int8_scores_stay_exact_past_float32_and_cover_every_row():
+    # 1024 products of 16384 reach 2^24; one odd product more is not a float32 number any longer. With
+    # zero-point -128 the dequantized vectors are (0, ..., 0, 255): the score is 255^2 exactly.
+    a = np.full((1, 1025), -128, np.int8)
+    a[0, -1] = 127
+    assert int8_scores(a, a, GlobalAffine(scale=1.0, zero_point=-128.0))[0, 0] == 255.0**2
+    q = GlobalAffine(scale=1.0, zero_point=0.0)
+    codes = np.random.default_rng(10).integers(-128, 128, (9, 4)).astype(np.int8)  # more rows than dims
+    np.testing.assert_allclose(int8_scores(codes, codes, q, chunk=2), codes.astype(np.float64) @ codes.T.astype(np.float64))
+    with pytest.raises(ValueError, match="code arrays"):
+        int8_scores(codes, codes[:, :3], q)
+    with pytest.raises(ValueError, match="code arrays"):
+        int8_scores(codes[0], codes, q)
+
+
+def test_float64_input_is_encoded_as_its_float32_value_like_faiss():
+    q = GlobalAffine(scale=0.01, zero_point=-28.5)  # vmin -1, cells of 0.01
+    x = np.array([[-0.989999999, 0.25, 1.5]])  # the first is just above a cell edge in float64, on it in float32
+    np.testing.assert_array_equal(quantize(x, q), quantize(x.astype(np.float32), q))
+    sq = faiss.ScalarQuantizer(3, faiss.ScalarQuantizer.QT_8bit_uniform)
+    set_faiss_sq_range(sq, q)
+    np.testing.assert_array_equal(to_faiss_codes(quantize(x, q)), sq.compute_codes(x.astype(np.float32)))
+    assert dequantize(quantize(x, q), q).dtype == np.float32
+
+
+def test_calibration_ranges_by_hand():
+    x = np.random.default_rng(11).standard_normal((2000, 4)).astype(np.float32)
+    top = fit_global_affine(x, "percentile", percentile=100.0)  # the 100th percentile is the max
+    assert (top.scale, top.zero_point) == (fit_global_affine(x).scale, fit_global_affine(x).zero_point)
+    lo, hi = np.percentile(x, [0.01, 99.99])
+    vmin, vdiff = faiss_uniform_range(fit_global_affine(x, "percentile"))  # 99.99 by default
+    assert (vmin, vmin + vdiff) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+    assert fit_global_affine(x, "percentile", percentile=50.5).scale > 0
+    for bad in (50.0, 100.5):
+        with pytest.raises(ValueError, match="percentile"):
+            fit_global_affine(x, "percentile", percentile=bad)
+    for value in (0.25, -5.0):  # constant data: a range of 1e-6 * max(1, |value|) on each side
+        vmin, vdiff = faiss_uniform_range(fit_global_affine(np.full((2, 3), value, np.float32)))
+        pad = 1e-6 * max(1.0, abs(value))
+        assert (vmin, vdiff) == (pytest.approx(value - pad, rel=1e-12, abs=0), pytest.approx(2 * pad, rel=1e-6))
+
+
+def test_errors_name_what_was_wrong():
+    empty = np.zeros((0, 3))
+    with pytest.raises(ValueError, match="calibration sample"):
+        fit_global_affine(empty)
+    with pytest.raises(ValueError, match="calibration sample"):
+        fit_per_dim_affine(empty)
+    q = GlobalAffine(scale=0.01, zero_point=0.0)
+    with pytest.raises(ValueError, match="vectors to quantize"):
+        quantize(empty, q)
+    with pytest.raises(ValueError, match="vectors to quantize"):
+        quantize_per_dim(empty, fit_per_dim_affine(np.ones((2, 3))))
+    with pytest.raises(ValueError, match="IVF training vectors"):
+        faiss_sq_index(q, 3, "ivf", train_vectors=empty)
+
+
+def test_ivf_lists_default_to_1024():
+    train = np.random.default_rng(12).standard_normal((1100, 4)).astype(np.float32)
+    assert faiss_sq_index(GlobalAffine(scale=0.01, zero_point=0.0), 4, "ivf", train_vectors=train).nlist == 1024

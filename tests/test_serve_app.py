@@ -206,3 +206,41 @@ def test_streamed_oversize_body_without_length_is_refused(service):
 
     response = client.post("/embed/text", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and "request body over" in response.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def real_service(tiny_checkpoint, catalog, tmp_path_factory):
+    """The app on the real tiny-preset model and an index of the synthetic catalog embedded by it."""
+    from pinclip.models.embedder import Embedder
+    from pinclip.serve.embed import embed_pins_table
+    from pinclip.serve.index import PinIndex
+
+    folder = tmp_path_factory.mktemp("real-serve")
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    embed_pins_table(embedder, catalog["pins"], folder / "emb", shard_size=32, progress=False)
+    index = PinIndex.from_embeddings(folder / "emb")
+    app = create_app(embedder, index, load_pins_meta(catalog["pins"]), TOKEN, ServeLimits())
+    with TestClient(app) as client:
+        yield client, embedder, index
+
+
+def test_text_search_embeds_the_query_as_a_search_query_on_the_real_model(real_service):
+    client, embedder, index = real_service
+    for q in ("red circle", "blue squares", "things"):
+        expected_scores, expected_ids = index.search(embedder.embed_texts([q], field="queries"), 10)
+        for body in (client.get("/search/text", params={"q": q, "k": 10}).json(),
+                     client.post("/search/text", json={"q": q, "k": 10}).json()):
+            assert [h["pin_id"] for h in body["results"]] == expected_ids[0]
+            assert [h["score"] for h in body["results"]] == pytest.approx(expected_scores[0].tolist(), abs=1e-5)
+        title_scores, _ = index.search(embedder.embed_texts([q], field="title"), 10)
+        assert np.abs(title_scores - expected_scores).max() > 1e-3  # the field tag changes the query vector
+
+
+def test_related_and_embed_on_the_real_model(real_service):
+    client, embedder, index = real_service
+    scores, ids = index.search_by_id("red-circle-0", 5)
+    related = client.get("/related/red-circle-0", params={"k": 5}).json()["results"]
+    assert [h["pin_id"] for h in related] == ids and "red-circle-0" not in ids
+    assert [h["score"] for h in related] == pytest.approx(scores.tolist(), abs=1e-5)
+    vectors = np.array(client.post("/embed/text", json={"texts": ["red circle"]}).json()["embeddings"])
+    np.testing.assert_allclose(vectors, embedder.embed_texts(["red circle"]), atol=1e-6)

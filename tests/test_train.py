@@ -37,7 +37,8 @@ def test_config_overrides_and_errors():
 # every part of the objective and the batch that carries state or randomness
 EVERYTHING = ["train.memory_size=24", "train.hard_negatives=true", "train.field_dropout=0.3", "train.text_dropout=0.2",
               "train.title_only=0.2", "train.feature_noise=0.1", "train.token_dropout=0.3",
-              "loss.image_neighbor_weight=0.5", "loss.distill_weight=0.5", "loss.board_weight=0.5"]
+              "loss.image_neighbor_weight=0.5", "loss.distill_weight=0.5", "loss.board_weight=0.5",
+              "loss.quant_aware=true"]
 
 
 @pytest.mark.parametrize("extra", [[], EVERYTHING], ids=["default", "everything"])
@@ -80,7 +81,7 @@ def test_two_ranks_match_one_process(catalog, tmp_path, extra):
     from pinclip.train.trainer import train
 
     one = tmp_path / "one"
-    train(load_config(preset="tiny", overrides=[*tiny_overrides(catalog, one, steps=3), "loss.quant_aware=false",
+    train(load_config(preset="tiny", overrides=[*tiny_overrides(catalog, one, steps=3),
                                                 *extra]), progress=False)
     two = tmp_path / "two"
     train_two_ranks([*tiny_overrides(catalog, two, steps=3), *extra])

@@ -32,7 +32,7 @@ import torch
 from pinclip.config import LossConfig
 from pinclip.data.schema import TEXT_FIELDS
 from pinclip.losses.distill import relational_distillation
-from pinclip.losses.gather import rank_and_world
+from pinclip.losses.gather import all_gather_no_grad, rank_and_world
 from pinclip.losses.image_text import multi_positive_contrastive
 from pinclip.losses.matryoshka import fake_quant_global_affine, matryoshka_loss
 from pinclip.losses.memory import EmbeddingMemory
@@ -146,10 +146,12 @@ def _distillation(out: dict[str, torch.Tensor], ctx: BatchContext, cfg: LossConf
 
 
 def _quant_aware_term(out, contrastive) -> dict[str, torch.Tensor]:
-    """Image-text loss on embeddings after straight-through global int8 (range of this batch)."""
+    """Image-text loss on embeddings after straight-through global int8 (range of the global batch,
+    so N ranks quantize as one process does)."""
     with torch.no_grad():
         joint = torch.cat([out["image"].flatten(), out["text"][out["text_mask"]].flatten()])
-        lo, hi = joint.min().item(), joint.max().item()
+        ends = all_gather_no_grad(torch.stack([joint.min(), joint.max()])[None])  # (world, 2)
+        lo, hi = ends[:, 0].min().item(), ends[:, 1].max().item()
         scale = max(hi - lo, 1e-6) / 255.0
         zero_point = int(round(-128 - lo / scale))
     zero_point = max(-128, min(127, zero_point))
