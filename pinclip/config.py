@@ -121,7 +121,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     val_max_pins: int = 500
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    precision: str = "fp32"  # "auto" (bf16 on a GPU or a CPU with AVX512-BF16/AMX) | "fp32" | "bf16"
+    precision: str = "auto"  # "auto": bf16 autocast on a GPU or a CPU with AVX512-BF16/AMX, else fp32 | "fp32" | "bf16"
     train_fraction: float = 1.0  # share of the training pins used (dataset-scaling curves)
     hard_negatives: bool = False  # one hard negative per anchor (graph.hard_ranks) joins the batch
     board_titles: int = 2  # with loss.board_weight: titles of up to this many training boards per row

@@ -15,8 +15,10 @@ Evaluation only judges these folders (pinclip.eval); nothing here is measured.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,9 @@ def model_dir(run_dir: str | Path, name: str, seed: int) -> Path:
     return run_dir / "baselines" / (name if seed == 0 else f"{name}-seed{seed}")
 
 
+Trainer = Callable[[Config], Path]  # trains (or plans) one config; returns its final checkpoint folder
+
+
 def train_once(cfg: Config, progress: bool = True) -> Path:
     """The final checkpoint of cfg's run, trained (or resumed) only when it is not there yet."""
     from pinclip.train.trainer import train
@@ -59,6 +64,75 @@ def train_once(cfg: Config, progress: bool = True) -> Path:
     if (final / "meta.json").is_file():
         return final
     return Path(train(cfg, progress=progress))
+
+
+def default_jobs(device: str = "cpu") -> int:
+    """Trainings run side by side: two on a CPU machine (one step of a small model leaves cores idle, so two
+    processes of half the threads each finish sooner than one after the other), one on a GPU."""
+    import torch
+
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu or (os.cpu_count() or 1) < 2 else 2
+
+
+class TrainingQueue:
+    """Trainings gathered first (`add` is a Trainer that only plans), then run `jobs` at a time.
+
+        queue = TrainingQueue()
+        make_models(cfg, run, ["pinclip", "lit"], seeds=3, trainer=queue.add)
+        queue.run(jobs=2)       # each process: cores // jobs threads, its output in <out_dir>/train.log
+    """
+
+    def __init__(self) -> None:
+        self.configs: dict[str, Config] = {}
+
+    def add(self, cfg: Config) -> Path:
+        final = Path(cfg.train.out_dir) / "final"
+        if not (final / "meta.json").is_file():
+            self.configs.setdefault(str(Path(cfg.train.out_dir).resolve()), cfg)
+        return final
+
+    def run(self, jobs: int = 1, progress: bool = True) -> None:
+        """Train every planned config (the longest first); an interrupted queue resumes where it stopped."""
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        from tqdm.auto import tqdm
+
+        todo = sorted(self.configs.values(), key=lambda c: -c.train.steps)
+        if not todo:
+            return
+        if jobs <= 1:
+            for cfg in todo:
+                train_once(cfg, progress)
+            return
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        print(f"training {len(todo)} models, {jobs} at a time ({threads} threads each; logs in <out_dir>/train.log)")
+        bar = tqdm(total=len(todo), desc="trainings", unit="model", disable=not progress)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_train_logged, config_to_dict(cfg), threads): cfg for cfg in todo}
+            for future in as_completed(futures):
+                out_dir = futures[future].train.out_dir
+                try:
+                    future.result()
+                except Exception as exc:
+                    for other in futures:
+                        other.cancel()
+                    raise UserError(f"training {out_dir} failed: {exc} (see {Path(out_dir) / 'train.log'})") from exc
+                bar.update(1)
+                bar.write(f"trained {out_dir}")
+        bar.close()
+        self.configs.clear()
+
+
+def _train_logged(cfg_dict: dict[str, Any], threads: int) -> str:
+    """One queued training in a worker process: its own thread count, its output in <out_dir>/train.log."""
+    cfg = config_from_dict(cfg_dict)
+    cfg.train.num_threads = cfg.train.num_threads or threads
+    Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfg.train.out_dir) / "train.log", "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        return str(train_once(cfg, progress=False))
 
 
 def model_config(base_cfg: Config, run_dir: str | Path, name: str, seed: int, steps: int | None = None) -> Config:
@@ -71,9 +145,12 @@ def model_config(base_cfg: Config, run_dir: str | Path, name: str, seed: int, st
 
 
 def make_models(base_cfg: Config, run_dir: str | Path, names: Sequence[str], seeds: int = 1,
-                steps: int | None = None, progress: bool = True) -> dict[str, list[Path]]:
-    """{name: [folder of seed 0, 1, ...]} for each model, training or writing what is missing.
-    Untrained baselines (bm25, frozen) are deterministic: one folder, whatever `seeds` says."""
+                steps: int | None = None, progress: bool = True, trainer: Trainer | None = None
+                ) -> dict[str, list[Path]]:
+    """{name: [folder of seed 0, 1, ...]} for each model, training (with `trainer`, default train_once) or
+    writing what is missing. Untrained baselines (bm25, frozen) are deterministic: one folder, whatever
+    `seeds` says."""
+    trainer = trainer or (lambda cfg: train_once(cfg, progress))
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         raise UserError(f"unknown models {unknown}; known: {', '.join(MODELS)}")
@@ -85,7 +162,7 @@ def make_models(base_cfg: Config, run_dir: str | Path, names: Sequence[str], see
             folder = model_dir(run_dir, name, 0)
             out[name] = [folder if (folder / "meta.json").is_file() else create_untrained(name, base_cfg, folder)]
             continue
-        out[name] = [train_once(model_config(base_cfg, run_dir, name, s, steps), progress) for s in range(seeds)]
+        out[name] = [trainer(model_config(base_cfg, run_dir, name, s, steps)) for s in range(seeds)]
     return out
 
 
@@ -106,9 +183,11 @@ def existing_models(run_dir: str | Path) -> dict[str, list[Path]]:
 
 
 def scaling_runs(base_cfg: Config, run_dir: str | Path, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
-                 budgets: Sequence[str] = SCALING_BUDGETS, progress: bool = True) -> list[dict[str, Any]]:
+                 budgets: Sequence[str] = SCALING_BUDGETS, progress: bool = True, trainer: Trainer | None = None
+                 ) -> list[dict[str, Any]]:
     """PinCLIP trained on each share of the training pins, at equal steps (compute held fixed) and at
     equal epochs (a share f trains for f of the steps, at least 30). The 100% point is the run's model."""
+    trainer = trainer or (lambda cfg: train_once(cfg, progress))
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if bad:
         raise UserError(f"training fractions must be in (0, 1], got {bad}")
@@ -124,12 +203,13 @@ def scaling_runs(base_cfg: Config, run_dir: str | Path, fractions: Sequence[floa
                 if budget == "epochs":
                     cfg.train.steps = max(30, round(cfg.train.steps * fraction))
                     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.steps // 5))
-                checkpoint = train_once(cfg, progress)
+                checkpoint = trainer(cfg)
             points.append({"fraction": float(fraction), "budget": budget, "checkpoint": str(checkpoint)})
     return points
 
 
-def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True) -> tuple[Path, dict[str, list[Path]]]:
+def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True, trainer: Trainer | None = None
+                        ) -> tuple[Path, dict[str, list[Path]]]:
     """(dataset folder, {name: [folder]}) of the domain-shift experiment: PinCLIP trained on the split that
     holds whole top-level categories out (the data folder's splits_domain.json), beside the untrained
     baselines, which need no training and so are the run's own."""
@@ -142,6 +222,6 @@ def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = 
     folder = Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
     cfg = with_overrides(base_cfg, {"train": {"data_dir": str(folder), "out_dir": str(Path(run_dir) / "domain" / "train"),
                                               "seed": 0}})
-    models = {"pinclip": [train_once(cfg, progress)]}
+    models = {"pinclip": [(trainer or (lambda c: train_once(c, progress)))(cfg)]}
     models.update(make_models(base_cfg, run_dir, ["frozen", "bm25"], progress=progress))
     return folder, models

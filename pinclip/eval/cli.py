@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain-shift", action="store_true", help="with --run: train PinCLIP on the domain-shift split "
                    "(whole top-level categories held out) and judge it beside frozen and bm25 (<run>/eval-domain)")
     p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help="with --scaling: shares of the training pins")
+    p.add_argument("--jobs", type=int, default=0, help="with --run: trainings run side by side, each with cores/jobs "
+                   "threads and its log in <folder>/train.log (default: 2 on a CPU, 1 on a GPU)")
     p.add_argument("--vlm-embedder", metavar="FOLDER", help="also score this pretrained VLM (e.g. Qwen3-VL-Embedding) "
                    "zero-shot, last-token pooled, as the vlm_embedder baseline (pinclip.baselines.vlm_embedder)")
     p.add_argument("--steps", type=int, default=None, help="training steps of trained baselines and seeds")
@@ -142,6 +144,41 @@ def evaluate_models(models: dict[str, Sequence[Path]], dataset: Any, out_dir: st
     return write_report(results, out_dir)
 
 
+def run_config(run_dir: str | Path, data_dir: str | None = None, cache_dir: str | None = None) -> Any:
+    """The config of the run's PinCLIP model (<run>/train/final): the base of every model the run trains."""
+    import yaml
+
+    from pinclip.config import config_from_dict
+
+    main = Path(run_dir) / "train" / "final"
+    if not (main / "meta.json").is_file():
+        raise UserError(f"{main}: no trained PinCLIP model; train it first "
+                        f"(pinclip train --config configs/demo.yaml train.out_dir={Path(run_dir) / 'train'})")
+    base_cfg = config_from_dict(yaml.safe_load((main / "config.yaml").read_text()))
+    base_cfg.train.seed = 0
+    base_cfg.train.data_dir = data_dir or base_cfg.train.data_dir
+    base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
+    return base_cfg
+
+
+def train_run_models(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int = 1, scaling: bool = False,
+                     steps: int | None = None, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+                     domain_shift: bool = False, data_dir: str | None = None, cache_dir: str | None = None,
+                     jobs: int = 1, progress: bool = True) -> None:
+    """Train every model of the run that is missing (seeds, baselines, scaling points, the domain-shift
+    model), `jobs` at a time (pinclip.experiments.TrainingQueue)."""
+    from pinclip.experiments import TrainingQueue, domain_shift_models, make_models, scaling_runs
+
+    base_cfg = run_config(run_dir, data_dir, cache_dir)
+    queue = TrainingQueue()
+    make_models(base_cfg, run_dir, ["pinclip", *baselines], seeds, steps, progress, trainer=queue.add)
+    if scaling:
+        scaling_runs(base_cfg, run_dir, fractions, progress=progress, trainer=queue.add)
+    if domain_shift:
+        domain_shift_models(run_config(run_dir, cache_dir=cache_dir), run_dir, progress, trainer=queue.add)
+    queue.run(jobs, progress)
+
+
 def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int = 1, scaling: bool = False,
                  steps: int | None = None, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), dataset: Any = None,
                  data_dir: str | None = None, cache_dir: str | None = None, out_dir: str | Path | None = None,
@@ -149,22 +186,12 @@ def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int 
                  ) -> dict[str, Path]:
     """Make the run's missing models (PinCLIP seeds, the named baselines, the scaling runs), then evaluate
     every model under the run and write the report to out_dir (default <run>/eval, <run>/eval-val)."""
-    import yaml
-
-    from pinclip.config import config_from_dict
     from pinclip.experiments import existing_models, make_models, scaling_runs
     from pinclip.train.dataset import load_dataset_dir
 
     options = options or EvalOptions()
     run_dir = Path(run_dir)
-    main = run_dir / "train" / "final"
-    if not (main / "meta.json").is_file():
-        raise UserError(f"{main}: no trained PinCLIP model; train it first "
-                        f"(pinclip train --config configs/demo.yaml train.out_dir={run_dir / 'train'})")
-    base_cfg = config_from_dict(yaml.safe_load((main / "config.yaml").read_text()))
-    base_cfg.train.seed = 0
-    base_cfg.train.data_dir = data_dir or base_cfg.train.data_dir
-    base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
+    base_cfg = run_config(run_dir, data_dir, cache_dir)
     make_models(base_cfg, run_dir, ["pinclip", *baselines], seeds, steps, options.progress)
     points = scaling_runs(base_cfg, run_dir, fractions, progress=options.progress) if scaling else None
     dataset = dataset or load_dataset_dir(base_cfg.train.data_dir)
@@ -180,18 +207,11 @@ def evaluate_domain_shift(run_dir: str | Path, cache_dir: str | None = None, opt
     beside frozen and bm25, to <run>/eval-domain (test partition: the held-out domains are the cold pins)."""
     import dataclasses
 
-    import yaml
-
-    from pinclip.config import config_from_dict
     from pinclip.experiments import domain_shift_models
     from pinclip.train.dataset import load_dataset_dir
 
     options = dataclasses.replace(options or EvalOptions(), partition="test")
-    main = Path(run_dir) / "train" / "final"
-    if not (main / "meta.json").is_file():
-        raise UserError(f"{main}: no trained PinCLIP model; train it first")
-    base_cfg = config_from_dict(yaml.safe_load((main / "config.yaml").read_text()))
-    base_cfg.train.cache_dir = cache_dir or base_cfg.train.cache_dir
+    base_cfg = run_config(run_dir, cache_dir=cache_dir)
     folder, models = domain_shift_models(base_cfg, run_dir, options.progress)
     return evaluate_models(models, load_dataset_dir(folder), Path(run_dir) / "eval-domain", base_cfg.train.cache_dir,
                            options)
@@ -226,12 +246,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give either --checkpoint C [...] or --run RUN")
     if (args.baselines or args.scaling or args.domain_shift or args.seeds != 1) and not args.run:
         raise UserError("--baselines, --seeds, --scaling and --domain-shift need --run")
+    if args.jobs < 0:
+        raise UserError(f"--jobs must be at least 1 (0: the default), got {args.jobs}")
     regimes = _names_list(args.regimes, REGIMES, "--regimes")
     tasks = _names_list(args.tasks, TASKS, "--tasks") if args.tasks else None
     options = EvalOptions(args.partition, regimes, tasks, args.all_test, args.max_queries, not args.no_ann,
                           not args.no_quant, not args.no_trec, args.device, not args.quiet)
     extra = _vlm_embedder(args)
     if args.run:
+        from pinclip.experiments import default_jobs
+
+        jobs = args.jobs or default_jobs(args.device)
+        train_run_models(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
+                         _fractions(args.fractions), args.domain_shift, args.data_dir, args.cache_dir, jobs,
+                         not args.quiet)
         dataset = _load_data(args) if (args.pins or args.boards) else None
         paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
                              _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options,
