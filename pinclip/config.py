@@ -85,7 +85,7 @@ class LossConfig:
     neighbor_candidates: str = "all"  # "all": every other batch row is a negative | "partners": the other
     #                                   side only (a pin against the other neighbors, as in CLIP)
     logq: bool = True  # subtract each candidate's log sampling probability (sampling-bias correction)
-    board_weight: float = 0.0  # pin <-> the titles of its training boards (query-like text from the graph)
+    board_weight: float = 0.5  # pin <-> the titles of its training boards (query-like text from the graph)
     distill_weight: float = 0.0  # relational distillation toward the frozen towers (keeps generality)
     distill_tau: float = 0.05
 
@@ -123,7 +123,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     precision: str = "auto"  # "auto": bf16 autocast on a GPU or a CPU with AVX512-BF16/AMX, else fp32 | "fp32" | "bf16"
     train_fraction: float = 1.0  # share of the training pins used (dataset-scaling curves)
-    hard_negatives: bool = False  # one hard negative per anchor (graph.hard_ranks) joins the batch
+    hard_negatives: bool = True  # one hard negative per anchor (graph.hard_ranks) joins the batch
     board_titles: int = 2  # with loss.board_weight: titles of up to this many training boards per row
     memory_size: int = 0  # cross-batch memory of recent pin embeddings, extra neighbor negatives
     field_dropout: float = 0.0  # fused pass: each text field dropped with this probability

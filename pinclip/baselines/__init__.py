@@ -14,8 +14,12 @@ compared with, so every other setting is shared):
 | frozen            | the pretrained towers, no alignment, the same tokens per field                |
 | lit               | two towers: image <-> every text field (multi-positive), no fused pass, a pin = |
 |                   | unit(unit image + unit mean text) (late fusion, the CLIP-embedding recipe)    |
-| lit_neighbor      | lit + the neighbor loss on its late-fused pin                                 |
-| fused_no_neighbor | PinCLIP without the neighbor loss (the VLM-embedding recipe)                  |
+| lit_neighbor      | lit + PinCLIP's graph terms (neighbor loss, board titles) on its late-fused pin |
+| fused_no_neighbor | PinCLIP without its graph terms (the VLM-embedding recipe)                    |
+
+"The graph terms" are the losses whose targets come from the Pin-Board graph: the neighbor loss, the
+image-neighbor loss and the board-title term. Batches are built alike for every trained model (anchors,
+their graph partners, hard negatives when the config has them), so each model sees the same pins.
 """
 
 from __future__ import annotations
@@ -32,15 +36,17 @@ class Baseline:
     overrides: dict[str, Any] = field(default_factory=dict)  # config changes of a trained baseline
 
 
+NO_GRAPH: dict[str, float] = {"neighbor_weight": 0.0, "image_neighbor_weight": 0.0, "board_weight": 0.0}
+
 BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("bm25", False, "lexical retrieval over pin text (bm25s, English stop words, stemmed)"),
     Baseline("frozen", False, "pretrained towers, no alignment (mean-pooled text, pooled image features)"),
     Baseline("lit", True, "two towers, image <-> every text field, late-fusion pin",
-             {"model": {"pin_mode": "late"}, "loss": {"pin_text_weight": 0.0, "neighbor_weight": 0.0}}),
-    Baseline("lit_neighbor", True, "two towers + neighbor loss on the late-fused pin",
+             {"model": {"pin_mode": "late"}, "loss": {"pin_text_weight": 0.0, **NO_GRAPH}}),
+    Baseline("lit_neighbor", True, "two towers + the graph terms on the late-fused pin",
              {"model": {"pin_mode": "late"}, "loss": {"pin_text_weight": 0.0}}),
-    Baseline("fused_no_neighbor", True, "PinCLIP without the neighbor loss",
-             {"loss": {"neighbor_weight": 0.0}}),
+    Baseline("fused_no_neighbor", True, "PinCLIP without its graph terms",
+             {"loss": dict(NO_GRAPH)}),
 )}
 TRAINED: tuple[str, ...] = tuple(n for n, b in BASELINES.items() if b.trained)
 UNTRAINED: tuple[str, ...] = tuple(n for n, b in BASELINES.items() if not b.trained)
