@@ -11,8 +11,8 @@ command, each skipped when its output is already there (run the same command aga
     split     pinclip data split     -> <out>/data/splits.json (cold-start pins, held-out boards;
                                         skipped with --splits)
     train     pinclip train          -> <out>/train (resumes from last/); "features" is its cache pass
-    eval      pinclip eval --run     -> <out>/eval (report.md beside the frozen-towers baseline;
-                                        --full-eval: every baseline and the scaling curve)
+    eval      pinclip eval --run     -> <out>/eval (report.md beside the frozen and bm25 baselines;
+                                        --full-eval: 3 seeds, every baseline, the scaling curves)
     embed     pinclip embed          -> <out>/embed (int8 shards of every pin)
     index     pinclip index build    -> <out>/index (then: pinclip serve --index <out>/index ...)
 <out>/run.json records the content (sha256) of the tables the run was made from: a run folder
@@ -47,8 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-image-check", action="store_true", help="validate: only check that image files exist")
     p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="decompression-bomb guard")
     p.add_argument("--skip-eval", action="store_true", help="skip the evaluation and its report")
-    p.add_argument("--full-eval", action="store_true", help="evaluate against every baseline and the scaling "
-                   "curve (trains four more models)")
+    p.add_argument("--full-eval", action="store_true", help="evaluate 3 seeds against every baseline and the "
+                   "scaling curves (trains about 15 more models, two at a time on a CPU)")
     p.add_argument("--serve", type=int, default=0, choices=(0, 1), help="1: serve the search page at the end")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("overrides", nargs="*", help="training config key=value, e.g. train.batch_size=64")
@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     timings.stage("train", lambda: main(train_args), done=(final / "meta.json").is_file())
     timings.split_features(final)
     if not args.skip_eval:
-        extent = ["--baselines", "all", "--scaling"] if args.full_eval else ["--baselines", "frozen"]
+        extent = ["--baselines", "all", "--seeds", "3", "--scaling"] if args.full_eval \
+            else ["--baselines", "bm25,frozen"]
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *_table_args(pins, boards, splits), *extent]),
                       done=not args.full_eval and _eval_done(out / "eval", final))
     embed_and_index(timings, out, final, pins, cache)

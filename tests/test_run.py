@@ -57,7 +57,7 @@ def test_run_on_a_jsonl_catalog_then_resume_skips_every_stage(catalog, tmp_path)
     config = (out / "train" / "final" / "config.yaml").read_text()
     assert f"pins: {tables['pins'].resolve()}" in config  # the checkpoint records the user's tables
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"pinclip", "frozen"}
+    assert set(metrics["models"]) == {"pinclip", "frozen", "bm25"}
     manifest = json.loads((out / "embed" / "manifest.json").read_text())
     assert manifest["complete"] and sum(s["rows"] for s in manifest["shards"]) == 72
     index = read_index(out / "index")
