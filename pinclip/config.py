@@ -165,6 +165,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                           "gradient_checkpointing": True, "max_image_tokens": 256, "max_text_tokens": 64}},
         "train": {"steps": 3000, "batch_size": 256, "lr": 1e-3, "backbone_lr": 1e-4, "warmup_steps": 100,
                   "eval_every": 500, "checkpoint_every": 500, "parallel": "fsdp"},
+        "loss": {"board_weight": 0.0},  # the board-title term reads the embedded towers' text states
     },
 }
 

@@ -407,7 +407,8 @@ def test_unknown_neighbor_candidates_are_refused():
 def test_rows_without_a_neighbor_are_no_neighbor_queries():
     from pinclip.train.objective import objective
 
-    cfg = load_config(preset="tiny", overrides=["loss.image_text_weight=0", "loss.neighbor_weight=1.0"]).loss
+    cfg = load_config(preset="tiny", overrides=["loss.image_text_weight=0", "loss.neighbor_weight=1.0",
+                                                 "loss.board_weight=0"]).loss
     out, ctx, raw = _objective_inputs(seed=1)
     terms = objective(_Scalars(), out, ctx, cfg, DIMS)
     assert set(terms) == {"loss", "neighbor", *(f"neighbor@{d}" for d in DIMS)}  # image-text and quant off

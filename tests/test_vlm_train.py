@@ -26,7 +26,8 @@ FAMILY = "qwen2_5_vl"  # dynamic resolution and M-RoPE: the most moving parts
 def vlm_overrides(catalog, folder: Path, out: Path, steps: int = 4) -> list[str]:
     return [f"model.vlm.path={folder}", f"train.data_dir={catalog['pins'].parent}", f"train.out_dir={out}",
             f"train.cache_dir={out.parent / 'cache'}", f"train.steps={steps}", "train.checkpoint_every=2",
-            "train.eval_every=100", "train.parallel=fsdp"]
+            "train.eval_every=100", "train.parallel=fsdp", "train.precision=fp32",  # exact rank comparisons
+            "loss.board_weight=0"]  # the board-title term reads the embedded towers only
 
 
 def test_fsdp_two_ranks_match_one_process_and_resume_at_world_size_one(catalog, tiny_vlm, tmp_path):
