@@ -53,14 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from pinclip.data.groups import DuplicateConfig
-    from pinclip.data.splits import (
-        SplitConfig,
-        board_kinds_of,
-        make_domain_split,
-        split_sizes,
-        split_tables,
-        write_splits,
-    )
+    from pinclip.data.splits import SplitConfig, domain_split_tables, split_sizes, split_tables, write_splits
     from pinclip.data.tables import load_edges, load_pins
 
     pins, report = load_pins(args.pins, check_images=False)
@@ -77,10 +70,7 @@ def run_split(args: argparse.Namespace) -> int:
     edge_pins = [pins.pin_ids[i] for i in edges.pin_index.tolist()]
     edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
     if args.domain_column:  # whole domains held out as cold pins instead (the domain-shift experiment)
-        domains = {p: None if d is None else str(d) for p, d in zip(pins.pin_ids, pins.extra[args.domain_column])}
-        splits = make_domain_split(pins.pin_ids, zip(edge_pins, edge_boards), domains, args.seed, args.domain_frac,
-                                   heldout_kinds=kinds, groups=dict(zip(pins.pin_ids, groups.group.tolist())),
-                                   board_kinds=board_kinds_of(edges))
+        splits = domain_split_tables(pins, edges, groups, args.domain_column, args.seed, args.domain_frac, kinds)
     write_splits(splits, args.out)
     print(split_sizes(splits, pins.pin_ids, edge_pins, edge_boards))
     print(f"wrote {args.out}")

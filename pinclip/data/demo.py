@@ -35,8 +35,7 @@ from pinclip.data.schema import MAX_IMAGE_PIXELS
 from pinclip.data.sheet import contact_sheet
 from pinclip.data.splits import (
     SplitConfig,
-    board_kinds_of,
-    make_domain_split,
+    domain_split_tables,
     split_sizes,
     split_tables,
     write_splits,
@@ -530,10 +529,7 @@ def build_demo_corpus(
                                HELDOUT_KINDS)
     splits, groups = split_tables(loaded, edges, config.seed, split_config)
     write_splits(splits, os.path.join(out_dir, "splits.json"))
-    domain = make_domain_split(loaded.pin_ids, zip(edge_pins_of(loaded, edges), edge_boards_of(edges)),
-                               dict(zip(loaded.pin_ids, loaded.extra["domain"])), config.seed, config.domain_frac,
-                               heldout_kinds=HELDOUT_KINDS, groups=dict(zip(loaded.pin_ids, groups.group.tolist())),
-                               board_kinds=board_kinds_of(edges))
+    domain = domain_split_tables(loaded, edges, groups, "domain", config.seed, config.domain_frac, HELDOUT_KINDS)
     write_splits(domain, os.path.join(out_dir, "splits_domain.json"))
     edge_pins, edge_boards = edge_pins_of(loaded, edges), edge_boards_of(edges)
     splits_line = split_sizes(splits, loaded.pin_ids, edge_pins, edge_boards)

@@ -273,6 +273,18 @@ def split_tables(pins, edges, seed: int = 0, config: SplitConfig | None = None, 
     return splits, found
 
 
+def domain_split_tables(pins, edges, groups, column: str, seed: int = 0, domain_frac: float = 0.15,
+                        heldout_kinds: Collection[str] | None = None) -> dict:
+    """`make_domain_split` for loaded tables: the domain of each pin from its `column`, whole duplicate
+    groups (`groups`, from `split_tables`), the boards' kinds from the edges table."""
+    edge_pins = [pins.pin_ids[i] for i in edges.pin_index.tolist()]
+    edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
+    domains = {p: None if d is None else str(d) for p, d in zip(pins.pin_ids, pins.extra[column])}
+    return make_domain_split(pins.pin_ids, zip(edge_pins, edge_boards), domains, seed, domain_frac,
+                             heldout_kinds=heldout_kinds, groups=dict(zip(pins.pin_ids, groups.group.tolist())),
+                             board_kinds=board_kinds_of(edges))
+
+
 def make_domain_split(pin_ids: Sequence[str], edges: Iterable[tuple[str, str]], domains: Mapping[str, str | None],
                       seed: int = 0, domain_frac: float = 0.15, *, heldout_kinds: Collection[str] | None = None,
                       groups: Mapping[str, object] | None = None, board_kinds: Mapping[str, str | None] | None = None,
