@@ -4,10 +4,11 @@
     .venv/bin/python scripts/mutants_report.py [--out mutants/report.md] [--pending mutants/pending.toml]
 
 Reads the per-file results mutmut keeps under mutants/ (the `<file>.meta` beside each mutated file)
-and prints a table by module: mutants, killed (a test failed), timeouts (the mutant hung: counted as
-killed), survivors (every test passed), no tests (no selected test calls the function), equivalent
-(a survivor that tests/equivalent_mutants.toml explains: it computes what the original computes)
-and the share killed, of all mutants and of those that are not equivalent.
+and prints a table by module: mutants, killed (a test failed), timeouts (the mutant hung) and crashes
+(the test process died, e.g. a segfault in FAISS), all three counted as killed; survivors (every test
+passed), no tests (no selected test calls the function), equivalent (a survivor that
+tests/equivalent_mutants.toml explains: it computes what the original computes), and the share
+killed, of all mutants and of those that are not equivalent.
 
 A survivor that the file does not explain is listed with its diff in the report; --pending writes
 it as a TOML entry to fill in. An explanation is pinned to the mutated line: when the code changes
@@ -28,7 +29,8 @@ EQUIVALENT = Path("tests/equivalent_mutants.toml")
 # mutmut's exit codes (mutmut.stats.status_by_exit_code)
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
           36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -9: "timeout", -11: "crash"}
-COLUMNS = ("killed", "timeout", "survived", "no tests", "equivalent", "not checked")
+COLUMNS = ("killed", "timeout", "crash", "survived", "no tests", "equivalent", "not checked")
+DETECTED = ("killed", "timeout", "crash")  # a test failed, hung or its process died
 
 
 def read_results(root: Path) -> dict[str, dict[str, str]]:
@@ -65,7 +67,7 @@ def read_equivalent(path: Path) -> dict[str, tuple[str, str]]:
 
 def row(name: str, c: Counter) -> str:
     n = sum(c.values())
-    killed = c["killed"] + c["timeout"]
+    killed = sum(c[k] for k in DETECTED)
     return (f"| {name} | {n} | " + " | ".join(str(c[k]) for k in COLUMNS)
             + f" | {100.0 * killed / max(n, 1):.1f} | {100.0 * killed / max(n - c['equivalent'], 1):.1f} |")
 

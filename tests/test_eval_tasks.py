@@ -373,3 +373,18 @@ def test_missing_fields_nan_texts_untitled_boards_and_empty_splits():
     assert search.query_ids == ["B1"] and search.counts == {"candidates": 2, "boards_without_title": 1}
     val = build_eval_tasks(data, partition="val", tasks=("search", "related"))
     assert "cold" not in val["search"] and "cold" not in val["related"]  # no validation pin: no cold split
+
+
+def test_inconsistent_catalog_is_rejected():
+    """Repeated pin ids, a has_image of the wrong length and a splits entry that is not a list of ids would
+    silently misalign queries with pins: each is refused with a message naming the problem."""
+    data = make_data()
+    data.pin_ids = [*IDS[:-1], "a"]  # m renamed to a second "a"
+    with pytest.raises(ValueError, match="^pin_ids contain duplicates$"):
+        build_eval_tasks(data)
+    data = make_data()
+    data.has_image = HAS_IMAGE[:12]
+    with pytest.raises(ValueError, match=r"^has_image has shape \(12,\), expected \(13,\)$"):
+        build_eval_tasks(data)
+    with pytest.raises(ValueError, match=r"^splits\['val_pins'\] must be a list of pin ids, got str$"):
+        split_pins(IDS, {**SPLITS, "val_pins": "i"}, "val")

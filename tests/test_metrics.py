@@ -213,3 +213,24 @@ def test_scores_are_float32_and_exclusions_come_in_every_documented_form():
 def test_no_relevant_items_at_all_gives_empty_integer_rows():
     values = per_query_metrics(np.array([[0, 1]]), [np.array([], np.int64)], ks=(1,), ndcg_k=1)
     assert values["rows"].dtype == np.int64 and len(values["rows"]) == 0 and len(values["recall@1"]) == 0
+
+
+def test_rows_with_fewer_eligible_items_than_k_are_padded_with_minus_inf():
+    """The padding of a short row is id -1 with score -inf (never NaN or a stale score), with or without exclusions."""
+    x = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    scores, ids = exact_topk(x, x, k=4)
+    assert ids.tolist() == [[0, 1, -1, -1], [1, 0, -1, -1]]
+    np.testing.assert_array_equal(scores[:, :2], [[1.0, 0.0], [1.0, 0.0]])
+    assert np.isneginf(scores[:, 2:]).all()
+    scores, ids = exact_topk(x, x, k=3, exclude=np.array([1, -1]), chunk=1)
+    assert ids.tolist() == [[0, -1, -1], [1, 0, -1]]
+    assert np.isneginf(scores[0, 1:]).all() and np.isneginf(scores[1, 2])
+
+
+def test_ragged_exclusions_in_a_one_dimensional_object_array():
+    """A ragged object array (one array of ids per query, as a dataframe column gives them) is the ragged form."""
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], dtype=np.float32)
+    exclude = np.empty(3, dtype=object)
+    exclude[:] = [np.array([0, 1]), np.array([1]), np.array([], np.int64)]
+    assert exclude.ndim == 1
+    assert exact_topk(x, x, k=2, exclude=exclude)[1].tolist() == [[2, -1], [0, 2], [2, 1]]

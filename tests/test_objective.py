@@ -416,3 +416,172 @@ def test_rows_without_a_neighbor_are_no_neighbor_queries():
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
     ctx.has_neighbor = torch.ones(A, dtype=torch.bool)  # every partner a neighbor: another value
     assert objective(_Scalars(), out, ctx, cfg, DIMS)["loss"].item() != pytest.approx(expected, rel=1e-3)
+
+
+def _loss_cfg(**weights):
+    """The tiny preset's loss settings with every term weight set explicitly (0 unless given)."""
+    names = ("image_text", "pin_text", "neighbor", "image_neighbor", "board", "distill")
+    values = {f"{n}_weight": weights.pop(f"{n}_weight", 0.0) for n in names}
+    extra = [f"loss.{k}={v}" for k, v in weights.items()]
+    return load_config(preset="tiny", overrides=[*(f"loss.{k}={v}" for k, v in values.items()), *extra]).loss
+
+
+def test_distillation_names_each_part_and_uses_the_configured_temperature():
+    """"distill" is the sum of "distill_pin" (fused pins against the frozen pins) and "distill_text"
+    (present text fields against the frozen text), each at loss.distill_tau; a part whose teacher the
+    batch lacks is left out."""
+    from pinclip.data.schema import TEXT_FIELDS
+    from pinclip.train.objective import objective
+
+    cfg = _loss_cfg(distill_weight=0.4, distill_tau=0.2)  # not the default 0.05 of relational_distillation
+    out, ctx, raw = _objective_inputs()
+    fields = len(TEXT_FIELDS)
+    pin = _relational(raw["pin"], raw["teacher_pin"], np.ones(N, bool), 0.2)
+    text = _relational(raw["text"].reshape(N * fields, DIM), raw["teacher_text"].reshape(N * fields, -1),
+                       raw["text_mask"].reshape(-1), 0.2)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    assert set(terms) == {"loss", "distill", "distill_pin", "distill_text"}
+    assert terms["distill_pin"].item() == pytest.approx(pin, rel=1e-5)
+    assert terms["distill_text"].item() == pytest.approx(text, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(0.4 * (pin + text), rel=1e-5)
+    teacher_text, ctx.teacher_text = ctx.teacher_text, None  # no frozen text: the pin part alone
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    assert set(terms) == {"loss", "distill", "distill_pin"}
+    assert terms["distill"].item() == pytest.approx(pin, rel=1e-5)
+    ctx.teacher_text, ctx.teacher_pin = teacher_text, None  # no frozen pins: the text part alone
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    assert set(terms) == {"loss", "distill", "distill_text"}
+    assert terms["loss"].item() == pytest.approx(0.4 * text, rel=1e-5)
+
+
+def test_a_term_whose_weight_is_not_positive_is_neither_computed_nor_added():
+    """A weight of 0 (or below) switches its term off: no entry in the result, nothing in "loss"; the
+    quantization term follows the image-text weight and pin-text needs image-text on."""
+    from pinclip.train.objective import objective
+
+    out, ctx, raw = _objective_inputs()
+    dims = lambda name: {name, *(f"{name}@{d}" for d in DIMS)}  # noqa: E731
+    # image-text alone; both neighbor weights 0, so the neighbor settings are not even read
+    cfg = _loss_cfg(image_text_weight=0.7, neighbor_candidates="some")
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    assert set(terms) == {"loss", *dims("image_text")}
+    assert terms["loss"].item() == pytest.approx(0.7 * _expected_terms(raw, cfg)["image_text"], rel=1e-5)
+    # the image neighbor term alone: quant_aware has no image-text term to quantize
+    cfg = _loss_cfg(image_neighbor_weight=0.5, pin_text_weight=0.5, quant_aware=True)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    assert set(terms) == {"loss", *dims("image_neighbor")}
+    assert terms["loss"].item() == pytest.approx(0.5 * _expected_terms(raw, cfg)["image_neighbor"], rel=1e-5)
+    # negative weights switch their terms off too (they never subtract a term): the board term alone
+    cfg = _loss_cfg(image_text_weight=-1.0, pin_text_weight=0.5, neighbor_weight=-1.0, image_neighbor_weight=-1.0,
+                    board_weight=0.6, distill_weight=-1.0)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    assert set(terms) == {"loss", *dims("board")}
+    assert terms["loss"].item() == pytest.approx(0.6 * _expected_terms(raw, cfg)["board"], rel=1e-5)
+
+
+def test_the_board_term_needs_board_titles_in_the_batch():
+    """With loss.board_weight > 0 but no "board_text" in the model output (no titled boards joined the
+    batch) there is no board term and "loss" is the other terms alone."""
+    from pinclip.train.objective import objective
+
+    cfg = _loss_cfg(neighbor_weight=1.0, board_weight=0.6)
+    out, ctx, raw = _objective_inputs()
+    no_titles = {k: v for k, v in out.items() if k not in ("board_text", "board_mask")}
+    terms = objective(_Scalars(), no_titles, ctx, cfg, DIMS)
+    assert "board" not in terms
+    assert terms["loss"].item() == pytest.approx(_expected_terms(raw, cfg)["neighbor"], rel=1e-5)
+
+
+def test_a_memory_bank_of_one_entry_is_used():
+    """A bank holding a single entry already adds it as a negative of every pin neighbor query."""
+    from pinclip.losses.memory import EmbeddingMemory
+    from pinclip.train.objective import objective
+
+    cfg = _loss_cfg(neighbor_weight=1.0)
+    out, ctx, raw = _objective_inputs(seed=2)
+    entry = np.array([[0.5, -1.0, 0.3, 0.8, -0.2, 0.1]])
+    bank = EmbeddingMemory(size=4, dim=DIM)
+    bank.push(torch.tensor(entry, dtype=torch.float32), torch.tensor([40]), torch.tensor([-2.5]))
+    ctx.bank_ignore = torch.zeros(N, 1, dtype=torch.bool)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS, bank=bank)
+    positive = [A + i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + \
+               [i if HAS_NEIGHBOR[i] else -1 for i in range(A)] + [-1] * E
+    expected = sum(_neighbor(_unit(raw["pin"][:, :d]), positive, raw["same"] | raw["share"], 6.0, raw["log_q"],
+                             _unit(entry[:, :d]), np.zeros((N, 1), bool), [-2.5]) for d in DIMS)
+    assert terms["neighbor"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["neighbor"].item() != pytest.approx(_expected_terms(raw, cfg)["neighbor"], rel=1e-3)
+
+
+@pytest.mark.parametrize("shift", [0.3, -0.3])
+def test_the_int8_term_on_embeddings_whose_range_excludes_zero(shift):
+    """All-positive (or all-negative) embeddings spanning less than 1: the scale is (hi - lo) / 255 and
+    the zero point is clamped to int8 ([-128, 127]) instead of leaving it, so the term stays defined."""
+    from pinclip.train.objective import objective
+
+    cfg = _loss_cfg(image_text_weight=0.7, quant_aware=True)
+    out, ctx, raw = _objective_inputs()
+    raw["image"] = shift + 0.2 * raw["image"]  # in [shift - 0.2, shift + 0.2]: hi - lo < 0.4
+    raw["text"] = (shift + 0.2 * raw["text"]) * raw["text_mask"][..., None]
+    out["image"] = torch.tensor(raw["image"], dtype=torch.float32)
+    out["text"] = torch.tensor(raw["text"], dtype=torch.float32)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    expected = _expected_terms(raw, cfg)
+    assert terms["quant_image_text"].item() == pytest.approx(expected["quant_image_text"], rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(0.7 * expected["image_text"] + expected["quant_image_text"],
+                                                 rel=1e-5)
+
+
+def test_the_objective_builds_its_tensors_on_the_device_of_the_batch():
+    """Field weights and the neighbor roles go to the device of the model output, not to torch's
+    default device (a GPU run keeps the CPU default): with the default device set to "meta", the CPU
+    batch still gets the contrastive, neighbor and quantization terms, by the same values. (Not the
+    distillation: its CPU index tensors are fine on a GPU but not with a meta default.)"""
+    from pinclip.train.objective import objective
+
+    weights = {"image_text_weight": 0.7, "pin_text_weight": 0.3, "neighbor_weight": 1.9,
+               "image_neighbor_weight": 0.45, "board_weight": 0.6}
+    cfg = _loss_cfg(**weights, quant_aware=True, neighbor_candidates="partners")
+    out, ctx, raw = _objective_inputs()
+    model = _Scalars()
+    torch.set_default_device("meta")
+    try:
+        terms = objective(model, out, ctx, cfg, DIMS)
+    finally:
+        torch.set_default_device(None)
+    expected = _expected_terms(raw, cfg)
+    assert terms["loss"].device == torch.device("cpu")
+    total = sum(weights[f"{name}_weight"] * expected[name]
+                for name in ("image_text", "pin_text", "neighbor", "image_neighbor", "board"))
+    assert terms["loss"].item() == pytest.approx(total + expected["quant_image_text"], rel=1e-5)
+
+
+def test_missing_text_fields_get_no_gradient_from_the_int8_term():
+    """The straight-through int8 term passes gradient to the present text fields only: a missing field
+    (zeros, key mask False) gets exactly zero, never NaN, even when the model wrote values there."""
+    from pinclip.train.objective import objective
+
+    cfg = _loss_cfg(image_text_weight=0.7, quant_aware=True)
+    out, ctx, _ = _objective_inputs()
+    mask = out["text_mask"]
+    out["text"] = (out["text"] + 0.05 * (~mask)[..., None]).requires_grad_(True)  # junk in missing fields
+    out["image"].requires_grad_(True)
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    terms["quant_image_text"].backward()
+    grad = out["text"].grad
+    assert torch.isfinite(grad).all() and torch.isfinite(out["image"].grad).all()
+    assert (grad[~mask] == 0).all() and (grad[mask].abs().sum(-1) > 0).any()
+
+
+def test_loss_chunk_size_reaches_the_contrastive_terms():
+    """loss.chunk_size > 0 only blocks the image-text rows (same terms); a negative one is refused by
+    the contrastive loss rather than silently computing unchunked (0 means unchunked)."""
+    from pinclip.train.objective import objective
+
+    out, ctx, raw = _objective_inputs()
+    cfg = _loss_cfg(image_text_weight=0.7, pin_text_weight=0.3, chunk_size=2)  # 7 rows in chunks of 2
+    terms = objective(_Scalars(), out, ctx, cfg, DIMS)
+    expected = _expected_terms(raw, cfg)
+    assert terms["image_text"].item() == pytest.approx(expected["image_text"], rel=1e-5)
+    assert terms["pin_text"].item() == pytest.approx(expected["pin_text"], rel=1e-5)
+    with pytest.raises(ValueError, match="^chunk_size must be >= 1, got -1$"):
+        objective(_Scalars(), out, ctx, _loss_cfg(image_text_weight=0.7, chunk_size=-1), DIMS)

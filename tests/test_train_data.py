@@ -293,3 +293,235 @@ def test_the_batches_of_a_seed_are_pinned(hand):
     batch = batch_at(hand, 1, BatchConfig(batch_size=4, seed=0, field_dropout=0.5, hard_negatives=True, board_titles=1))
     assert batch.rows.tolist() == PINNED["rows"]  # anchors, partners (by visit counts), hard negatives
     assert batch.fused_keep.tolist() == PINNED["keep"] and batch.boards.tolist() == PINNED["boards"]
+
+
+# --- loading, preparing and batching, value by value ----------------------------------------------------------
+
+
+def test_load_dataset_splits_default_to_nothing_held_out_and_images_are_only_checked_on_request(tmp_path):
+    """load_dataset: without a splits.json nothing is held out (the four keys, seed 0); with one, its content;
+    images are only checked for existence unless check_images; edges of a skipped or unknown pin are dropped."""
+    import json
+
+    import pyarrow as pa
+
+    (tmp_path / "bad.png").write_bytes(b"not a png")  # exists, but no image
+    pins = [{"pin_id": "p0", "image": "bad.png", "title": "zero"}, {"pin_id": "p1", "image": None, "title": "one"},
+            {"pin_id": "p2", "image": None, "title": None}, {"pin_id": "p3", "image": None, "title": "three"}]
+    pq.write_table(pa.Table.from_pylist(pins), tmp_path / "pins.parquet")
+    edges = [("p0", "B1"), ("p1", "B1"), ("p2", "B1"), ("p3", "B2"), ("p9", "B2")]  # p2 skipped, p9 unknown
+    pq.write_table(pa.Table.from_pylist([{"pin_id": p, "board_id": b, "board_title": f"title {b}"} for p, b in edges]),
+                   tmp_path / "boards.parquet")
+    splits = {"seed": 5, "cold_start_pins": ["p1"], "val_pins": ["p3"], "heldout_boards": ["B2"]}
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+
+    plain = load_dataset(tmp_path / "pins.parquet", tmp_path / "boards.parquet", None)
+    assert plain.splits == {"seed": 0, "cold_start_pins": [], "val_pins": [], "heldout_boards": []}
+    assert plain.pins.pin_ids == ["p0", "p1", "p3"] and plain.pins.images[0] == str(tmp_path / "bad.png")
+    assert plain.edges.board_ids == ["B1", "B2"] and plain.edges.pin_index.tolist() == [0, 1, 2]  # p2, p9 dropped
+    assert plain.edges.board_index.tolist() == [0, 0, 1]
+    checked = load_dataset(tmp_path / "pins.parquet", tmp_path / "boards.parquet", None, check_images=True)
+    assert checked.pins.pin_ids == ["p0", "p1", "p3"] and checked.pins.images[0] is None  # decoded: dropped
+    with_splits = load_dataset(tmp_path / "pins.parquet", tmp_path / "boards.parquet", tmp_path / "splits.json")
+    assert with_splits.splits == splits
+
+
+def test_duplicate_ids_are_int64_ids_and_an_empty_table_has_none():
+    """duplicate_ids returns int64 ids (one per duplicate set), also for a table without pins."""
+    from pinclip.data.tables import PinsTable
+    from pinclip.train.dataset import duplicate_ids
+
+    group = duplicate_ids(hand_dataset().pins, HAND_SPLITS)
+    assert group.dtype == np.int64 and group.tolist() == [0, 0, 1, 1, 2, 3, 4, 5]  # a0=a1 (text), b0=b1 (group)
+    empty = duplicate_ids(PinsTable("none", [], [], {name: [] for name in hand_dataset().pins.texts}), {})
+    assert empty.dtype == np.int64 and empty.tolist() == []
+
+
+def test_sampling_log_q_by_hand():
+    """log q of each pin: 1/N as an anchor plus its visit share of each training anchor's partners, over 2 slots;
+    pins that never fill a slot get the 1e-12 floor. A neighbor at pin position 0 counts like any other."""
+    from pinclip.train.dataset import sampling_log_q
+
+    train_rows = np.array([0, 1, 2, 3])  # pin 4 does not train: its neighbor row is ignored
+    neighbors = np.array([[1, 2], [0, -1], [-1, -1], [0, 1], [0, 1]])
+    counts = np.array([[3, 1], [2, 0], [0, 0], [1, 1], [5, 5]], np.int32)
+    # anchors: 1/4 each; partners: pin 0 (1/4 from pin 1, 1/8 from pin 3), pin 1 (3/16 + 1/8), pin 2 (1/16)
+    q = np.array([1 / 4 + 1 / 4 + 1 / 8, 1 / 4 + 3 / 16 + 1 / 8, 1 / 4 + 1 / 16, 1 / 4, 0.0]) / 2
+    expected = np.log(np.maximum(q, 1e-12))
+    assert sampling_log_q(train_rows, neighbors, counts, 5) == pytest.approx(expected, rel=1e-12)
+
+
+def test_hard_candidates_from_rank_zero_and_their_dtype():
+    """From rank 0 every pin's whole ranking is filtered: board mates go, -1 pads, the result is int64."""
+    from pinclip.graph.csr import BipartiteGraph
+    from pinclip.train.dataset import hard_candidates
+
+    graph = BipartiteGraph.from_arrays(np.array([0, 1, 2, 3]), np.array([0, 0, 1, 2]), 4, 3)  # as above
+    ranked = np.array([[1, 2, 3], [0, 2, -1], [-1, -1, -1], [2, 0, 1]])
+    out = hard_candidates(graph, ranked, 0)
+    assert out.dtype == np.int64
+    assert out.tolist() == [[2, 3, -1], [2, -1, -1], [-1, -1, -1], [2, 0, 1]]  # 0 and 1 share board 0
+
+
+def test_draws_are_int64_pin_positions_and_board_titles_are_drawn_without_replacement(hand):
+    """Partners and hard negatives are int64 pin positions; a row draws each of its titled boards at most
+    once, so asking for all of them (or more) gives exactly them, padded with -1."""
+    from pinclip.train.dataset import draw_boards, draw_hard, draw_partners
+
+    ids = hand.dataset.pins.pin_ids
+    partners, linked = draw_partners(hand, np.arange(7), np.random.default_rng(0))
+    assert partners.dtype == np.int64 and linked.shape == (7,)
+    hard = draw_hard(hand, np.arange(7), np.random.default_rng(0))
+    assert hard.dtype == np.int64 and hard.shape == (7,)
+    b0 = ids.index("b0")  # titled training boards F, P and G (H is held out)
+    titled = sorted(hand.graph.board_ids.index(b) for b in ("F", "P", "G"))
+    for k in (3, 5):
+        boards = draw_boards(hand, np.full(20, b0), k, np.random.default_rng(k))
+        assert boards.dtype == np.int64 and boards.shape == (20, k)
+        for row in boards.tolist():
+            assert sorted(row[:3]) == titled and row[3:] == [-1] * (k - 3)
+
+
+class _FixedDraws:
+    """A stand-in Generator whose random() returns given arrays in turn (to test the thresholds exactly)."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def random(self, size):
+        out = np.asarray(self.draws.pop(0), np.float64)
+        assert out.shape == np.empty(size).shape
+        return out
+
+
+def test_fused_field_mask_thresholds_are_half_open():
+    """A probability p drops on draws in [0, p): p = 0 never drops, even on a draw of exactly 0.0; a row whose
+    draw u is exactly text_dropout is title-only, exactly text_dropout + title_only keeps its fields."""
+    from pinclip.train.dataset import fused_field_mask
+
+    fields = len(hand_dataset().pins.texts)
+    never = fused_field_mask(1, BatchConfig(), _FixedDraws([0.0], np.zeros((1, fields))))
+    assert never.tolist() == [[True] * fields]
+    cfg = BatchConfig(field_dropout=0.5, text_dropout=0.25, title_only=0.25)
+    u = [0.25, 0.5, 0.0, 0.2499]  # title only, all fields, no text, no text
+    keep = fused_field_mask(4, cfg, _FixedDraws(u, np.full((4, fields), 0.5)))  # field draws at 0.5: kept
+    assert keep.dtype == bool
+    assert keep.tolist() == [[True] + [False] * (fields - 1), [True] * fields, [False] * fields, [False] * fields]
+
+
+def test_same_and_share_board_masks_of_a_batch_by_brute_force(hand):
+    """same: rows i != j of one duplicate group (same pin, splits group, normalized text); share_board: rows
+    i != j that share a training board or hold the same pin. Without hard negatives a batch is
+    [anchors; partners] only."""
+    from pinclip.train.dataset import same_mask
+
+    ids = hand.dataset.pins.pin_ids
+    rows = np.array([ids.index(p) for p in ("a0", "a1", "a0", "b0", "b1", "c0", "c1")])
+    expected = [[i != j and hand.group[a] == hand.group[b] for j, b in enumerate(rows)] for i, a in enumerate(rows)]
+    assert same_mask(hand, rows).tolist() == expected
+    assert sum(map(sum, expected)) == 8  # a0/a1/a0 pairwise (6) and b0/b1 (2); c0, c1 have no text
+    cfg = BatchConfig(batch_size=6, seed=1)
+    for world in (1, 3):
+        batch = batch_at(hand, 2, cfg, world)
+        n = len(batch.rows)
+        assert n == 6 and batch.extra == 0 and batch.anchors == 3 // world
+        assert batch.has_neighbor.shape == (world, 3 // world)
+        assert sorted(batch.canonical.tolist()) == list(range(6)) and batch.boards.shape == (6, 0)
+        assert batch.fused_keep.shape == (6, 5) and batch.fused_keep.all()  # no dropout: all 5 text fields
+        group, boards = hand.group[batch.rows], [set(hand.graph.boards_of(int(p)).tolist()) for p in batch.rows]
+        assert batch.same.tolist() == [[i != j and group[i] == group[j] for j in range(n)] for i in range(n)]
+        share = [[i != j and (batch.rows[i] == batch.rows[j] or bool(boards[i] & boards[j])) for j in range(n)]
+                 for i in range(n)]
+        assert batch.share_board.tolist() == share
+
+
+def test_prepare_training_defaults_and_its_split_keys(hand, capsys):
+    """Without hard_negatives no hard candidates are mined; a walk progress bar is drawn unless progress=False;
+    missing split keys hold nothing out; val_rows are the int64 positions of the validation pins."""
+    graph = GraphConfig(walkers_per_pin=50, walk_length=2, top_k=7, hard_ranks=(1, 7))
+    capsys.readouterr()
+    plain = prepare_training(hand_dataset(), graph, seed=0)
+    assert "random walks" in capsys.readouterr().err
+    assert plain.hard.shape == (8, 0) and plain.hard.dtype == np.int64
+    assert np.array_equal(plain.neighbors, hand.neighbors) and np.array_equal(plain.counts, hand.counts)
+    prepare_training(hand_dataset(), graph, seed=0, progress=False)
+    assert capsys.readouterr().err == ""
+    assert hand.val_rows.dtype == np.int64 and hand.val_rows.tolist() == []
+    bare = dataclasses.replace(hand_dataset(), splits={})
+    everything = prepare_training(bare, graph, seed=0, progress=False)
+    assert everything.train_rows.tolist() == list(range(8))  # e0 trains, board H is kept
+    assert set(everything.graph.board_ids) == set(HAND_TITLES)
+    val = dataclasses.replace(hand_dataset(), splits={**HAND_SPLITS, "val_pins": ["d0", "a1", "zz"]})  # zz unknown
+    held = prepare_training(val, graph, seed=0, progress=False)
+    assert held.val_rows.dtype == np.int64 and held.val_rows.tolist() == [1, 6]
+    assert held.train_rows.tolist() == [0, 2, 3, 4, 5]
+
+
+def test_train_fraction_keeps_a_seeded_subset_of_at_least_two_pins():
+    """A share below 1 keeps round(N * share) pins (at least 2), the same ones for a seed (pinned); a share of
+    1 or more trains every pin; 2 training pins are enough, 1 is refused."""
+    from pinclip.cli import UserError
+
+    graph = GraphConfig(walkers_per_pin=20, walk_length=2, top_k=3)
+    rows = {f: prepare_training(hand_dataset(), graph, seed=0, train_fraction=f, progress=False).train_rows.tolist()
+            for f in (0.01, 0.5, 1.0, 1.5)}
+    assert rows == {0.01: [0, 4], 0.5: [0, 1, 3, 5], 1.0: list(range(7)), 1.5: list(range(7))}  # 7 warm pins
+    one = dataclasses.replace(hand_dataset(), splits={**HAND_SPLITS, "cold_start_pins": list(HAND_PINS)[1:]})
+    with pytest.raises(UserError, match="^only 1 training pins: nothing to train on$"):
+        prepare_training(one, graph, seed=0, progress=False)
+
+
+def test_hard_ranks_are_checked_and_mined_beyond_top_k():
+    """graph.hard_ranks must be two ranks 0 <= lo < hi (only checked with hard negatives); the walks rank
+    max(top_k, hi) pins so the hard candidates span ranks [lo, hi) even past top_k."""
+    from pinclip.cli import UserError
+
+    for ranks in [(5, 2), (3, 3), (-1, 4), (1, 2, 3), (4,)]:
+        bad = GraphConfig(walkers_per_pin=20, walk_length=2, top_k=3, hard_ranks=ranks)
+        message = rf"^graph.hard_ranks must be two ranks lo < hi, got \[{', '.join(map(str, ranks))}\]$"
+        with pytest.raises(UserError, match=message):
+            prepare_training(hand_dataset(), bad, seed=0, progress=False, hard_negatives=True)
+        assert prepare_training(hand_dataset(), bad, seed=0, progress=False).hard.shape == (8, 0)  # not used
+    wide = prepare_training(hand_dataset(), GraphConfig(walkers_per_pin=50, walk_length=2, top_k=2, hard_ranks=(0, 7)),
+                            seed=0, progress=False, hard_negatives=True)
+    assert wide.neighbors.shape == (8, 2) and wide.hard.shape == (8, 7)
+    assert wide.hard[3].tolist() == [6] + [-1] * 6  # b1's ranking b0, a0, a1, d0: only d0 shares no board with it
+    with pytest.raises(ValueError, match="^random walk: top_k must be >= 1, got 0$"):
+        prepare_training(hand_dataset(), GraphConfig(top_k=0), seed=0, progress=False)
+
+
+def test_the_walks_follow_the_graph_config_and_the_graph_has_its_incidence_and_titles():
+    """Neighbors, counts and walk steps are those of mine_neighbors with every graph setting and the seed; the
+    incidence matrix is the pin x training-board membership (at least one column); board titles follow the
+    training boards, '' for an untitled one."""
+    from pinclip.graph.random_walk import RandomWalkConfig, mine_neighbors
+
+    cfg = GraphConfig(walkers_per_pin=9, walk_length=3, restart_prob=0.2, top_k=4, board_damping=1.5)
+    data = prepare_training(hand_dataset(), cfg, seed=11, progress=False)
+    mined = mine_neighbors(data.graph, RandomWalkConfig(num_walkers_per_pin=9, walk_length=3, restart_prob=0.2, top_k=4,
+                                                        board_degree_damping=1.5, seed=11), progress=False)
+    assert np.array_equal(data.neighbors, mined.neighbors) and np.array_equal(data.counts, mined.counts)
+    assert data.walk_steps == mined.walk_steps == 6 * 9 * 3  # 6 warm pins with a training board
+    boards = data.graph.board_ids
+    assert boards == ["C", "F", "G", "P", "X"] and data.board_titles == ["cold board", "fruit", "greens", "pears", ""]
+    member = [[b in data.graph.boards_of(p).tolist() for b in range(len(boards))] for p in range(8)]
+    assert data.incidence.shape == (8, 5) and (data.incidence.toarray() == np.array(member, float)).all()
+    one_board = dataclasses.replace(hand_dataset(), splits={**HAND_SPLITS, "heldout_boards": ["C", "G", "H", "P", "X"]})
+    single = prepare_training(one_board, cfg, seed=0, progress=False)
+    assert single.graph.board_ids == ["F"] and single.board_titles == ["fruit"] and single.incidence.shape == (8, 1)
+    assert single.incidence.toarray()[:, 0].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]  # a0, a1, b0, b1
+
+
+def test_a_training_set_without_any_training_board_still_prepares_and_batches():
+    """Every board held out: the training pins keep no edge, so no pin has a neighbor, partners are random
+    training pins, no two rows share a board and no board title joins the batch."""
+    no_boards = dataclasses.replace(hand_dataset(), splits={**HAND_SPLITS, "heldout_boards": list(HAND_TITLES)})
+    data = prepare_training(no_boards, GraphConfig(walkers_per_pin=5, walk_length=2, top_k=3), seed=0, progress=False)
+    assert data.graph.board_ids == [] and data.board_titles == [] and data.incidence.nnz == 0
+    assert data.incidence.shape[0] == 8 and (data.neighbors == -1).all()
+    assert np.exp(data.log_q[data.train_rows]) == pytest.approx([1 / 14] * 7)  # anchors only: 1/7 over 2 slots
+    batch = batch_at(data, 0, BatchConfig(batch_size=4, board_titles=1))
+    assert not batch.has_neighbor.any() and set(batch.rows.tolist()) <= set(data.train_rows.tolist())
+    rows = batch.rows.tolist()
+    assert batch.share_board.tolist() == [[i != j and rows[i] == rows[j] for j in range(4)] for i in range(4)]
+    assert batch.boards.tolist() == [[-1]] * 4
