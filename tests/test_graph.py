@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scripted_rng import ScriptedRng
 
 import pinclip.graph.csr as csr_module
 from pinclip.graph import BipartiteGraph, RandomWalkConfig, mine_neighbors, random_walk_neighbors
@@ -285,18 +286,6 @@ def test_from_edges_counts_repeated_drops_and_keeps_board_ids_verbatim():
 
 
 # --- random-walk internals, with hand-computed draws ------------------------------------------------------
-
-
-class ScriptedRng:
-    """Stands in for np.random.Generator: each `random(size)` returns the next scripted array of draws."""
-
-    def __init__(self, *draws):
-        self.draws = [np.asarray(d, dtype=np.float64) for d in draws]
-
-    def random(self, size):
-        values = self.draws.pop(0)
-        assert size == len(values), f"asked for {size} draws, scripted {len(values)}"
-        return values
 
 
 def graph_of_5() -> BipartiteGraph:

@@ -13,6 +13,7 @@ from collections import deque
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from scripted_rng import ScriptedRng
 from synthetic import COLORS, SHAPES
 
 from pinclip.config import GraphConfig
@@ -382,29 +383,17 @@ def test_draws_are_int64_pin_positions_and_board_titles_are_drawn_without_replac
             assert sorted(row[:3]) == titled and row[3:] == [-1] * (k - 3)
 
 
-class _FixedDraws:
-    """A stand-in Generator whose random() returns given arrays in turn (to test the thresholds exactly)."""
-
-    def __init__(self, *draws):
-        self.draws = list(draws)
-
-    def random(self, size):
-        out = np.asarray(self.draws.pop(0), np.float64)
-        assert out.shape == np.empty(size).shape
-        return out
-
-
 def test_fused_field_mask_thresholds_are_half_open():
     """A probability p drops on draws in [0, p): p = 0 never drops, even on a draw of exactly 0.0; a row whose
     draw u is exactly text_dropout is title-only, exactly text_dropout + title_only keeps its fields."""
     from pinclip.train.dataset import fused_field_mask
 
     fields = len(hand_dataset().pins.texts)
-    never = fused_field_mask(1, BatchConfig(), _FixedDraws([0.0], np.zeros((1, fields))))
+    never = fused_field_mask(1, BatchConfig(), ScriptedRng([0.0], np.zeros((1, fields))))
     assert never.tolist() == [[True] * fields]
     cfg = BatchConfig(field_dropout=0.5, text_dropout=0.25, title_only=0.25)
     u = [0.25, 0.5, 0.0, 0.2499]  # title only, all fields, no text, no text
-    keep = fused_field_mask(4, cfg, _FixedDraws(u, np.full((4, fields), 0.5)))  # field draws at 0.5: kept
+    keep = fused_field_mask(4, cfg, ScriptedRng(u, np.full((4, fields), 0.5)))  # field draws at 0.5: kept
     assert keep.dtype == bool
     assert keep.tolist() == [[True] + [False] * (fields - 1), [True] * fields, [False] * fields, [False] * fields]
 
