@@ -262,44 +262,6 @@ def test_single_process_gather_is_identity():
     assert all_gather_with_grad(x) is x
 
 
-class TwoRankCollectives:
-    """torch.distributed's collectives as rank 0 of two sees them, without a process group: the peer
-    holds `x + 100` and back-propagates three times the gradient rank 0 does. Like gloo it refuses
-    bool tensors and non-contiguous buffers."""
-
-    def all_gather(self, shards: list[torch.Tensor], x: torch.Tensor) -> None:
-        assert x.dtype != torch.bool, "gloo has no bool collectives"
-        assert x.is_contiguous() and len(shards) == 2 and all(s.shape == x.shape for s in shards)
-        shards[0].copy_(x)
-        shards[1].copy_(x + 100)
-
-    def reduce_scatter_tensor(self, out: torch.Tensor, grad: torch.Tensor) -> None:
-        assert grad.is_contiguous() and grad.shape == (2 * out.shape[0], *out.shape[1:])
-        out.copy_(grad[: out.shape[0]] + 3 * grad[: out.shape[0]])  # rank 0's shard, summed over ranks
-
-
-def test_two_rank_gather_concatenates_in_rank_order_and_sums_the_shard_gradients(monkeypatch):
-    """The collectives' wiring on a simulated world of two (tests/test_gather_distributed.py runs the
-    real thing on two processes)."""
-    from pinclip.losses import gather
-
-    fake = TwoRankCollectives()
-    monkeypatch.setattr(gather, "rank_and_world", lambda: (0, 2))
-    monkeypatch.setattr(gather.dist, "all_gather", fake.all_gather)
-    monkeypatch.setattr(gather.dist, "reduce_scatter_tensor", fake.reduce_scatter_tensor)
-    x = torch.randn(3, 4, requires_grad=True)
-    y = gather.all_gather_with_grad(x)
-    assert y.shape == (6, 4)
-    torch.testing.assert_close(y.detach(), torch.cat([x.detach(), x.detach() + 100]))
-    w = torch.randn(4, 6).T  # a non-contiguous incoming gradient
-    (y * w).sum().backward()
-    torch.testing.assert_close(x.grad, 4 * w[:3])
-    mask = gather.all_gather_no_grad(torch.tensor([True, False, True]))
-    assert mask.dtype == torch.bool and mask.tolist() == [True, False, True, True, True, True]
-    ids = gather.all_gather_no_grad(torch.tensor([[1, 2], [3, 4]]).T)  # non-contiguous ids
-    assert ids.dtype == torch.int64 and ids.tolist() == [[1, 3], [2, 4], [101, 103], [102, 104]]
-
-
 def test_bad_inputs_are_reported():
     query, keys, mask = random_batch(6)
     with pytest.raises(ValueError, match="unknown contrastive mode 'clip'"):
@@ -405,10 +367,12 @@ def test_infonce_in_float16_ignores_a_missing_positive_whose_log_prob_underflows
 class ShardedWorld:
     """torch.distributed's all_gather as rank `rank` of `world` sees it, for a global batch the test holds:
     given this rank's shard of one of the registered global tensors (N, ...), it fills in every rank's
-    shard of that tensor, in rank order (bool tensors travel as uint8, as gather sends them)."""
+    shard of that tensor, in rank order (bool tensors travel as uint8, as gather sends them). In the backward
+    pass every other rank back-propagates `peer_grad` times the gradient this rank does. Like gloo it refuses
+    bool tensors and non-contiguous buffers."""
 
-    def __init__(self, rank: int, world: int, *global_tensors: torch.Tensor) -> None:
-        self.rank, self.world, self.tensors = rank, world, global_tensors
+    def __init__(self, rank: int, world: int, *global_tensors: torch.Tensor, peer_grad: float = 1.0) -> None:
+        self.rank, self.world, self.tensors, self.peer_grad = rank, world, global_tensors, peer_grad
 
     def shard(self, x: torch.Tensor, rank: int) -> torch.Tensor:
         b = len(x) // self.world
@@ -423,6 +387,11 @@ class ShardedWorld:
         for rank, out in enumerate(shards):
             out.copy_(self.shard(matches[0], rank).reshape(x.shape))
 
+    def reduce_scatter_tensor(self, out: torch.Tensor, grad: torch.Tensor) -> None:
+        assert grad.is_contiguous() and grad.shape == (self.world * out.shape[0], *out.shape[1:])
+        mine = self.shard(grad, self.rank)
+        out.copy_(mine + (self.world - 1) * self.peer_grad * mine)  # this rank's shard, summed over ranks
+
     def install(self, monkeypatch, module) -> None:
         """Make `module` (a loss module) and pinclip.losses.gather run as this rank."""
         from pinclip.losses import gather
@@ -430,6 +399,28 @@ class ShardedWorld:
         for target in (gather, module):
             monkeypatch.setattr(target, "rank_and_world", lambda: (self.rank, self.world))
         monkeypatch.setattr(gather.dist, "all_gather", self.all_gather)
+        monkeypatch.setattr(gather.dist, "reduce_scatter_tensor", self.reduce_scatter_tensor)
+
+
+def test_two_rank_gather_concatenates_in_rank_order_and_sums_the_shard_gradients(monkeypatch):
+    """The collectives' wiring on a simulated world of two, where the peer holds `x + 100` and back-propagates
+    three times the gradient rank 0 does (tests/test_gather_distributed.py runs the real thing on two processes)."""
+    from pinclip.losses import gather
+
+    x = torch.randn(3, 4, requires_grad=True)
+    mask = torch.tensor([True, False, True, True, True, True])
+    ids = torch.tensor([[1, 3], [2, 4], [101, 103], [102, 104]])
+    ShardedWorld(0, 2, torch.cat([x.detach(), x.detach() + 100]), mask, ids, peer_grad=3.0).install(monkeypatch, gather)
+    y = gather.all_gather_with_grad(x)
+    assert y.shape == (6, 4)
+    torch.testing.assert_close(y.detach(), torch.cat([x.detach(), x.detach() + 100]))
+    w = torch.randn(4, 6).T  # a non-contiguous incoming gradient
+    (y * w).sum().backward()
+    torch.testing.assert_close(x.grad, 4 * w[:3])
+    mask = gather.all_gather_no_grad(torch.tensor([True, False, True]))
+    assert mask.dtype == torch.bool and mask.tolist() == [True, False, True, True, True, True]
+    ids = gather.all_gather_no_grad(torch.tensor([[1, 2], [3, 4]]).T)  # non-contiguous ids
+    assert ids.dtype == torch.int64 and ids.tolist() == [[1, 3], [2, 4], [101, 103], [102, 104]]
 
 
 @pytest.mark.parametrize("mode", ["siglip", "infonce"])
