@@ -62,6 +62,8 @@ class ModelConfig:
     dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka dims; the first is the full embedding
     projector_hidden: int = 1024
     pin_mode: str = "fused"  # "fused": one pass over [visual; text] tokens | "late": unit(image) + unit(mean text)
+    #                          | "hybrid": unit(late + tanh(g) * fused), g a learned gate starting at 0
+    pool_balance: bool = False  # fused pass: pool each modality on its own, then average them (equal weight)
     mode_tokens: bool = False  # a learned embedding per mode on the summary token: an image-only fused pin
     #                            is then not the image embedding, each free to serve its own task
 

@@ -7,6 +7,14 @@ One model, three modes, one embedding space (DESIGN.md §2):
 Visual tokens = global + regional (+ patch) pools of the vision grid, projected by an MLP into the
 backbone's width and tagged by granularity; text tokens are tagged by field. The pooled state goes
 through a linear head to the largest Matryoshka dim; every prefix is a valid, re-normalized embedding.
+
+How "pin" is formed (cfg.pin_mode):
+    fused   the fused pass alone (pure early fusion)
+    late    unit(unit(image) + unit(sum of the present fields' text embeddings))   (two towers, `lit`)
+    hybrid  unit(late + tanh(g) * fused), g a learned gate that starts at 0: an untrained hybrid pin
+            *is* the late-fusion pin, and training adds only what the fused pass knows beyond it
+With cfg.pool_balance the fused pass mean-pools each modality on its own and averages the present
+modalities, so a title-only pin is half image, half text whatever its token counts.
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ class PinCLIP(nn.Module):
         self.it_logit_bias = nn.Parameter(torch.tensor(-10.0))
         self.nb_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.nb_logit_bias = nn.Parameter(torch.tensor(-10.0))
+        if cfg.pin_mode == "hybrid":  # zero-init gate (Flamingo): the fused correction starts switched off
+            self.pin_gate = nn.Parameter(torch.zeros(()))
+        elif cfg.pin_mode not in ("fused", "late"):
+            raise ValueError(f"model.pin_mode must be fused, late or hybrid, got {cfg.pin_mode!r}")
 
     @torch.no_grad()
     def _grid_side(self) -> int:
@@ -75,8 +87,11 @@ class PinCLIP(nn.Module):
         summary = self.summary + self.mode_embed[MODES.index(mode)] if self.cfg.mode_tokens else self.summary
         return summary.expand(b, 1, -1)
 
-    def _encode(self, parts: list[tuple[torch.Tensor, torch.Tensor]], mode: str) -> torch.Tensor:
-        """Joint sequence of (states (B, L, W), mask (B, L)) parts -> (B, D) normalized embedding."""
+    def _encode(self, parts: list[tuple[torch.Tensor, torch.Tensor]], mode: str, visual: int | None = None
+                ) -> torch.Tensor:
+        """Joint sequence of (states (B, L, W), mask (B, L)) parts -> (B, D) normalized embedding.
+        `visual`: the first `visual` tokens of the parts are visual, the rest text; with cfg.pool_balance
+        and mean pooling each modality is then pooled on its own (modality_weights)."""
         b = parts[0][0].shape[0]
         summary = self.summary_token(mode, b)  # (B, 1, W)
         ones = torch.ones(b, 1, dtype=torch.bool, device=summary.device)
@@ -87,7 +102,11 @@ class PinCLIP(nn.Module):
         hidden = torch.cat([p[0] for p in parts], dim=1)  # (B, L, W)
         mask = torch.cat([p[1] for p in parts], dim=1)  # (B, L)
         out = self.backbone.encode_from_entry(hidden, mask)  # (B, L, W)
-        pooled = self._pool(out, mask)  # (B, W)
+        if visual is not None and self.cfg.pool_balance and self.cfg.backbone.pooling == "mean":
+            weights = modality_weights(mask, 1 + visual)  # (B, L): the summary is token 0, then `visual`
+            pooled = (out * weights.unsqueeze(-1).to(out.dtype)).sum(1)  # (B, W)
+        else:
+            pooled = self._pool(out, mask)  # (B, W)
         return F.normalize(self.head(pooled), dim=-1)  # (B, D)
 
     def _pool(self, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -134,7 +153,8 @@ class PinCLIP(nn.Module):
         for lo in range(0, x.shape[0], bucket):
             rows = order[lo : lo + bucket]
             width = prefix + max(int(lengths[rows].max()), 1 - min(prefix, 1))
-            chunks.append(self._encode([(x[rows, :width], mask[rows, :width])], mode))  # (b, D)
+            visual = prefix if mode == "pin" else None
+            chunks.append(self._encode([(x[rows, :width], mask[rows, :width])], mode, visual))  # (b, D)
         return torch.cat(chunks)[torch.argsort(order)]  # (N, D) back in input order, autocast dtype kept
 
     def forward(self, batch: dict[str, torch.Tensor], modes: tuple[str, ...] = ("image", "text", "pin")
@@ -143,9 +163,11 @@ class PinCLIP(nn.Module):
 
         A late-fusion model (cfg.pin_mode "late", the two-tower recipe) forms "pin" from the image and
         text outputs instead of a fused pass: unit(unit(image) + unit(mean of its fields' embeddings)),
-        the image part left out for a pin without an image."""
+        the image part left out for a pin without an image. A hybrid model adds the gated fused pass to
+        that (module docstring); its late part reads the fields the fused pass keeps (batch["pin_fields"],
+        field dropout in training), so a title-only pin is trained as it is served."""
         out: dict[str, torch.Tensor] = {}
-        if self.cfg.pin_mode == "late" and "pin" in modes:
+        if self.cfg.pin_mode in ("late", "hybrid") and "pin" in modes:
             modes = tuple(dict.fromkeys((*modes, "image", "text")))
         if "image" in modes:
             out["image"] = self.encode_image(batch)
@@ -159,9 +181,31 @@ class PinCLIP(nn.Module):
             out["text"], out["text_mask"] = text, text_mask
         if "pin" in modes and self.cfg.pin_mode == "late":
             out["pin"] = late_fusion(out["image"], batch["has_image"], out["text"], out["text_mask"])
+        elif "pin" in modes and self.cfg.pin_mode == "hybrid":
+            kept = out["text_mask"] & batch["pin_fields"] if "pin_fields" in batch else out["text_mask"]
+            late = late_fusion(out["image"], batch["has_image"], out["text"], kept)  # (B, D)
+            out["pin"] = hybrid_pin(late, self.encode_pin(batch), self.pin_gate)
         elif "pin" in modes:
             out["pin"] = self.encode_pin(batch)
         return out
+
+
+def hybrid_pin(late: torch.Tensor, fused: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """(B, D) unit(late + tanh(gate) * fused): at gate 0 exactly the late-fusion pin."""
+    return F.normalize(late + torch.tanh(gate).to(late.dtype) * fused.to(late.dtype), dim=-1)
+
+
+def modality_weights(mask: torch.Tensor, text_start: int) -> torch.Tensor:
+    """(B, L) pooling weights of a fused sequence [summary; visual tokens; text tokens]: the mean of
+    each present modality's tokens, the modalities averaged with equal weight (1/2 each with both, 1
+    for the only one present); the summary token (position 0) gets none. Rows sum to 1 (0 when empty)."""
+    m = mask.float()  # (B, L)
+    vis, txt = m[:, 1:text_start], m[:, text_start:]  # (B, T), (B, Lt)
+    n_vis, n_txt = vis.sum(1, keepdim=True), txt.sum(1, keepdim=True)  # (B, 1)
+    present = ((n_vis > 0).float() + (n_txt > 0).float()).clamp_min(1.0)  # (B, 1)
+    w_vis = vis / n_vis.clamp_min(1.0) / present
+    w_txt = txt / n_txt.clamp_min(1.0) / present
+    return torch.cat([torch.zeros_like(m[:, :1]), w_vis, w_txt], dim=1)  # (B, L)
 
 
 def late_fusion(image: torch.Tensor, has_image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor

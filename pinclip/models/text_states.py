@@ -88,7 +88,7 @@ def text_batch(states: TextStates, rows: np.ndarray, pin_keep: np.ndarray | None
     field_states (N, L, W), field_mask (N, L), field_pin (N,), field_id (N,)  -- text-only rows
     pin_states (B, Lp, W), pin_mask (B, Lp), pin_field_ids (B, Lp)             -- packed per pin
     pin_keep (B, F) bool, optional: the fields packed for the fused pass (the others are left out of it,
-    not of the text-only rows): field dropout in training.
+    not of the text-only rows): field dropout in training. pin_fields (B, F) bool: the fields packed.
     """
     width = states.tokens.shape[1]
     lengths = states.length[rows]  # (B, F)
@@ -116,5 +116,5 @@ def text_batch(states: TextStates, rows: np.ndarray, pin_keep: np.ndarray | None
         "field_states": torch.from_numpy(field_states), "field_mask": torch.from_numpy(field_mask),
         "field_pin": torch.from_numpy(pin_idx.astype(np.int64)), "field_id": torch.from_numpy(field_idx.astype(np.int64)),
         "pin_states": torch.from_numpy(pin_states), "pin_mask": torch.from_numpy(pin_mask),
-        "pin_field_ids": torch.from_numpy(pin_field_ids),
+        "pin_field_ids": torch.from_numpy(pin_field_ids), "pin_fields": torch.from_numpy(packed > 0),
     }
