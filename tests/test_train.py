@@ -34,6 +34,19 @@ def test_config_overrides_and_errors():
         load_config(preset="tiny", overrides=["train.steps=1.5"])
 
 
+def test_training_counts_its_flops_on_the_first_steps(catalog, tmp_path):
+    """train_flops = the mean FLOPs of the first steps (forward and backward) times the steps: twice the
+    steps, twice the FLOPs (the counted steps are the same batches)."""
+    from pinclip.train.trainer import train
+
+    flops = {}
+    for steps in (3, 6):
+        final = train(load_config(preset="tiny", overrides=tiny_overrides(catalog, tmp_path / str(steps), steps)),
+                      progress=False)
+        flops[steps] = json.loads((Path(final) / "meta.json").read_text())["train_flops"]
+    assert flops[3] > 0 and flops[6] == pytest.approx(2 * flops[3])
+
+
 # every part of the objective and the batch that carries state or randomness
 EVERYTHING = ["train.memory_size=24", "train.hard_negatives=true", "train.field_dropout=0.3", "train.text_dropout=0.2",
               "train.title_only=0.2", "train.feature_noise=0.1", "train.token_dropout=0.3",
@@ -41,7 +54,10 @@ EVERYTHING = ["train.memory_size=24", "train.hard_negatives=true", "train.field_
               "loss.quant_aware=true"]
 
 
-@pytest.mark.parametrize("extra", [[], EVERYTHING], ids=["default", "everything"])
+HYBRID = ["model.pin_mode=hybrid", "model.pool_balance=true", "train.title_only=0.3", "train.text_dropout=0.2"]
+
+
+@pytest.mark.parametrize("extra", [[], EVERYTHING, HYBRID], ids=["default", "everything", "hybrid"])
 def test_resume_reproduces_the_uninterrupted_run(catalog, tmp_path, extra):
     from pinclip.train.trainer import train
 

@@ -11,6 +11,7 @@ statistics) so runs are deterministic. Checkpoints hold everything needed for an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from pinclip.config import Config, config_to_dict
@@ -139,7 +141,8 @@ def teacher_field_embeddings(model: PinCLIP, texts: list[list[str]], cache_dir: 
     return fields / np.maximum(np.linalg.norm(fields, axis=-1, keepdims=True), 1e-12)
 
 
-SCALARS = ("it_logit_scale", "it_logit_bias", "nb_logit_scale", "nb_logit_bias")
+FLOP_STEPS = 3  # training steps whose FLOPs are counted (torch's FlopCounterMode); their mean times the steps
+SCALARS = ("it_logit_scale", "it_logit_bias", "nb_logit_scale", "nb_logit_bias", "pin_gate")
 
 
 def build_optimizer(model: PinCLIP, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -309,18 +312,22 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     if (rank == 0 or sharded) and start == 0:
         log.write({"step": 0, **validate(model, data, feats, cfg, device)})
     bar = tqdm(range(start, cfg.train.steps), desc="train", unit="step", disable=not progress or rank != 0, initial=start, total=cfg.train.steps)
-    t0, pins_seen = time.perf_counter(), 0
+    t0, pins_seen, step_flops = time.perf_counter(), 0, []
     for step in bar:
         batch, ctx = local_batch(data, feats, step, cfg, rank, world, device, bank)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(batch, modes=needed_modes(cfg.loss))
-            if feats.title_states is not None:
-                out["board_text"], out["board_mask"] = board_title_embeddings(model, feats.title_states, ctx.boards,
-                                                                              device)
-        out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-        terms = objective(model, out, ctx, cfg.loss, cfg.model.dims, bank)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        counter = FlopCounterMode(display=False) if step - start < FLOP_STEPS and not sharded else contextlib.nullcontext()
+        with counter:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(batch, modes=needed_modes(cfg.loss))
+                if feats.title_states is not None:
+                    out["board_text"], out["board_mask"] = board_title_embeddings(model, feats.title_states,
+                                                                                  ctx.boards, device)
+            out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+            terms = objective(model, out, ctx, cfg.loss, cfg.model.dims, bank)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+        if isinstance(counter, FlopCounterMode):
+            step_flops.append(counter.get_total_flops() * world)
         if not sharded:  # FSDP has reduce-scattered the mean gradient already
             _average_gradients(model)
         grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip))
@@ -342,6 +349,8 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     if rank == 0 or sharded:
         meta = {"quant": calibrate_quant(model, data, feats, device), "train_pins": int(len(data.train_rows)),
                 "seconds": time.perf_counter() - t0, **setup_s}
+        if step_flops:  # forward + backward matmul FLOPs of the first steps (all ranks), times the steps
+            meta["train_flops"] = float(np.mean(step_flops) * cfg.train.steps)
         weights = parallel.full_weights(model) if sharded else None
     if rank == 0:
         version = save_checkpoint(final, model, cfg, cfg.train.steps, meta=meta, weights=weights)
