@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help="with --scaling: shares of the training pins")
     p.add_argument("--jobs", type=int, default=0, help="with --run: trainings run side by side, each with cores/jobs "
                    "threads and its log in <folder>/train.log (default: 2 on a CPU, 1 on a GPU)")
+    p.add_argument("--tower-mix", default=None, metavar="W[,W...]",
+                   help="with --run: also judge each trained model mixed with the untrained towers in output space "
+                        "at these weights (pinclip.eval.ensemble; as <name>+towers@W); choose W on --partition val")
     p.add_argument("--vlm-embedder", metavar="FOLDER", help="also score this pretrained VLM (e.g. Qwen3-VL-Embedding) "
                    "zero-shot, last-token pooled, as the vlm_embedder baseline (pinclip.baselines.vlm_embedder)")
     p.add_argument("--steps", type=int, default=None, help="training steps of trained baselines and seeds")
@@ -261,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
                          _fractions(args.fractions), args.domain_shift, args.data_dir, args.cache_dir, jobs,
                          not args.quiet)
         dataset = _load_data(args) if (args.pins or args.boards) else None
+        extra.update(tower_mix_models(args.run, _weights(args.tower_mix)))
         paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
                              _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options,
                              extra)
@@ -284,6 +288,37 @@ def _vlm_embedder(args: argparse.Namespace) -> dict[str, list[Path]]:
         raise UserError(f"--vlm-embedder {args.vlm_embedder}: not a Hugging Face model folder (no config.json)")
     root = Path(args.run) / "baselines" if args.run else Path(args.out or "eval")
     return {"vlm_embedder": [create_vlm_embedder(args.vlm_embedder, root / "vlm_embedder", cache_dir=args.cache_dir)]}
+
+
+def tower_mix_models(run_dir: str | Path, weights: Sequence[float]) -> dict[str, list[Path]]:
+    """{"<model>+towers@W": [one tower-mix folder per seed]} of every trained model under the run, mixed with
+    its untrained towers at each weight (pinclip.models.tower_mix)."""
+    from pinclip.baselines import BASELINES
+    from pinclip.experiments import existing_models
+    from pinclip.models.tower_mix import create_mixed
+
+    out: dict[str, list[Path]] = {}
+    for name, folders in existing_models(run_dir).items():
+        if name != "pinclip" and not BASELINES[name].trained:
+            continue
+        for w in weights:
+            out[f"{name}+towers@{w:g}"] = [
+                create_mixed(folder, w, Path(run_dir) / "mixes" / f"{name}-seed{seed}-w{w:g}")
+                for seed, folder in enumerate(folders)]
+    return out
+
+
+def _weights(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        weights = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--tower-mix expects weights separated by commas, got {text!r}") from None
+    bad = [w for w in weights if not 0.0 <= w <= 1.0]
+    if bad:
+        raise UserError(f"--tower-mix weights must be in [0, 1], got {bad}")
+    return weights
 
 
 def _names_list(text: str, known: Sequence[str], flag: str) -> tuple[str, ...]:

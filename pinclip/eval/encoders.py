@@ -158,6 +158,10 @@ def load_encoder(checkpoint: str | Path, device: str = "cpu") -> Encoder | Ranke
         from pinclip.baselines.frozen import FrozenEncoder
 
         return FrozenEncoder(path, device)
+    if meta.get("kind") == "tower_mix":
+        from pinclip.eval.ensemble import EnsembleEncoder
+
+        return EnsembleEncoder(path, device)
     if meta.get("kind") == "bm25":
         from pinclip.baselines.bm25 import BM25Ranker
 

@@ -4,6 +4,7 @@
     emb.embed_texts(["red apple"])                      # (1, 256) text-only
     emb.embed_images([PIL.Image.open("apple.png")])      # (1, 256) image-only
     emb.embed_pins([{"image": img, "title": "apple"}])   # (1, 256) fused
+    Embedder.from_checkpoint("runs/demo/mixed")          # a tower mix (pinclip.models.tower_mix): (N, 256 + C + W)
 
 `embed_rows` is the same computation over a dataset whose image features and text states are
 already computed (training-time validation, the evaluation harness, the batch job).
@@ -68,8 +69,13 @@ class Embedder:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
                         cache_write: bool = True) -> Embedder:
         from pinclip.models.build import is_vlm
+        from pinclip.models.tower_mix import MixedEmbedder, read_mixed
         from pinclip.train.checkpoint import load_model
 
+        mixed = read_mixed(path)
+        if mixed is not None:  # a tower-mix folder: the checkpoint it names, mixed with its towers
+            inner = cls.from_checkpoint(mixed["checkpoint"], device, cache_dir, cache_write)
+            return MixedEmbedder(inner, mixed["weight"], mixed, device)
         model, _, meta = load_model(path, device)
         if is_vlm(model):  # a VLM backbone: the same interface, its own inputs
             from pinclip.models.vlm.embedder import VLMEmbedder

@@ -1,0 +1,101 @@
+"""The tower mix in the evaluation harness: PinCLIP and its untrained towers, mixed in output space.
+
+    pinclip eval --run runs/demo --tower-mix 0.25,0.5,0.75 --partition val   # choose the weight on validation
+    folder = create_mixed("runs/demo/train/final", 0.5, "runs/demo/mixed")   # pinclip.models.tower_mix
+
+What is mixed and why: pinclip.models.tower_mix. Here the two halves come from the harness's own
+encoders over cached features: ModelEncoder (PinCLIP) and FrozenEncoder (the `frozen` baseline of the
+checkpoint's config, in the folder's towers/), so the mixed model is judged on exactly the vectors
+the two models it mixes are judged on. `calibrate_mixed` fits the served int8 parameters on them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pinclip.eval.encoders import ModelEncoder, TaskVectors, unit
+from pinclip.eval.tasks import TaskSpec
+from pinclip.models.tower_mix import tower_mix
+
+
+class EnsembleEncoder:
+    """A PinCLIP checkpoint and the frozen towers, mixed (module docstring)."""
+
+    kind = "tower_mix"
+    dims: list[int] = []  # the concatenation has no Matryoshka prefixes
+
+    def __init__(self, folder: str | Path, device: str = "cpu") -> None:
+        from pinclip.baselines.frozen import FrozenEncoder
+        from pinclip.quant import GlobalAffine
+
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+        self.weight = float(meta["weight"])
+        self.model = ModelEncoder(meta["checkpoint"], device)
+        self.towers = FrozenEncoder(Path(folder) / "towers", device)
+        self.version = str(meta["version"])
+        self.quant = GlobalAffine.from_dict(meta["quant"]) if meta.get("quant") else None  # else fitted by the harness
+        self.notes: dict[str, str] = {}
+
+    def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None:
+        self.model.prepare(pins, cache_dir, progress)
+        self.towers.prepare(pins, cache_dir, progress)
+        c, w = self.towers.image.shape[1], self.towers.fields_text.shape[2]
+        self._zero_image, self._zero_text = np.zeros((1, c), np.float32), np.zeros((1, w), np.float32)
+
+    def _image(self, pins: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.towers.image[pins], np.repeat(self._zero_text, len(pins), 0)], axis=1)
+
+    def _text(self, text: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.repeat(self._zero_image, len(text), 0), unit(text)], axis=1)
+
+    def _pins(self, regime: str) -> np.ndarray:
+        return unit(np.concatenate([self.towers.image, self.towers.text_half(regime)], axis=1))
+
+    def tower_vectors(self, spec: TaskSpec) -> TaskVectors:
+        """The towers' half of every query and corpus row, in [image | text] coordinates."""
+        fields = self.towers.fields_text  # (P, F, W)
+        if spec.task == "pintext_i2t":
+            return TaskVectors(self._image(spec.query_pins), self._text(fields[spec.corpus_pins, spec.corpus_fields]))
+        if spec.task == "pintext_t2i":
+            return TaskVectors(self._text(fields[spec.query_pins, spec.query_fields]), self._image(spec.corpus_pins))
+        pins = self._pins(spec.regime)  # (P, C + W)
+        if spec.task == "related":
+            queries = pins[spec.query_pins]
+        else:
+            queries = self._text(self.towers.query_vectors(list(spec.query_texts)))
+        return TaskVectors(queries, pins[spec.corpus_pins])
+
+    def vectors(self, spec: TaskSpec) -> TaskVectors:
+        ours, towers = self.model.vectors(spec), self.tower_vectors(spec)
+        return TaskVectors(tower_mix(ours.queries, towers.queries, self.weight),
+                           tower_mix(ours.corpus, towers.corpus, self.weight))
+
+
+def calibrate_mixed(folder: str | Path, dataset: Any, cache_dir: str | Path | None = None, sample: int = 2000,
+                    seed: int = 0, progress: bool = False) -> dict:
+    """Fit the global int8 parameters of a tower-mix folder on a sample of its image, text and pin vectors
+    over the dataset's catalog (as training does for PinCLIP), write them into its meta.json; returns them."""
+    from pinclip.quant import fit_global_affine, quant_to_json
+
+    enc = EnsembleEncoder(folder)
+    enc.prepare(dataset.pins, cache_dir, progress)
+    rng = np.random.default_rng(seed)
+    pins = np.sort(rng.choice(len(dataset.pins), size=min(sample, len(dataset.pins)), replace=False))
+    ours_text, mask = enc.model._catalog("text"), enc.model._catalog("text_mask")
+    p, f = np.nonzero(mask[pins])
+    image = pins[enc.towers.has_image[pins]]
+    parts = [tower_mix(enc.model._catalog("image")[image], enc._image(image), enc.weight),
+             tower_mix(ours_text[pins[p], f], enc._text(enc.towers.fields_text[pins[p], f]), enc.weight),
+             tower_mix(enc.model._catalog("pin")[pins], enc._pins("full")[pins], enc.weight)]
+    mix = np.concatenate([x[np.sort(rng.choice(len(x), size=min(len(x), sample), replace=False))] for x in parts])
+    meta_path = Path(folder) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["quant"] = quant_to_json(fit_global_affine(mix, method="percentile", percentile=99.99), meta["version"])
+    tmp = meta_path.with_name(".meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.replace(meta_path)
+    return meta["quant"]
