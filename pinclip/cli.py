@@ -4,6 +4,7 @@
     pinclip data demo --out runs/demo/data
     pinclip train --config configs/demo.yaml train.steps=100
     pinclip eval --checkpoint runs/demo/train/final --pins ... --boards ...
+    pinclip mix --run runs/demo                             # choose the towers' weight on validation
     pinclip embed --checkpoint C --pins P --out DIR
     pinclip index build --embeddings DIR --out INDEX
     pinclip serve --index INDEX --checkpoint C
@@ -26,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "data": "pinclip.data.cli",
     "train": "pinclip.train.cli",
     "eval": "pinclip.eval.cli",
+    "mix": "pinclip.eval.mix_cli",
     "embed": "pinclip.serve.embed_cli",
     "index": "pinclip.serve.index_cli",
     "serve": "pinclip.serve.serve_cli",

@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pinclip.cli import main
+    from pinclip.eval.mix_cli import mix_done, served_checkpoint
     from pinclip.pipeline import Timings, embed_and_index, serve
 
     out = Path(args.out)
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     timings.stage("data", lambda: main(["data", "demo", "--out", str(data)]), done=(data / "splits.json").is_file())
     timings.stage("train", lambda: main(train_args), done=(final / "meta.json").is_file())
     timings.split_features(final)
-    if not args.skip_eval:
+    if not args.skip_eval:  # how much of the untrained towers to mix in, chosen on validation
+        timings.stage("mix", lambda: main(["mix", "--run", str(out)]), done=mix_done(out, final))
         extent = ["--baselines", "all", "--seeds", "3", "--scaling"] if args.full_eval else ["--baselines", "bm25,frozen"]
         if args.full_eval and (data / "splits_domain.json").is_file():
             extent.append("--domain-shift")
@@ -68,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"no {data / 'splits_domain.json'}: the domain-shift experiment is skipped "
                   "(make one with `pinclip data split --domain-column COLUMN`)")
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
-    embed_and_index(timings, out, final, data / "pins.parquet", cache)
+    served = served_checkpoint(out)
+    embed_and_index(timings, out, served, data / "pins.parquet", cache)
     timings.print_summary()
     print(f"outputs under {out}/: data/ (dataset.md, contact_sheet.png), train/ (metrics.jsonl, final/), "
           f"eval/ (report.md, metrics.json), embed/, index/; stage times in {out}/timings.json")
-    return serve(out, final, cache, args.port) if args.serve else 0
+    return serve(out, served, cache, args.port) if args.serve else 0

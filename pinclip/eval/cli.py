@@ -200,7 +200,10 @@ def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int 
     dataset = dataset or load_dataset_dir(base_cfg.train.data_dir)
     curve = _scaling_curve(points, dataset, base_cfg.train.cache_dir, options) if points else None
     default_out = run_dir / ("eval" if options.partition == "test" else f"eval-{options.partition}")
-    return evaluate_models({**existing_models(run_dir), **(extra_models or {})}, dataset, out_dir or default_out,
+    from pinclip.eval.mix_cli import with_chosen_mix
+
+    models = with_chosen_mix(run_dir, existing_models(run_dir))
+    return evaluate_models({**models, **(extra_models or {})}, dataset, out_dir or default_out,
                            base_cfg.train.cache_dir, options, curve)
 
 

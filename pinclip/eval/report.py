@@ -40,7 +40,7 @@ from pinclip.eval.report_md import render_markdown
 from pinclip.eval.stats import paired_difference, seed_summary
 from pinclip.eval.tasks import REGIMES, SPLITS, TASKS
 
-MODEL_ORDER: tuple[str, ...] = ("pinclip", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25")
+MODEL_ORDER: tuple[str, ...] = ("pinclip", "pinclip_no_mix", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25")
 PRIMARY = "ndcg@10"
 COMPARED: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100")
 AGGREGATED: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10")

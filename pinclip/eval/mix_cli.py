@@ -1,0 +1,131 @@
+"""`pinclip mix`: choose on validation how much of the untrained towers to mix into PinCLIP, and write the
+served model.
+
+    pinclip mix --run runs/demo                        # weights 0, 0.25, 0.5, 0.75 on the validation partition
+    pinclip mix --run runs/demo --weights 0,0.5        # -> runs/demo/mixed/ (when a weight above 0 wins), mix.json
+
+Each weight w > 0 is PinCLIP (<run>/train/final) mixed with its own towers (pinclip.models.tower_mix), judged
+with PinCLIP itself (w = 0) on the validation partition (validation pins and boards, never test) by the
+selection score (pinclip.eval.selection). The best weight is written to <run>/mix.json with every weight's
+score; when it is above 0, <run>/mixed/ holds the served model (its int8 parameters fitted on mixed vectors),
+which `pinclip embed`, `index` and `serve` take as a checkpoint. Ties go to the smaller weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pinclip.cli import UserError
+
+DEFAULT_WEIGHTS = "0,0.25,0.5,0.75"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mix", help="choose on validation how much of the untrained towers to mix in; write the served model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a run folder holding train/final and data (its config's data_dir)")
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weights of the towers to try, in [0, 1] (0 = PinCLIP)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: the run's training data)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: the run's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def served_checkpoint(run_dir: str | Path) -> Path:
+    """The model a run serves: <run>/mixed when `pinclip mix` chose a weight above 0, else <run>/train/final."""
+    mixed = Path(run_dir) / "mixed"
+    return mixed if (mixed / "meta.json").is_file() else Path(run_dir) / "train" / "final"
+
+
+def chosen_weight(run_dir: str | Path) -> float:
+    """The weight `pinclip mix` chose for the run (0 when it has not chosen)."""
+    try:
+        return float(json.loads((Path(run_dir) / "mix.json").read_text())["weight"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def with_chosen_mix(run_dir: str | Path, models: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """The run's models with "pinclip" as served: each seed mixed at the chosen weight (seed 0: <run>/mixed),
+    and the trained model alone as "pinclip_no_mix". Unchanged when no weight above 0 was chosen."""
+    from pinclip.models.tower_mix import create_mixed
+
+    weight = chosen_weight(run_dir)
+    if weight <= 0 or "pinclip" not in models:
+        return models
+    mixed = [served_checkpoint(run_dir) if seed == 0 and (Path(run_dir) / "mixed" / "meta.json").is_file()
+             else create_mixed(folder, weight, Path(run_dir) / "mixes" / f"pinclip-seed{seed}-w{weight:g}")
+             for seed, folder in enumerate(models["pinclip"])]
+    return {"pinclip": mixed, "pinclip_no_mix": models["pinclip"], **{k: v for k, v in models.items() if k != "pinclip"}}
+
+
+def mix_done(run_dir: str | Path, final: Path) -> bool:
+    """`pinclip mix` has chosen for this very checkpoint (its version)."""
+    try:
+        record = json.loads((Path(run_dir) / "mix.json").read_text())
+        version = json.loads((final / "meta.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return record.get("version") == version
+
+
+def choose_weight(scores: dict[float, float]) -> float:
+    """The weight of the highest score; ties to the smaller weight."""
+    if not scores:
+        raise ValueError("no weight was scored")
+    best = max(scores.values())
+    return min(w for w, s in scores.items() if s >= best)
+
+
+def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None = None, cache_dir: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Judge each weight on validation, write <run>/mix.json (and <run>/mixed/ for a weight above 0)."""
+    from pinclip.eval.cli import EvalOptions, evaluate_models, run_config
+    from pinclip.eval.ensemble import calibrate_mixed
+    from pinclip.eval.selection import selection_score
+    from pinclip.models.tower_mix import create_mixed
+    from pinclip.train.dataset import load_dataset_dir
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, data_dir, cache_dir)
+    final = run_dir / "train" / "final"
+    dataset = load_dataset_dir(cfg.train.data_dir)
+    if not dataset.splits.get("val_pins") and not dataset.splits.get("val_boards"):
+        raise UserError(f"{cfg.train.data_dir}: the splits hold no validation pins or boards to choose a weight on")
+    names = {w: "pinclip" if w == 0 else f"pinclip+towers@{w:g}" for w in weights}
+    models = {names[w]: [final if w == 0 else create_mixed(final, w, run_dir / "mixes" / f"pinclip-seed0-w{w:g}")]
+              for w in weights}
+    options = EvalOptions(partition="val", quantization=False, ann=False, trec=False, progress=progress)
+    paths = evaluate_models(models, dataset, run_dir / "eval-mix-val", cfg.train.cache_dir, options)
+    doc = json.loads(Path(paths["metrics"]).read_text())
+    scores = {w: selection_score(doc, names[w])["score"] for w in weights}
+    chosen = choose_weight(scores)
+    record = {"weight": chosen, "version": json.loads((final / "meta.json").read_text())["version"], "scores": {f"{w:g}": s for w, s in scores.items()}, "partition": "val",
+              "report": str(paths["report"]), "checkpoint": str(final)}
+    if chosen > 0:
+        folder = create_mixed(final, chosen, run_dir / "mixed")
+        calibrate_mixed(folder, dataset, cfg.train.cache_dir, progress=progress)
+        record["served"] = str(folder)
+    else:  # PinCLIP alone: a mix of an earlier choice is not served
+        shutil.rmtree(run_dir / "mixed", ignore_errors=True)
+    tmp = run_dir / ".mix.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, run_dir / "mix.json")
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    from pinclip.eval.cli import _weights
+
+    weights = sorted(set([0.0, *_weights(args.weights)]))
+    record = mix_run(args.run, weights, args.data_dir, args.cache_dir, not args.quiet)
+    for w, s in record["scores"].items():
+        print(f"  towers weight {w:>5}: selection score {s:.4f}" + ("  <- chosen" if float(w) == record["weight"] else ""))
+    print(f"served model: {record.get('served', record['checkpoint'])} (validation report: {record['report']})")
+    return 0
