@@ -13,6 +13,7 @@ from PIL import Image
 from ranking import brute_force
 
 from pinclip.cli import main
+from pinclip.eval.mix_cli import chosen_weight, served_checkpoint
 
 
 def related_image_recall(catalog, checkpoint) -> float:
@@ -39,13 +40,17 @@ def test_demo_pipeline_on_tiny_preset(catalog, tmp_path):
                  "--serve", "0", "--steps", "6"])
     assert code == 0
     timings = json.loads((out / "timings.json").read_text())
-    assert list(timings["stages"]) == ["data", "features", "train", "eval", "embed", "index"]
+    assert list(timings["stages"]) == ["data", "features", "train", "mix", "eval", "embed", "index"]
     assert timings["skipped"] == ["data"]  # --data: an existing dataset folder
 
+    weight = chosen_weight(out)  # the towers' weight chosen on validation (0: PinCLIP alone is served)
+    served = served_checkpoint(out)
+    assert served == (out / "mixed" if weight > 0 else out / "train" / "final")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"pinclip", "frozen", "bm25"} and metrics["scaling"] is None  # the quick eval
+    mixed = {"pinclip_no_mix"} if weight > 0 else set()
+    assert set(metrics["models"]) == {"pinclip", "frozen", "bm25"} | mixed and metrics["scaling"] is None  # quick eval
     related = metrics["models"]["pinclip"]["related"]["warm"]["image"]
-    assert related["recall@10"] == pytest.approx(related_image_recall(catalog, out / "train" / "final"), abs=1e-9)
+    assert related["recall@10"] == pytest.approx(related_image_recall(catalog, served), abs=1e-6)
     report = (out / "eval" / "report.md").read_text()
     assert report.count("|") > 20 and "## Headline: ndcg@10 [95% CI]" in report
     assert (out / "eval" / "trec" / "bm25" / "search.cold.full.run.gz").is_file()
@@ -57,7 +62,7 @@ def test_demo_pipeline_on_tiny_preset(catalog, tmp_path):
     from pinclip.serve.index import PinIndex
 
     index = PinIndex.load(out / "index")
-    embedder = Embedder.from_checkpoint(out / "train" / "final")
+    embedder = Embedder.from_checkpoint(served)
     assert index.meta.model_version == embedder.version
     scores, ids = index.search(embedder.embed_texts(["red circle"], field="queries"), 5)
     assert len(ids[0]) == 5 and np.all(np.diff(scores[0]) <= 1e-6)  # best first
@@ -76,11 +81,13 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     trained = (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns
     assert main([*argv, "--full-eval"]) == 0
     assert (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
-    assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train", "embed", "index"]
+    assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train", "mix", "embed", "index"]
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["pinclip", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25"]
+    unmixed = ["pinclip_no_mix"] if chosen_weight(out) > 0 else []
+    assert list(metrics["models"]) == ["pinclip", *unmixed, "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25"]
     seeds = {name: info["seeds"] for name, info in metrics["meta"]["models"].items()}
-    assert seeds == {"pinclip": 3, "lit": 3, "lit_neighbor": 3, "fused_no_neighbor": 3, "frozen": 1, "bm25": 1}
+    assert seeds == {"pinclip": 3, **{m: 3 for m in unmixed}, "lit": 3, "lit_neighbor": 3, "fused_no_neighbor": 3,
+                     "frozen": 1, "bm25": 1}
     assert len(metrics["scaling"]["points"]) == 8  # 4 shares of the training pins x equal steps, equal epochs
     report = (out / "eval" / "report.md").read_text()
     assert "## PinCLIP minus each model" in report and "## Dataset scaling" in report
