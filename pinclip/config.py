@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,9 @@ class TrainConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     seed: int = 0
-    eval_every: int = 100
+    eval_every: int = 50  # validation (PinText Recall@10 on the validation pins) every this many steps
+    keep_best: bool = True  # final/ is the validated step with the best Recall@10 (saved to best/), not the last
+    patience: int = 2  # stop after this many validations without improvement (0: never stop early)
     checkpoint_every: int = 100
     val_max_pins: int = 500
     device: str = "auto"  # "auto" | "cpu" | "cuda"
