@@ -177,7 +177,11 @@ def _merge(base: Any, updates: dict[str, Any], where: str) -> Any:
     """Recursively apply a nested dict onto a dataclass instance, checking names and types."""
     for key, value in updates.items():
         if not hasattr(base, key):
-            raise ValueError(f"unknown config key '{where}{key}'")
+            known = [f.name for f in dataclasses.fields(base)]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{where}{close[0]}'?" if close else f" (keys of '{where or 'the config'}': " \
+                f"{', '.join(known)})"
+            raise ValueError(f"unknown config key '{where}{key}'{hint}")
         current = getattr(base, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
