@@ -113,7 +113,9 @@ def test_fatal_problems_stop_the_run_before_training(catalog, tmp_path, capsys):
     assert "pins.jsonl row 73, column 'pin_id': duplicate pin_id 'red-circle-0'" in err
     assert "pins.jsonl row 74, column 'queries': expected a list of strings, got int" in err
     assert "Traceback" not in err
-    assert not (out / "train").exists() and not (out / "data" / "validation.txt").exists()
+    assert not (out / "train").exists()
+    assert (out / "data" / "validation.txt").read_text().rstrip().endswith("invalid: 2 fatal problem(s)")
+    assert f"2 fatal problem(s) in the tables, all of them in {out / 'data' / 'validation.txt'}:" in err
 
 
 def test_missing_or_wrong_tables_are_named(catalog, tmp_path, capsys):
