@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pinclip.eval.report_md import PROTOCOL, any_flag, headline_section
+from pinclip.eval.report_md import PROTOCOL, headline_section
 
 
 def _doc(lexical: dict) -> dict:
@@ -13,9 +13,15 @@ def _doc(lexical: dict) -> dict:
             "comparisons": {"bm25": {"search": {"warm": {"full": diff}}}}, "lexical": lexical}
 
 
+def test_any_flag_reads_the_leaves():
+    from pinclip.eval.report_md import any_flag
+
+    assert not any_flag({"search": {"warm": {"full": False}}, "related": {"cold": {"title": False}}})
+    assert any_flag({"search": {"warm": {"full": False, "title": True}}}) and not any_flag({})
+
+
 def test_the_lexical_footnote_needs_a_flagged_cell():
     unflagged = {"search": {"warm": {"full": False}}, "related": {"cold": {"title": False}}}
-    assert not any_flag(unflagged) and any_flag({"search": {"warm": {"full": True}}}) and not any_flag({})
     text = "\n".join(headline_section(_doc(unflagged)))
     assert "lexical" not in text
     flagged = "\n".join(headline_section(_doc({"search": {"warm": {"full": True}}})))
