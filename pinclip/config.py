@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,9 @@ class TrainConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     seed: int = 0
-    eval_every: int = 100
+    eval_every: int = 50  # validation (PinText Recall@10 on the validation pins) every this many steps
+    keep_best: bool = True  # final/ is the validated step with the best Recall@10 (saved to best/), not the last
+    patience: int = 2  # stop after this many validations without improvement (0: never stop early)
     checkpoint_every: int = 100
     val_max_pins: int = 500
     device: str = "auto"  # "auto" | "cpu" | "cuda"
@@ -176,7 +179,11 @@ def _merge(base: Any, updates: dict[str, Any], where: str) -> Any:
     """Recursively apply a nested dict onto a dataclass instance, checking names and types."""
     for key, value in updates.items():
         if not hasattr(base, key):
-            raise ValueError(f"unknown config key '{where}{key}'")
+            known = [f.name for f in dataclasses.fields(base)]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{where}{close[0]}'?" if close else f" (keys of '{where or 'the config'}': " \
+                f"{', '.join(known)})"
+            raise ValueError(f"unknown config key '{where}{key}'{hint}")
         current = getattr(base, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

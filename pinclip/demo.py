@@ -11,7 +11,8 @@ Stages, each a public `pinclip` command, each skipped or resumed when its output
     index  pinclip index build          -> <out>/index  (FAISS index over the int8 codes; skipped when built)
     serve  pinclip serve                   http://127.0.0.1:8000 (skipped with --serve 0)
 Stage wall times go to <out>/timings.json ({"stages": {name: seconds}, "skipped": [names whose
-output was already there]}) and are printed at the end; "features" is the training stage's first
+output was already there]}) and are printed at the end, and MODEL_CARD.md is written beside the model in
+<out>/train/final/; "features" is the training stage's first
 pass that fills the image-feature and text-state caches, split out of "train". The stage machinery
 is shared with `pinclip run` (pinclip/pipeline.py), which runs the same stages on your own catalog.
 """
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pinclip.cli import main
     from pinclip.eval.mix_cli import mix_done, served_checkpoint
+    from pinclip.model_card import write_model_card
     from pinclip.pipeline import Timings, embed_and_index, serve
 
     out = Path(args.out)
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"no {data / 'splits_domain.json'}: the domain-shift experiment is skipped "
                   "(make one with `pinclip data split --domain-column COLUMN`)")
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
+    timings.record_training(final)
+    write_model_card(out, final)
     served = served_checkpoint(out)
     embed_and_index(timings, out, served, data / "pins.parquet", cache)
     timings.print_summary()

@@ -108,7 +108,7 @@ class TrainingQueue:
             return
         threads = max(1, (os.cpu_count() or 1) // jobs)
         print(f"training {len(todo)} models, {jobs} at a time ({threads} threads each; logs in <out_dir>/train.log)")
-        bar = tqdm(total=len(todo), desc="trainings", unit="model", disable=not progress)
+        bar = tqdm(total=len(todo), desc="trainings", unit="model", disable=not progress or None)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_train_logged, config_to_dict(cfg), threads): cfg for cfg in todo}
             for future in as_completed(futures):

@@ -1,6 +1,8 @@
-"""`pinclip export`: fold a VLM checkpoint's LoRA adapters into the model, for serving without peft.
+"""`pinclip export`: fold a VLM checkpoint's LoRA adapters into the model, for serving without peft; or
+write the three encoders of any embedded-tower checkpoint as ONNX graphs (pinclip/onnx_export.py).
 
     pinclip export --checkpoint runs/vlm/train/final --out runs/vlm/export [--dtype bf16]
+    pinclip export --checkpoint runs/mine/train/final --out runs/mine/onnx --format onnx
 
 A checkpoint of a LoRA run holds only the adapters and PinCLIP's heads; it needs the base model's
 folder beside it. The export is a checkpoint folder that stands alone: `vlm/` is a plain Hugging
@@ -56,16 +58,25 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "aut
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="merge a VLM checkpoint's LoRA adapters into a standalone model",
-                       description=__doc__)
+    p = sub.add_parser("export", help="merge a VLM checkpoint's LoRA adapters, or write ONNX encoders",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder of a VLM run (e.g. <out_dir>/final)")
     p.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    p.add_argument("--format", default="hf", choices=("hf", "onnx"),
+                   help="hf: a VLM run's adapters merged into a Hugging Face model (default); onnx: image.onnx, "
+                        "text.onnx and pin.onnx of an embedded-tower checkpoint")
     p.add_argument("--dtype", default="auto", help="weights of the merged model: auto (the base model's), fp32, "
                                                    "bf16 or fp16")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from pinclip.onnx_export import export_onnx
+
+        out = export_onnx(args.checkpoint, args.out)
+        print(f"exported: {out} (image.onnx, text.onnx, pin.onnx, tokenizer/, onnx.json)")
+        return 0
     out = export_checkpoint(args.checkpoint, args.out, args.dtype)
     print(f"exported: {out} (Hugging Face model in {out / 'vlm'})")
     return 0

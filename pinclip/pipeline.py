@@ -1,8 +1,9 @@
 """The stage machinery of `pinclip demo` and `pinclip run`: timed stages, skipped when their output is there.
 
 Each stage is a public `pinclip` command called in-process; its wall time goes to <out>/timings.json
-({"stages": {name: seconds}, "skipped": [names whose output was already there]}), rewritten
-atomically after every stage. The stages after training are the same for both commands:
+({"stages": {name: seconds}, "skipped": [names whose output was already there], "training":
+{"steps", "chosen_step", "stopped_step"}}), rewritten atomically after every stage. A stage skipped
+on a resumed run keeps the time it took when it ran. The stages after training are the same for both commands:
 
     embed  pinclip embed        -> <out>/embed  (skipped when complete for the final model's version)
     index  pinclip index build  -> <out>/index  (skipped when built for that version)
@@ -24,11 +25,14 @@ class Timings:
     """Stage wall times, rewritten atomically to <out>/timings.json after every stage."""
 
     def __init__(self, out: Path) -> None:
-        self.path, self.stages, self.skipped = out / "timings.json", {}, []
+        self.path, self.stages, self.skipped, self.training = out / "timings.json", {}, [], {}
+        self.previous = _read_json(self.path).get("stages") or {}  # what an earlier run of these stages took
 
     def save(self) -> None:
         tmp = self.path.with_name(".timings.json.tmp")
-        tmp.write_text(json.dumps({"stages": self.stages, "skipped": self.skipped}, indent=2))
+        record = {"stages": self.stages, "skipped": self.skipped, **({"training": self.training} if self.training
+                                                                       else {})}
+        tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, self.path)
 
     def stage(self, name: str, fn: Callable[[], int], done: bool = False) -> None:
@@ -39,6 +43,10 @@ class Timings:
         self.stages[name] = round(time.perf_counter() - start, 1)
         if done:
             self.skipped.append(name)
+            if name == "train" and "features" in self.previous:
+                self.stages = {**{k: v for k, v in self.stages.items() if k != "train"},
+                               "features": self.previous["features"], "train": self.stages["train"]}
+            self.stages[name] = self.previous.get(name, self.stages[name])
         self.save()
         if code:
             raise UserError(f"stage '{name}' failed (exit code {code})")
@@ -59,6 +67,16 @@ class Timings:
                 stages["features"], seconds = features, round(seconds - features, 1)
             stages[name] = seconds
         self.stages = stages
+        self.save()
+
+    def record_training(self, final: Path) -> None:
+        """The final checkpoint's steps: trained, chosen by validation, stopped at (early stopping)."""
+        meta = _read_json(final / "meta.json")
+        self.training = {key: meta[key] for key in ("steps", "chosen_step", "stopped_step", "best_val_recall@10")
+                         if key in meta}
+        if "chosen_step" in meta:
+            print(f"training: final/ is step {meta['chosen_step']} (validation's choice) of the "
+                  f"{meta.get('stopped_step', meta.get('steps'))} steps trained")
         self.save()
 
     def print_summary(self) -> None:

@@ -1,4 +1,4 @@
-"""Embedding quantization: global affine int8 (DESIGN.md §4) and the schemes it is compared with.
+"""Embedding quantization: global affine int8 (README.md, int8 under "Results") and the schemes it is compared with.
 
 Global affine int8 uses ONE scale `s` and zero-point `z` for every dimension of every vector:
 

@@ -193,3 +193,45 @@ def _synthetic_ids() -> list[str]:
     from synthetic import COLORS, SHAPES
 
     return [f"{c}-{s}-{k}" for c in COLORS for s in SHAPES for k in range(3)]
+
+
+def _many_boards(n_boards: int, kind_of=lambda b: "curated") -> tuple[list[str], list[tuple[str, str]], dict]:
+    """n_boards boards of 4 pins each over 400 pins (every board eligible), and their kinds."""
+    pins = [f"q{i:03d}" for i in range(400)]
+    edges = [(pins[(4 * b + k) % 400], f"b{b:03d}") for b in range(n_boards) for k in range(4)]
+    return pins, edges, {f"b{b:03d}": kind_of(b) for b in range(n_boards)}
+
+
+def test_the_heldout_share_is_raised_for_30_test_boards_up_to_a_cap():
+    from pinclip.data.splits import SplitConfig, heldout_board_count
+
+    config = SplitConfig()  # 15% held out, a quarter of them for validation
+    assert heldout_board_count(1000, config) == 150  # the share already gives 112 test boards
+    assert heldout_board_count(120, config) == 40  # ceil(30 / 0.75): 30 test boards, not 13
+    assert heldout_board_count(50, config) == 20  # at most 40% of the eligible boards
+    assert heldout_board_count(50, SplitConfig(heldout_board_frac=0.0)) == 0  # asked for none
+    pins, edges, kinds = _many_boards(120)
+    splits = make_splits(pins, edges, seed=0, cold_frac=0.0, val_frac=0.0, board_kinds=kinds)
+    assert len(partition_boards(splits, "test")) == 30
+
+
+def test_text_defined_kinds_are_held_out_only_when_asked():
+    from pinclip.data.splits import split_warnings
+
+    pins, edges, kinds = _many_boards(200, lambda b: "keyword" if b % 2 else "category")
+    splits = make_splits(pins, edges, seed=0, board_kinds=kinds)
+    assert splits["heldout_boards"] and all(kinds[b] == "category" for b in splits["heldout_boards"])
+    assert any("keyword are not held out" in w for w in split_warnings(splits, kinds))
+    asked = make_splits(pins, edges, seed=0, board_kinds=kinds, heldout_kinds=["keyword"])
+    assert asked["heldout_boards"] and all(kinds[b] == "keyword" for b in asked["heldout_boards"])
+    assert any("holding out text-defined board kinds keyword as asked" in w for w in split_warnings(asked, kinds))
+
+
+def test_a_catalog_with_too_few_boards_is_told_so(tmp_path, capsys):
+    pins = tmp_path / "pins.jsonl"
+    boards = tmp_path / "boards.jsonl"
+    pins.write_text("".join(json.dumps({"pin_id": p, "title": p}) + "\n" for p in PINS))
+    boards.write_text("".join(json.dumps({"pin_id": p, "board_id": b}) + "\n" for p, b in EDGES))
+    assert main(["data", "split", "--pins", str(pins), "--boards", str(boards), "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: only 3 held-out test boards (Search queries per split; 30 wanted)" in out

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pinclip.cli import main
+from pinclip.eval.mix_cli import chosen_weight
 from pinclip.serve.faiss_backend import read_index
 
-STAGES = ["validate", "split", "features", "train", "eval", "embed", "index"]
+STAGES = ["validate", "split", "features", "train", "mix", "eval", "embed", "index"]
 
 
 def write_catalog(catalog: dict[str, Path], folder: Path, fmt: str) -> dict[str, Path]:
@@ -57,7 +58,8 @@ def test_run_on_a_jsonl_catalog_then_resume_skips_every_stage(catalog, tmp_path)
     config = (out / "train" / "final" / "config.yaml").read_text()
     assert f"pins: {tables['pins'].resolve()}" in config  # the checkpoint records the user's tables
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"pinclip", "frozen", "bm25"}
+    unmixed = {"pinclip_no_mix"} if chosen_weight(out) > 0 else set()  # the towers' weight chosen on validation
+    assert set(metrics["models"]) == {"pinclip", "frozen", "bm25"} | unmixed
     manifest = json.loads((out / "embed" / "manifest.json").read_text())
     assert manifest["complete"] and sum(s["rows"] for s in manifest["shards"]) == 72
     index = read_index(out / "index")
@@ -65,13 +67,13 @@ def test_run_on_a_jsonl_catalog_then_resume_skips_every_stage(catalog, tmp_path)
 
     trained = (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns
     assert _run(tables, out) == 0  # the same command again: every stage is there
-    assert _timings(out)["skipped"] == ["validate", "split", "train", "eval", "embed", "index"]
+    assert _timings(out)["skipped"] == ["validate", "split", "train", "mix", "eval", "embed", "index"]
     assert (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns == trained
 
     for folder in ("index", "embed"):  # a lost output is made again, the rest stays
         shutil.rmtree(out / folder)
     assert _run(tables, out) == 0
-    assert _timings(out)["skipped"] == ["validate", "split", "train", "eval"]
+    assert _timings(out)["skipped"] == ["validate", "split", "train", "mix", "eval"]
     assert len(read_index(out / "index")) == 72
 
 
@@ -113,7 +115,9 @@ def test_fatal_problems_stop_the_run_before_training(catalog, tmp_path, capsys):
     assert "pins.jsonl row 73, column 'pin_id': duplicate pin_id 'red-circle-0'" in err
     assert "pins.jsonl row 74, column 'queries': expected a list of strings, got int" in err
     assert "Traceback" not in err
-    assert not (out / "train").exists() and not (out / "data" / "validation.txt").exists()
+    assert not (out / "train").exists()
+    assert (out / "data" / "validation.txt").read_text().rstrip().endswith("invalid: 2 fatal problem(s)")
+    assert f"2 fatal problem(s) in the tables, all of them in {out / 'data' / 'validation.txt'}:" in err
 
 
 def test_missing_or_wrong_tables_are_named(catalog, tmp_path, capsys):

@@ -53,7 +53,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from pinclip.data.groups import DuplicateConfig
-    from pinclip.data.splits import SplitConfig, domain_split_tables, split_sizes, split_tables, write_splits
+    from pinclip.data.splits import (
+        SplitConfig,
+        board_kinds_of,
+        domain_split_tables,
+        split_sizes,
+        split_tables,
+        split_warnings,
+        write_splits,
+    )
     from pinclip.data.tables import load_edges, load_pins
 
     pins, report = load_pins(args.pins, check_images=False)
@@ -73,6 +81,9 @@ def run_split(args: argparse.Namespace) -> int:
         splits = domain_split_tables(pins, edges, groups, args.domain_column, args.seed, args.domain_frac, kinds)
     write_splits(splits, args.out)
     print(split_sizes(splits, pins.pin_ids, edge_pins, edge_boards))
+    if not args.domain_column:
+        for warning in split_warnings(splits, board_kinds_of(edges)):
+            print(f"warning: {warning}")
     print(f"wrote {args.out}")
     return 0
 
@@ -123,12 +134,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--cold-frac", type=float, default=0.1, help="share of pins held out entirely")
     split.add_argument("--val-frac", type=float, default=0.05, help="share of pins for choosing settings")
     split.add_argument("--heldout-board-frac", type=float, default=0.15,
-                       help="share of eligible boards (>= 3 pins) held out of the training graph")
+                       help="share of eligible boards (>= 3 pins) held out of the training graph, raised (up to "
+                            "40%% of them) until 30 test boards are left for Search")
     split.add_argument("--val-board-frac", type=float, default=0.25,
                        help="share of the held-out boards reserved for validation (the rest is test)")
     split.add_argument("--heldout-kinds", default=None, metavar="KINDS",
-                       help="comma-separated board_kind values that may be held out (default: every board); "
-                            "hold out boards whose membership is not derived from pin text")
+                       help="comma-separated board_kind values that may be held out (default: every kind but the "
+                            "text-defined ones: keyword, concept, query, tag, annotation); hold out boards whose "
+                            "membership is not derived from pin text")
     split.add_argument("--max-hash-distance", type=int, default=6,
                        help="near-duplicate images: pHash bits (of 64) that may differ")
     split.add_argument("--max-color-distance", type=float, default=8.0,

@@ -220,7 +220,7 @@ def write_images(
     pool = get_context("fork").Pool(workers) if workers > 1 else None
     results = pool.imap(make_thumbnail, jobs, chunksize=16) if pool else map(make_thumbnail, jobs)
     try:
-        for pin_id, png, reason in tqdm(results, total=len(jobs), desc="images", unit="img"):
+        for pin_id, png, reason in tqdm(results, total=len(jobs), desc="images", unit="img", disable=None):
             if png is None:
                 failures[re.sub(r":.*|\(.*", "", reason).strip()] += 1
                 continue

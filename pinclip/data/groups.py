@@ -106,7 +106,7 @@ def image_signatures(images: Sequence[str | bytes | None], max_pixels: int = MAX
     hashes = np.zeros(len(images), np.uint64)
     thumbs = np.zeros((len(images), 3 * THUMB_SIDE**2), np.uint8)
     ok = np.zeros(len(images), bool)
-    for i, src in enumerate(tqdm(images, desc="image hashes", unit="img", disable=not progress)):
+    for i, src in enumerate(tqdm(images, desc="image hashes", unit="img", disable=not progress or None)):
         sig = None if src is None else image_signature(src, max_pixels)
         if sig is not None:
             hashes[i], thumbs[i], ok[i] = sig[0], sig[1], True

@@ -1,4 +1,4 @@
-"""The documented data format (DESIGN.md §1): column names and types shared by every stage.
+"""The documented data format (README.md, "Data format"): column names and types shared by every stage.
 
 Pins table (parquet, jsonl or csv), one row per pin:
     pin_id       str, unique, non-empty

@@ -10,17 +10,24 @@ validation set, while it fits under that set's target size (`cold_frac`, `val_fr
 
 A share `heldout_board_frac` of the eligible boards is removed whole from the training graph: a
 board is eligible when its kind (the boards table's optional `board_kind` column) is one of
-`heldout_kinds` (every kind when not given), it has at least `min_board_pins` pins and at least
-`min_warm_pins` of them train. Hold out only boards whose membership is not derived from pin text
-(curated collections, categories): a board built from a keyword is found by string matching and
-measures nothing. Held-out boards are the ground truth of Related Pins and Search; a share
-`val_board_frac` of them (`val_boards`) is reserved for choosing settings, the rest is test.
+`heldout_kinds`, it has at least `min_board_pins` pins and at least `min_warm_pins` of them train.
+Hold out only boards whose membership is not derived from pin text (curated collections,
+categories): a board built from a keyword is found by string matching and measures nothing. So
+without `heldout_kinds`, every kind but the text-defined ones (TEXT_DEFINED_KINDS: keyword, concept,
+query, tag, annotation) may be held out; naming them in `heldout_kinds` is the only way to hold them out.
+
+Held-out boards are the ground truth of Related Pins and Search (one query per test board and
+split); a share `val_board_frac` of them (`val_boards`) is reserved for choosing settings, the rest
+is test. A share alone gives a small catalog a handful of Search queries, too few to conclude
+anything, so at least enough boards are held out for `min_test_boards` test boards, up to
+`max_heldout_board_frac` of the eligible ones; `split_warnings` says when the catalog cannot give that.
 The result depends only on the seed, the inputs (in any order) and the settings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections import defaultdict
@@ -32,6 +39,7 @@ import numpy as np
 from pinclip.cli import UserError
 
 SPLIT_KEYS: tuple[str, ...] = ("cold_start_pins", "val_pins", "heldout_boards")
+TEXT_DEFINED_KINDS: frozenset[str] = frozenset({"keyword", "concept", "query", "tag", "annotation"})
 OPTIONAL_KEYS: tuple[str, ...] = ("val_boards",)
 
 
@@ -44,10 +52,12 @@ class SplitConfig:
     heldout_kinds: tuple[str, ...] | None = None  # board kinds that may be held out (None: all)
     min_board_pins: int = 3  # a board needs this many pins to be eligible for holding out
     min_warm_pins: int = 2  # ... and this many of them must be training pins
+    min_test_boards: int = 30  # hold out at least enough boards for this many test boards (Search queries) ...
+    max_heldout_board_frac: float = 0.4  # ... but never more than this share of the eligible boards for it
 
 
 def _check(config: SplitConfig) -> None:
-    for name in ("cold_frac", "val_frac", "heldout_board_frac", "val_board_frac"):
+    for name in ("cold_frac", "val_frac", "heldout_board_frac", "val_board_frac", "max_heldout_board_frac"):
         value = getattr(config, name)
         if not 0.0 <= value < 1.0:
             raise UserError(f"{name} must be in [0, 1), got {value}")
@@ -79,11 +89,48 @@ def eligible_boards(members: Mapping[str, set[str]], held: set[str], config: Spl
                     board_kinds: Mapping[str, str | None] | None) -> list[str]:
     """Sorted boards that may be held out (kind, size and training-pin count)."""
     kinds = set(config.heldout_kinds) if config.heldout_kinds is not None else None
+    kind_of = board_kinds or {}
     return sorted(
         board for board, pins in members.items()
-        if (kinds is None or (board_kinds or {}).get(board) in kinds)
+        if (kind_of.get(board) in kinds if kinds is not None else kind_of.get(board) not in TEXT_DEFINED_KINDS)
         and len(pins) >= config.min_board_pins and len(pins - held) >= config.min_warm_pins
     )
+
+
+def heldout_board_count(eligible: int, config: SplitConfig) -> int:
+    """Boards to hold out of `eligible`: the share `heldout_board_frac`, raised (up to
+    `max_heldout_board_frac`) until `min_test_boards` of them are left after the validation share."""
+    by_share = round(config.heldout_board_frac * eligible)
+    if config.heldout_board_frac == 0:
+        return 0
+    wanted = math.ceil(config.min_test_boards / max(1.0 - config.val_board_frac, 1e-9))
+    cap = math.floor(max(config.max_heldout_board_frac, config.heldout_board_frac) * eligible)
+    return max(by_share, min(wanted, cap))
+
+
+def split_warnings(splits: dict, board_kinds: Mapping[str, str | None] | None = None) -> list[str]:
+    """What a user should know about a split: too few test boards for Search to conclude anything, and
+    the text-defined board kinds held out (asked for) or kept in training (by default)."""
+    config = splits.get("config") or {}
+    test = len(partition_boards(splits, "test")) if splits["heldout_boards"] else 0
+    wanted = int(config.get("min_test_boards", 30))
+    warnings = []
+    if test < wanted:
+        warnings.append(
+            f"only {test} held-out test boards (Search queries per split; {wanted} wanted): the catalog has too few "
+            "eligible boards (>= 3 pins, 2 of them training pins, of a kind that may be held out); Search cells "
+            "under 20 queries are never called significant. Add boards, or give --heldout-kinds / "
+            "--heldout-board-frac")
+    present = {k for k in (board_kinds or {}).values() if k}
+    text_kinds = sorted(present & TEXT_DEFINED_KINDS)
+    asked = config.get("heldout_kinds")
+    if asked is None and text_kinds:
+        warnings.append(f"boards of the text-defined kinds {', '.join(text_kinds)} are not held out (their "
+                        "membership comes from pin text); name them in --heldout-kinds to hold them out anyway")
+    elif asked and set(asked) & TEXT_DEFINED_KINDS:
+        warnings.append(f"holding out text-defined board kinds {', '.join(sorted(set(asked) & TEXT_DEFINED_KINDS))} "
+                        "as asked: their Search and Related Pins ground truth can be found by matching pin text")
+    return warnings
 
 
 def make_splits(
@@ -98,11 +145,13 @@ def make_splits(
     heldout_kinds: Collection[str] | None = None,
     groups: Mapping[str, object] | None = None,
     board_kinds: Mapping[str, str | None] | None = None,
+    min_test_boards: int = 30,
 ) -> dict:
     """splits.json content for pins, (pin_id, board_id) edges, duplicate groups (pin_id -> group key)
     and board kinds (board_id -> kind); lists are sorted. See the module docstring."""
     config = SplitConfig(cold_frac, val_frac, heldout_board_frac, val_board_frac,
-                         tuple(sorted(heldout_kinds)) if heldout_kinds is not None else None)
+                         tuple(sorted(heldout_kinds)) if heldout_kinds is not None else None,
+                         min_test_boards=min_test_boards)
     _check(config)
     rng = np.random.default_rng(seed)
     pins = sorted(set(pin_ids))
@@ -111,7 +160,7 @@ def make_splits(
     for pin_id, board_id in edges:
         members[board_id].add(pin_id)
     eligible = eligible_boards(members, cold | val, config, board_kinds)
-    n_boards = round(config.heldout_board_frac * len(eligible))
+    n_boards = heldout_board_count(len(eligible), config)
     heldout = [eligible[i] for i in rng.permutation(len(eligible))[:n_boards]]
     val_boards = sorted(heldout[: round(config.val_board_frac * len(heldout))])
     duplicate = defaultdict(list)
@@ -268,6 +317,7 @@ def split_tables(pins, edges, seed: int = 0, config: SplitConfig | None = None, 
         pins.pin_ids, zip(edge_pins, edge_boards), seed, config.cold_frac, config.val_frac,
         config.heldout_board_frac, val_board_frac=config.val_board_frac, heldout_kinds=config.heldout_kinds,
         groups=dict(zip(pins.pin_ids, found.group.tolist())), board_kinds=kinds,
+        min_test_boards=config.min_test_boards,
     )
     splits["config"]["duplicates"] = {**asdict(duplicates), "images_hashed": found.images_hashed}
     return splits, found

@@ -7,10 +7,16 @@
 What is fatal (the input must be fixed; `pinclip data validate` exits 2) and what is a reported skip:
     fatal  missing pin_id / board_id column, a pins table with no image and no text column,
            a pin_id or board_id that is null or empty, a duplicate pin_id, a value of the wrong type
+           more than half of the images given unusable (all of them, in a table of fewer than 10
+           images): paths are most likely relative to another folder than the table's; a text-only
+           catalog leaves the image column out (or empty) instead
+           more than 5% of the edges naming a pin_id the pins table lacks (with the ids that differ
+           only by case counted), a pins table that looks like board edges (--pins and --boards swapped)
     skip   an image that is missing, unreadable, corrupt or over the pixel guard (the image is
            dropped; the pin stays when it has text), a pin with neither image nor text, an edge
            whose pin is unknown or was skipped, a duplicate (pin_id, board_id) edge
-    note   a board_id given two different board_titles (the first one is kept)
+    note   a board_id given two different board_titles (the first one is kept), a csv list cell
+           holding commas but no '|' (read as one item: csv lists are a|b|c or a JSON list)
 Unreadable files (wrong extension, missing, empty, a row that does not parse) raise UserError.
 """
 
@@ -31,6 +37,7 @@ from tqdm import tqdm
 
 from pinclip.cli import UserError
 from pinclip.data.images import check_image
+from pinclip.data.input_checks import check_image_failures, check_unknown_pins, note_comma_lists
 from pinclip.data.schema import (
     EDGE_COLUMNS,
     LIST_FIELDS,
@@ -344,6 +351,7 @@ def _column(records: Records, column: str, kind: str, report: Report) -> list:
     """A column's values, each wrong-typed one reported as fatal and replaced by None."""
     values = [rec.get(column) for rec in records.rows]
     if kind == "list" and records.is_csv:
+        note_comma_lists(records, column, values, report)
         values = [_csv_list(v) for v in values]
     check, expected = CHECKS[kind]
     for row, value in enumerate(values, start=1):
@@ -413,8 +421,10 @@ def load_pins(
     if _missing_column(records, "pin_id", report):
         return PinsTable(os.path.abspath(path), [], [], {name: [] for name in TEXT_FIELDS}), report
     if "image" not in records.columns and not set(TEXT_FIELDS) & set(records.columns):
+        swapped = " (it has a board_id column: were --pins and --boards swapped?)" if "board_id" in records.columns \
+            else ""
         report.fatal(
-            records.name, None, None, f"no 'image' column and no text column ({', '.join(TEXT_FIELDS)})"
+            records.name, None, None, f"no 'image' column and no text column ({', '.join(TEXT_FIELDS)}){swapped}"
         )
     ids = [v.strip() if v else None for v in _column(records, "pin_id", "id", report)]
     _check_duplicates(records, ids, report)
@@ -424,7 +434,9 @@ def load_pins(
     }
     table_dir = os.path.dirname(os.path.abspath(path))
     images = [_resolve_image(v, table_dir) for v in _column(records, "image", "image", report)]
+    given = sum(src is not None for src in images)
     _drop_bad_images(records, images, max_image_pixels, check_images, report)
+    check_image_failures(records, given, given - sum(src is not None for src in images), table_dir, report)
     invalid_rows = {p.row for p in report.problems if p.fatal}
     keep, skipped = [], set()
     for i, pin_id in enumerate(ids):
@@ -449,6 +461,9 @@ def load_edges(
     """Read and check board edges against the loaded pins; dangling and duplicate edges are skipped."""
     records, report = read_records(path), Report()
     if _missing_column(records, "pin_id", report) or _missing_column(records, "board_id", report):
+        if {"image", *TEXT_FIELDS} & set(records.columns):
+            report.fatal(records.name, None, None, "this looks like a pins table (it has image or text columns): "
+                         "were --pins and --boards swapped?")
         return EdgesTable.empty(path), report
     pins = _column(records, "pin_id", "id", report)
     boards = _column(records, "board_id", "id", report)
@@ -457,16 +472,19 @@ def load_edges(
     board_pos: dict[str, int] = {}
     board_titles: list[str | None] = []
     kept: dict[tuple[int, int], int] = {}  # (pin, board) -> row position
+    by_case = {pin_id.casefold(): pin_id for pin_id in pin_ids}
+    unknown, case_only = 0, []
     for row, (pin_id, board_id, title) in enumerate(zip(pins, boards, titles), start=1):
         if pin_id is None or board_id is None:
             continue
         pin_id, board_id = pin_id.strip(), board_id.strip()
         if pin_id not in index:
-            why = (
-                "was skipped when loading the pins"
-                if pin_id in skipped_pin_ids
-                else "is not in the pins table"
-            )
+            why = "was skipped when loading the pins" if pin_id in skipped_pin_ids else "is not in the pins table"
+            if pin_id not in skipped_pin_ids:
+                unknown += 1
+                if pin_id.casefold() in by_case:
+                    case_only.append((pin_id, by_case[pin_id.casefold()]))
+                    why += f" (it has '{by_case[pin_id.casefold()]}': ids are case-sensitive)"
             report.skip("edge", records.name, row, "pin_id", f"edge skipped: pin_id '{pin_id}' {why}")
             continue
         b = board_pos.setdefault(board_id, len(board_pos))
@@ -480,6 +498,7 @@ def load_edges(
             report.skip("edge", records.name, row, None, message)
             continue
         kept[(index[pin_id], b)] = row - 1
+    check_unknown_pins(records, unknown, case_only, report)
     rows = list(kept.values())
     extra = {c: [records.rows[r].get(c) for r in rows] for c in records.columns if c not in EDGE_KNOWN}
     pin_index = np.fromiter((p for p, _ in kept), np.int64, len(kept))  # (E,)

@@ -40,6 +40,7 @@ class DatasetSummary:
     pins_with_image: int
     skipped: dict[str, int]  # kind ("image", "pin", "edge") -> count
     duplicates: list[str] = field(default_factory=list)  # the dedup audit (pinclip.data.groups)
+    fatal: int = 0  # fatal problems (their rows are in no count above)
 
 
 def degree_stats(degrees: np.ndarray) -> DegreeStats:
@@ -67,6 +68,7 @@ def summarize(pins: PinsTable, edges: EdgesTable, report: Report) -> DatasetSumm
         text_coverage=coverage,
         pins_with_image=sum(src is not None for src in pins.images),
         skipped=dict(report.skipped),
+        fatal=sum(p.fatal for p in report.problems),
     )
 
 
@@ -82,6 +84,7 @@ def format_summary(summary: DatasetSummary) -> str:
             f"text coverage: {coverage}",
             f"images: {summary.pins_with_image} ok, {skipped.get('image', 0)} skipped, "
             f"{summary.pins - summary.pins_with_image} pins without image",
+            *([f"fatal problems: {summary.fatal} (the rows they name are in no count above)"] if summary.fatal else []),
         ]
     )
 

@@ -103,7 +103,7 @@ class ModelEncoder:
         rows = np.arange(len(self.fields))
         parts: dict[str, list[np.ndarray]] = {}
         for lo in tqdm(range(0, len(rows), chunk), desc=f"embed {'+'.join(modes)} ({regime})", unit="chunk",
-                       disable=not self.progress):
+                       disable=not self.progress or None):
             out = embed_rows(self.model, self.vis, self.has_image, states, rows[lo: lo + chunk], modes,
                              device=self.device)
             for k, v in out.items():

@@ -199,7 +199,7 @@ def evaluate_checkpoint(
     cells = [(t, s, r, spec) for t, by_split in specs.items() for s, by_regime in by_split.items()
              for r, spec in by_regime.items()]
     embedded: dict[tuple[str, str, str], TaskVectors] = {}
-    for task, split, regime, spec in tqdm(cells, desc=f"evaluate {name}", unit="task", disable=not progress):
+    for task, split, regime, spec in tqdm(cells, desc=f"evaluate {name}", unit="task", disable=not progress or None):
         ids, scores, vectors = _rank(encoder, spec)
         slot = result["metrics"].setdefault(task, {}).setdefault(split, {})
         if ids is None:

@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pinclip.cli import UserError
-
 DEFAULT_WEIGHTS = "0,0.25,0.5,0.75"
 
 
@@ -95,9 +93,17 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, data_dir, cache_dir)
     final = run_dir / "train" / "final"
-    dataset = load_dataset_dir(cfg.train.data_dir)
+    if cfg.train.pins:  # a run on named tables (pinclip run)
+        from pinclip.train.dataset import load_dataset
+
+        dataset = load_dataset(cfg.train.pins, cfg.train.boards, cfg.train.splits or None, check_images=False)
+    else:
+        dataset = load_dataset_dir(cfg.train.data_dir)
+    version = json.loads((final / "meta.json").read_text())["version"]
     if not dataset.splits.get("val_pins") and not dataset.splits.get("val_boards"):
-        raise UserError(f"{cfg.train.data_dir}: the splits hold no validation pins or boards to choose a weight on")
+        print("no validation pins or boards in the splits: nothing to choose a weight on; PinCLIP is served alone")
+        return _write_record(run_dir, {"weight": 0.0, "version": version, "scores": {}, "partition": "val",
+                                       "checkpoint": str(final), "note": "no validation partition"})
     names = {w: "pinclip" if w == 0 else f"pinclip+towers@{w:g}" for w in weights}
     models = {names[w]: [final if w == 0 else create_mixed(final, w, run_dir / "mixes" / f"pinclip-seed0-w{w:g}")]
               for w in weights}
@@ -106,7 +112,7 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     doc = json.loads(Path(paths["metrics"]).read_text())
     scores = {w: selection_score(doc, names[w])["score"] for w in weights}
     chosen = choose_weight(scores)
-    record = {"weight": chosen, "version": json.loads((final / "meta.json").read_text())["version"], "scores": {f"{w:g}": s for w, s in scores.items()}, "partition": "val",
+    record = {"weight": chosen, "version": version, "scores": {f"{w:g}": s for w, s in scores.items()}, "partition": "val",
               "report": str(paths["report"]), "checkpoint": str(final)}
     if chosen > 0:
         folder = create_mixed(final, chosen, run_dir / "mixed")
@@ -114,6 +120,10 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
         record["served"] = str(folder)
     else:  # PinCLIP alone: a mix of an earlier choice is not served
         shutil.rmtree(run_dir / "mixed", ignore_errors=True)
+    return _write_record(run_dir, record)
+
+
+def _write_record(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     tmp = run_dir / ".mix.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, run_dir / "mix.json")
@@ -127,5 +137,6 @@ def run(args: argparse.Namespace) -> int:
     record = mix_run(args.run, weights, args.data_dir, args.cache_dir, not args.quiet)
     for w, s in record["scores"].items():
         print(f"  towers weight {w:>5}: selection score {s:.4f}" + ("  <- chosen" if float(w) == record["weight"] else ""))
-    print(f"served model: {record.get('served', record['checkpoint'])} (validation report: {record['report']})")
+    where = f" (validation report: {record['report']})" if record.get("report") else ""
+    print(f"served model: {record.get('served', record['checkpoint'])}{where}")
     return 0

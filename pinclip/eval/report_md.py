@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pinclip.eval.stats import MIN_QUERIES
 from pinclip.eval.tasks import REGIMES, SPLITS, TASKS
 
 TASK_TITLES = {"pintext_i2t": "PinText image→text", "pintext_t2i": "PinText text→image",
@@ -17,7 +18,9 @@ group (the same concept in another style, an identical title or a near-duplicate
 a board's pins of the row's split and ignores its pins of the other split. Regimes say which text the
 retrieved pins and query pins keep: full, title only, or none (image: a fresh upload). Every number is
 a mean over queries with its 95% bootstrap interval; models trained with several seeds are averaged per
-query over seeds (± = std of the seeds' means). "n.s.": the paired difference's interval contains zero."""
+query over seeds (± = std of the seeds' means). "n.s." (not significant): the paired difference's interval
+contains zero, or the cell has fewer than {min_queries} queries (too few to call any difference, whatever the
+interval)."""
 
 
 def num(x: Any, digits: int = 3) -> str:
@@ -64,6 +67,13 @@ def best_baseline(doc: dict, task: str, split: str, regime: str) -> str | None:
     return max(scored)[1] if scored else None
 
 
+def any_flag(flags: Any) -> bool:
+    """True when any leaf of a nested {task: {split: {regime: bool}}} dict is true (an all-false dict is not)."""
+    if isinstance(flags, dict):
+        return any(any_flag(v) for v in flags.values())
+    return bool(flags)
+
+
 def headline_section(doc: dict) -> list[str]:
     primary, models = doc["primary"], list(doc["models"])
     ours = "pinclip" in models
@@ -81,7 +91,7 @@ def headline_section(doc: dict) -> list[str]:
             row += [f"{best or 'n/a'}{' (lexical)' if lexical else ''}", diff_text(d)]
         rows.append(row)
     lines = [f"## Headline: {primary} [95% CI]", ""] + table(header, rows)
-    if doc.get("lexical"):
+    if any_flag(doc.get("lexical")):
         lines.append("(lexical): BM25 matches or beats every learned model here — the task is lexically solvable.")
         lines.append("")
     return lines
@@ -181,7 +191,7 @@ def render_markdown(doc: dict) -> str:
              f"- machine: {meta['machine'].get('cpu_cores')} CPU cores, GPU: {meta['machine'].get('gpu') or 'none'}; "
              f"{meta['date']}",
              *(f"- {m}: {info.get('version')}, {info.get('seeds')} seed(s)" for m, info in meta["models"].items()),
-             "", PROTOCOL.format(cold=cold, boards=boards), ""]
+             "", PROTOCOL.format(cold=cold, boards=boards, min_queries=MIN_QUERIES), ""]
     for section in (headline_section, comparison_section, detail_section, quantization_section, dims_section,
                     scaling_section):
         lines += section(doc)

@@ -43,7 +43,7 @@ class VLMEncoder(ModelEncoder):
         batches = (self.inputs.batch(np.arange(lo, min(lo + chunk, len(self.fields))),
                                      pin_keep=keep[lo : lo + chunk])
                    for lo in tqdm(starts, desc=f"embed {'+'.join(modes)} ({regime})", unit="batch",
-                                  disable=not self.progress))
+                                  disable=not self.progress or None))
         return embed_batches(self.model, batches, modes)
 
     def query_vectors(self, texts: list[str], field: str = "queries") -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The Pin–Board graph and neighbor mining by random walks (DESIGN.md §3, §7)."""
+"""The Pin–Board graph and neighbor mining by random walks (docs/training.md, "The batch")."""
 
 from pinclip.graph.csr import BipartiteGraph
 from pinclip.graph.random_walk import MinedNeighbors, RandomWalkConfig, mine_neighbors, random_walk_neighbors

@@ -1,4 +1,4 @@
-"""The Pin–Board bipartite graph in compressed sparse row form (DESIGN.md §3, §7).
+"""The Pin–Board bipartite graph in compressed sparse row form (docs/training.md, "The batch").
 
 Two CSR views of the same deduplicated edge set: pin -> boards and board -> pins. Pin indices are
 the rows of the pins table (every pin keeps its index, with or without edges), so anything mined

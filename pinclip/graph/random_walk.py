@@ -61,7 +61,7 @@ def mine_neighbors(graph: BipartiteGraph, config: RandomWalkConfig, progress: bo
     neighbors = np.full((graph.num_pins, config.top_k), -1, dtype=np.int64)
     counts = np.zeros((graph.num_pins, config.top_k), dtype=np.int32)
 
-    with tqdm(total=len(starts_all), unit="pin", desc="random walks", disable=not progress) as bar:
+    with tqdm(total=len(starts_all), unit="pin", desc="random walks", disable=not progress or None) as bar:
         for batch_no, lo in enumerate(range(0, len(starts_all), config.batch_pins)):
             starts = starts_all[lo : lo + config.batch_pins]
             rng = np.random.default_rng([config.seed, batch_no])

@@ -1,4 +1,4 @@
-"""Training losses (DESIGN.md §3): each returns a dict of named scalar terms."""
+"""Training losses (docs/training.md, "The terms"): each returns a dict of named scalar terms."""
 
 from pinclip.losses.gather import all_gather_no_grad, all_gather_with_grad, rank_and_world
 from pinclip.losses.image_text import (

@@ -2,7 +2,7 @@
 
 What it optimizes: a query embedding of pin i (its image, or its fused pin embedding) must score
 high against every *present* text field of pin i and low against the fields of every other pin in
-the global batch (negatives gathered from all ranks with gradient). DESIGN.md §3.
+the global batch (negatives gathered from all ranks with gradient). docs/training.md, "The terms".
 
 Inputs (L2-normalized embeddings, B pins on this rank, F text fields, D dims):
     query (B, D); keys (B, F, D); key_mask (B, F) bool, False = field missing; field_weights (F,);

@@ -5,7 +5,7 @@ the first d dimensions of every embedding, re-L2-normalized, for each d in `dims
 is a usable embedding on its own. The loss function receives the truncated embeddings as keyword
 arguments (bind everything else with functools.partial) and returns a dict of named terms.
 
-`fake_quant_global_affine` rounds embeddings the way serving stores them (DESIGN.md §4: one scale
+`fake_quant_global_affine` rounds embeddings the way serving stores them (README.md, int8 under "Results": one scale
 s and zero-point z for all vectors, x_q = clip(round(x / s) + z), x_dq = s * (x_q - z)) with a
 straight-through gradient, so a quantization-aware term sees serving precision.
 """

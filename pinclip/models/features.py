@@ -175,7 +175,7 @@ def image_features(tower: torch.nn.Module, cfg: VisionConfig, sources: Sequence[
     pending: list[tuple[int, str, Image.Image]] = []
     new_keys: list[str] = []
     new_tokens: list[np.ndarray] = []
-    bar = tqdm(total=len(sources), desc="image features", unit="img", disable=not progress)
+    bar = tqdm(total=len(sources), desc="image features", unit="img", disable=not progress or None)
     for i, src in enumerate(sources):
         img = load_rgb(src)
         if img is None:
@@ -198,8 +198,8 @@ def image_features(tower: torch.nn.Module, cfg: VisionConfig, sources: Sequence[
         cache.put(new_keys, np.stack(new_tokens))
     bar.close()
     shape = next((t.shape for t in out if t is not None), None)
-    if shape is None:
-        return np.zeros((len(sources), 0, 0), np.float16), ok
+    if shape is None:  # no image at all (a text-only catalog): zeros of the tower's token shape
+        shape = compute_tokens(tower, cfg, [Image.new("RGB", (cfg.image_size, cfg.image_size))]).shape[1:]
     zeros = np.zeros(shape, np.float16)
     return np.stack([t if t is not None else zeros for t in out]).astype(np.float16), ok
 

@@ -1,6 +1,6 @@
 """PinCLIP: a hybrid vision tower feeding multi-granularity visual tokens into a VLM backbone.
 
-One model, three modes, one embedding space (DESIGN.md §2):
+One model, three modes, one embedding space (docs/training.md):
     image-only  [summary; visual tokens]                  -> "image"  (visual search, ranker features)
     text-only   [summary; one field's tokens]              -> "text"   (queries, PinText)
     fused       [summary; visual tokens; all fields' tokens] -> "pin"  (related pins, cold start)

@@ -66,7 +66,7 @@ def compute_text_states(backbone: Backbone, texts: list[list[str]], batch_size: 
     length = np.zeros((num_pins, num_fields), np.int32)
     offset = 0
     device = next(backbone.parameters()).device
-    for i in tqdm(range(0, len(pairs), batch_size), desc="text states", unit="batch", disable=not progress):
+    for i in tqdm(range(0, len(pairs), batch_size), desc="text states", unit="batch", disable=not progress or None):
         batch = pairs[i : i + batch_size]
         ids, mask = backbone.tokenize([texts[p][f] for p, f in batch])
         hidden = backbone.encode_prefix(ids.to(device), mask.to(device)).float().cpu().numpy()  # (B, L, W)

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pinclip.config import VisionConfig
@@ -135,6 +134,15 @@ def num_visual_tokens(regions: int, patches: bool, grid_side: int) -> int:
     return 1 + regions * regions + (grid_side * grid_side if patches else 0)
 
 
+def region_means(grid: torch.Tensor, regions: int) -> torch.Tensor:
+    """F.adaptive_avg_pool2d(grid, regions) as (B, r*r, C), written as fixed slices (rows floor(i·h/r) to
+    ceil((i+1)·h/r), the same cells) so that ONNX export works when r does not divide the grid (7x7 -> 2x2)."""
+    h, w = int(grid.shape[2]), int(grid.shape[3])
+    cells = [grid[:, :, (i * h) // regions: -(-(i + 1) * h // regions), (j * w) // regions: -(-(j + 1) * w // regions)]
+             .mean(dim=(2, 3)) for i in range(regions) for j in range(regions)]  # r*r of (B, C)
+    return torch.stack(cells, dim=1)  # (B, r*r, C)
+
+
 def grid_to_tokens(grid: torch.Tensor, regions: int, patches: bool) -> torch.Tensor:
     """Multi-granularity pooling: global average + regions x regions averages [+ every patch].
 
@@ -142,8 +150,7 @@ def grid_to_tokens(grid: torch.Tensor, regions: int, patches: bool) -> torch.Ten
     """
     tokens = [grid.mean(dim=(2, 3)).unsqueeze(1)]  # (B, 1, C)
     if regions > 0:
-        pooled = F.adaptive_avg_pool2d(grid, regions)  # (B, C, r, r)
-        tokens.append(pooled.flatten(2).transpose(1, 2))  # (B, r*r, C)
+        tokens.append(region_means(grid, regions))  # (B, r*r, C)
     if patches:
         tokens.append(grid.flatten(2).transpose(1, 2))  # (B, h*w, C)
     return torch.cat(tokens, dim=1)

@@ -1,4 +1,4 @@
-"""Serving (DESIGN.md §6): the batch embedding job, the index backends, and the HTTP API.
+"""Serving (README.md, "Serving"): the batch embedding job, the index backends, and the HTTP API.
 
     embed.py           pins table -> int8 parquet shards + manifest.json (reader -> mapper -> writer, resumable)
     ray_backend.py     the same job on a Ray Data actor pool

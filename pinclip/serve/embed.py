@@ -401,7 +401,7 @@ def embed_pins_table(
     out_dir = Path(out_dir)
     pins, manifest, todo = prepare_run(embedder, pins_path, out_dir, job)
     done_pins = sum(s["pins_in"] for s in manifest.shards)
-    with tqdm(total=len(pins), initial=done_pins, unit="pin", desc="embed", disable=not progress) as bar:
+    with tqdm(total=len(pins), initial=done_pins, unit="pin", desc="embed", disable=not progress or None) as bar:
         for index in todo:
             entry = run_shard(embedder, pins, index, job, out_dir, embedder.quant)
             finish_shard(manifest, entry, out_dir)

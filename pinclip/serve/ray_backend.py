@@ -98,7 +98,7 @@ def embed_pins_table_ray(
             batch_format="numpy",
         )
         done_pins = sum(s["pins_in"] for s in manifest.shards)
-        with tqdm(total=len(pins), initial=done_pins, unit="pin", desc="embed (ray)", disable=not progress) as bar:
+        with tqdm(total=len(pins), initial=done_pins, unit="pin", desc="embed (ray)", disable=not progress or None) as bar:
             for row in results.iter_rows():
                 entry = json.loads(row["entry"])
                 finish_shard(manifest, entry, out_dir)

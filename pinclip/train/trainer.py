@@ -39,6 +39,7 @@ from pinclip.models.pinclip import PinCLIP
 from pinclip.models.text_states import TextStates, compute_text_states, field_strings
 from pinclip.quant import fit_global_affine
 from pinclip.train import parallel
+from pinclip.train.best import BestCheckpoint
 from pinclip.train.checkpoint import save_checkpoint
 from pinclip.train.data_source import load_source, training_source
 from pinclip.train.dataset import BatchConfig, TrainingData, batch_at, prepare_training, share_board_mask
@@ -311,8 +312,10 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
     log = _Log(out_dir / "metrics.jsonl", start, enabled=rank == 0)
     if (rank == 0 or sharded) and start == 0:
         log.write({"step": 0, **validate(model, data, feats, cfg, device)})
-    bar = tqdm(range(start, cfg.train.steps), desc="train", unit="step", disable=not progress or rank != 0, initial=start, total=cfg.train.steps)
+    bar = tqdm(range(start, cfg.train.steps), desc="train", unit="step", disable=not progress or rank != 0 or None, initial=start, total=cfg.train.steps)
     t0, pins_seen, step_flops = time.perf_counter(), 0, []
+    keeper = BestCheckpoint.start(out_dir / "best", cfg.train.patience, start > 0) if cfg.train.keep_best else None
+    last_step = start
     for step in bar:
         batch, ctx = local_batch(data, feats, step, cfg, rank, world, device, bank)
         counter = FlopCounterMode(display=False) if step - start < FLOP_STEPS and not sharded else contextlib.nullcontext()
@@ -343,21 +346,57 @@ def train(cfg: Config, resume: bool = True, progress: bool = True) -> Path:
         if (rank == 0 or sharded) and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
             record.update(validate(model, data, feats, cfg, device))
         log.write(record)
+        last_step = step + 1
         if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
             _save_last(out_dir, model, cfg, step + 1, optimizer, scheduler, rank, bank)
+        if keeper is not None and _keep_best(keeper, record, model, cfg, step + 1, rank, sharded, out_dir):
+            break
     final = out_dir / "final"
+    chosen = keeper.summary(last_step, cfg.train.steps) if keeper is not None else {}
+    if chosen and chosen["chosen_step"] != last_step and not sharded:  # a sharded model keeps its last weights
+        _load_weights(model, out_dir / "best", device)
+    elif chosen:
+        chosen["chosen_step"] = last_step
     if rank == 0 or sharded:
         meta = {"quant": calibrate_quant(model, data, feats, device), "train_pins": int(len(data.train_rows)),
-                "seconds": time.perf_counter() - t0, **setup_s}
-        if step_flops:  # forward + backward matmul FLOPs of the first steps (all ranks), times the steps
-            meta["train_flops"] = float(np.mean(step_flops) * cfg.train.steps)
+                "seconds": time.perf_counter() - t0, **setup_s, **chosen}
+        if step_flops:  # forward + backward FLOPs of the first steps (all ranks), times the steps run
+            meta["train_flops"] = float(np.mean(step_flops) * last_step)
         weights = parallel.full_weights(model) if sharded else None
     if rank == 0:
-        version = save_checkpoint(final, model, cfg, cfg.train.steps, meta=meta, weights=weights)
-        log.write({"step": cfg.train.steps, "final": str(final), "version": version})
+        version = save_checkpoint(final, model, cfg, chosen.get("chosen_step", cfg.train.steps), meta=meta,
+                                  weights=weights)
+        log.write({"step": last_step, "final": str(final), "version": version, **chosen})
     if dist.is_initialized():
         dist.barrier()
     return final
+
+
+def _keep_best(keeper: BestCheckpoint, record: dict, model, cfg: Config, step: int, rank: int, sharded: bool,
+               out_dir: Path) -> bool:
+    """Save best/ when this step's validation is the best so far; True (on every rank) when training should stop."""
+    if step % cfg.train.eval_every and step != cfg.train.steps:
+        return False  # not a validation step (the same on every rank)
+    stop = False
+    if "val_recall@10" in record:
+        def save() -> None:
+            weights = parallel.full_weights(model) if sharded else None
+            if rank == 0:
+                save_checkpoint(out_dir / "best", model, cfg, step, weights=weights,
+                                meta={"best_val_recall@10": record["val_recall@10"]})
+
+        stop = keeper.observe(record["val_recall@10"], step, save)
+    if dist.is_initialized():  # rank 0 validated (or every rank, sharded): its decision holds for all
+        flag = torch.tensor([float(stop)], device=next(model.parameters()).device)
+        dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop
+
+
+def _load_weights(model: PinCLIP, folder: Path, device: torch.device) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)), strict=False)
 
 
 def cpu_has_bf16() -> bool:

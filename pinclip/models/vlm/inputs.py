@@ -104,7 +104,7 @@ def scan_images(sources: Sequence[ImageSource], rank: int, world: int, progress:
     """Pixel key of every readable image (None for a missing or unreadable one); ranks split the work."""
     mine = range(rank, len(sources), world)
     found = {}
-    for i in tqdm(mine, desc="scan images", unit="img", disable=not progress or rank != 0):
+    for i in tqdm(mine, desc="scan images", unit="img", disable=not progress or rank != 0 or None):
         img = load_rgb(sources[i])
         found[i] = pixel_key(img) if img is not None else None
     if world > 1 and dist.is_initialized():
@@ -127,7 +127,7 @@ def fill_cache(model, sources: Sequence[ImageSource], keys: list[str | None], ca
     todo = todo[rank::world]
     new_keys, new_feats = [], []
     for lo in tqdm(range(0, len(todo), batch_size), desc="vision cache", unit="batch",
-                   disable=not progress or rank != 0):
+                   disable=not progress or rank != 0 or None):
         rows = todo[lo : lo + batch_size]
         feats = model.encode_image_features([load_rgb(sources[i]) for i in rows])
         new_keys += [keys[i] for i in rows]

@@ -10,7 +10,7 @@ inputs (`image_grid_thw`, pixel attention masks, crops, `image_sizes`), untouche
     text-only   "title: red apple" "Represent this text ..."
     fused       [global; regional] <image> "title: ...\\ndescription: ..." "Represent this pin ..."
 The VLM's vision encoder and connector fill the image placeholders; beside them, the global and
-regional tokens pooled from the same patch grid (DESIGN.md §2, tagged by granularity) open the
+regional tokens pooled from the same patch grid (docs/vlm.md, tagged by granularity) open the
 sequence. The language model's last hidden state (left padding; "last") or the mean over valid
 tokens ("mean") goes through a linear head to the largest Matryoshka dim, L2-normalized.
 """
