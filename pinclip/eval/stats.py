@@ -120,9 +120,11 @@ def seed_summary(per_seed: Sequence[np.ndarray], n_boot: int = N_BOOT, seed: int
             "seed_std": float(seed_means.std(ddof=1)) if len(per_seed) > 1 else 0.0}
 
 
-def p_value(replicates: np.ndarray) -> float:
-    """Two-sided bootstrap p-value of "the difference is 0": min(1, 2·min(share <= 0, share >= 0))."""
-    return float(min(1.0, 2 * min(np.mean(replicates <= 0), np.mean(replicates >= 0))))
+def p_value(replicates: np.ndarray, tie: float = 1e-12) -> float:
+    """Two-sided bootstrap p-value of "the difference is 0": min(1, 2·min(share <= 0, share >= 0)); a replicate
+    within `tie` of 0 (rounding of equal means) counts as 0."""
+    zero = np.abs(replicates) <= tie
+    return float(min(1.0, 2 * min(np.mean((replicates <= 0) | zero), np.mean((replicates >= 0) | zero))))
 
 
 def paired_difference(a: ArrayLike, b: ArrayLike, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
