@@ -150,7 +150,11 @@ def test_best_other_is_chosen_on_validation_when_a_validation_evaluation_is_give
     assert "chosen on validation where the validation evaluation has the row" in report
     (tmp_path / "run" / "eval-val").mkdir(parents=True)
     (tmp_path / "run" / "eval-val" / "metrics.json").write_text(json.dumps(val_doc))
-    assert read_val_doc(tmp_path / "run" / "eval") == val_doc and read_val_doc(tmp_path / "none" / "eval") is None
+    assert read_val_doc(tmp_path / "run" / "eval-val") == val_doc and read_val_doc(tmp_path / "none") is None
+    assert read_val_doc(tmp_path / "run" / "eval-val" / "metrics.json") == val_doc
+    (tmp_path / "test.json").write_text(json.dumps({**val_doc, "partition": "test"}))
+    with pytest.raises(ValueError, match="not of validation"):
+        read_val_doc(tmp_path / "test.json")
 
 
 def test_warm_pintext_is_labelled_a_training_fit(tmp_path):
@@ -175,7 +179,9 @@ def test_eval_command_end_to_end(tiny_checkpoint, catalog, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(catalog["pins"].parent), "--quiet"]
     assert main([*argv, "--out", str(out), "--name", "pinclip", "--no-ann"]) == 0
-    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed
+    assert "selection score (pinclip): " in printed and "test partition: for the record only" in printed
     assert {"metrics.json", "report.md", "per_query.npz", "headline.png", "trec"} <= {p.name for p in out.iterdir()}
     doc = json.loads((out / "metrics.json").read_text())
     assert list(doc["models"]) == ["pinclip"] and doc["partition"] == "test"
@@ -187,6 +193,7 @@ def test_eval_command_end_to_end(tiny_checkpoint, catalog, tmp_path, capsys):
     model = next(iter(doc["models"].values()))
     assert doc["partition"] == "val" and list(model) == ["related"] and list(model["related"]["warm"]) == ["image"]
     assert not (tmp_path / "val" / "trec").exists()
+    assert doc["selection"][next(iter(doc["models"]))]["cells"] == ["related/warm/image", "related/cold/image"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -237,14 +237,17 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def read_val_doc(out_dir: str | Path) -> dict[str, Any] | None:
-    """The validation evaluation beside a test evaluation folder: <run>/eval-val/metrics.json for <run>/eval
-    (None when there is none)."""
-    path = Path(out_dir).parent / "eval-val" / "metrics.json"
+def read_val_doc(path: str | Path) -> dict[str, Any] | None:
+    """A validation evaluation's metrics.json (the file, or the folder holding it, e.g. <run>/eval-val); None when
+    there is none. ValueError when it is an evaluation of another partition."""
+    path = Path(path)
+    path = path / "metrics.json" if path.is_dir() or not path.suffix else path
     if not path.is_file():
         return None
     doc = json.loads(path.read_text())
-    return doc if doc.get("partition") == "val" else None
+    if doc.get("partition") != "val":
+        raise ValueError(f"{path} is an evaluation of the {doc.get('partition')!r} partition, not of validation")
+    return doc
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path, val_doc: dict[str, Any] | None = None
