@@ -29,17 +29,12 @@ from pinclip.cli import UserError
 from pinclip.data import demo_clipart, demo_emoji
 from pinclip.data.demo_clipart import ClipartItem, FilterStep
 from pinclip.data.demo_emoji import EmojiConcept
+from pinclip.data.domain_split import domain_split_tables
 from pinclip.data.groups import audit_lines
 from pinclip.data.images import ImageError, composite_on_white, open_image, shrink_to_png
 from pinclip.data.schema import MAX_IMAGE_PIXELS
 from pinclip.data.sheet import contact_sheet
-from pinclip.data.splits import (
-    SplitConfig,
-    domain_split_tables,
-    split_sizes,
-    split_tables,
-    write_splits,
-)
+from pinclip.data.splits import SplitConfig, split_sizes, split_tables, write_splits
 from pinclip.data.tables import load_edges, load_pins
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
