@@ -108,6 +108,7 @@ def test_split_command(tmp_path, capsys):
     assert written == {k: v for k, v in expected.items() if k != "config"}
     printed = capsys.readouterr().out
     assert "34 train pins, 2 val pins, 4 cold-start pins" in printed
+    assert "board reachability: of the member pairs of " in printed
     assert (
         main(
             [

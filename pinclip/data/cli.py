@@ -54,6 +54,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_split(args: argparse.Namespace) -> int:
     from pinclip.data.domain_split import domain_split_tables
     from pinclip.data.groups import DuplicateConfig
+    from pinclip.data.reachability import board_reachability, reachability_line, reachability_summary
     from pinclip.data.splits import SplitConfig, split_sizes, split_tables, write_splits
     from pinclip.data.tables import load_edges, load_pins
 
@@ -75,6 +76,7 @@ def run_split(args: argparse.Namespace) -> int:
                                      args.val_domain_frac)
     write_splits(splits, args.out)
     print(split_sizes(splits, pins.pin_ids, edge_pins, edge_boards))
+    print(reachability_line(reachability_summary(board_reachability(zip(edge_pins, edge_boards), splits))))
     print(f"wrote {args.out}")
     return 0
 
