@@ -85,6 +85,8 @@ def test_splits_and_duplicate_groups_by_hand():
     assert test["warm"].tolist() == val["warm"].tolist() == [0, 1, 3, 4, 6, 7, 9, 10, 12]
     assert test["cold"].tolist() == [2, 5, 11] and val["cold"].tolist() == [8]
     assert duplicate_group_of(IDS, SPLITS).tolist() == [0, 0, *range(2, 13)]
+    scaled = split_pins(IDS, {**SPLITS, "untrained_pins": ["d", "e", "zz"]}, "test")  # a scaling run left d, e out
+    assert scaled["warm"].tolist() == [0, 1, 6, 7, 9, 10, 12] and scaled["cold"].tolist() == [2, 5, 11]
 
 
 def test_corpus_is_the_whole_catalog_in_every_split(specs):

@@ -230,18 +230,21 @@ def evaluate_domain_shift(run_dir: str | Path, cache_dir: str | None = None, opt
 
 def _scaling_curve(points: list[dict[str, Any]], dataset: Any, cache_dir: str, options: EvalOptions
                    ) -> dict[str, Any]:
-    """PinText Recall@10 (mean of both directions over warm and cold) of every scaling point."""
+    """PinText Recall@10 (mean of both directions over warm and cold) of every scaling point; warm queries are
+    only the pins the point trained on, cold ones the same at every point (pinclip.experiments.scaling_splits)."""
     import json
 
     import numpy as np
 
     from pinclip.eval.harness import evaluate_checkpoint
     from pinclip.eval.tasks import PINTEXT
+    from pinclip.experiments import scaling_splits
 
     for point in points:
-        ev = evaluate_checkpoint(point["checkpoint"], dataset, partition=options.partition, tasks=PINTEXT,
-                                 quantization=False, cache_dir=cache_dir, max_queries=options.max_queries,
-                                 progress=options.progress, name="scaling")
+        splits = scaling_splits(dataset, point["fraction"], point.get("seed", 0))
+        ev = evaluate_checkpoint(point["checkpoint"], dataset, partition=options.partition, splits=splits,
+                                 tasks=PINTEXT, quantization=False, cache_dir=cache_dir,
+                                 max_queries=options.max_queries, progress=options.progress, name="scaling")
         values = {t: {s: m["full"]["recall@10"] for s, m in ev["metrics"].get(t, {}).items() if m.get("full")}
                   for t in PINTEXT}
         meta = json.loads((Path(point["checkpoint"]) / "meta.json").read_text())

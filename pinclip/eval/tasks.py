@@ -180,7 +180,9 @@ def regime_mask(fields: list[list[tuple[int, str]]], regime: str) -> np.ndarray:
 
 
 def split_pins(pin_ids: Sequence[str], splits: dict[str, Any], partition: str) -> dict[str, np.ndarray]:
-    """Sorted pin indices of the "warm" and "cold" query splits of a partition (module docstring)."""
+    """Sorted pin indices of the "warm" and "cold" query splits of a partition (module docstring). Pins listed
+    under the optional `untrained_pins` (training pins a dataset-scaling run left out) are neither: they stay
+    in the corpus but query nothing."""
     index = {p: i for i, p in enumerate(pin_ids)}
     held = {}
     for key in ("cold_start_pins", "val_pins"):
@@ -188,7 +190,8 @@ def split_pins(pin_ids: Sequence[str], splits: dict[str, Any], partition: str) -
         if not isinstance(ids, list):
             raise ValueError(f"splits[{key!r}] must be a list of pin ids, got {type(ids).__name__}")
         held[key] = np.array(sorted(index[p] for p in ids if p in index), np.int64)
-    warm = np.setdiff1d(np.arange(len(pin_ids)), np.concatenate([held["cold_start_pins"], held["val_pins"]]))
+    untrained = np.array([index[p] for p in splits.get("untrained_pins") or [] if p in index], np.int64)
+    warm = np.setdiff1d(np.arange(len(pin_ids)), np.concatenate([held["cold_start_pins"], held["val_pins"], untrained]))
     return {"warm": warm, "cold": held["val_pins" if partition == "val" else "cold_start_pins"]}
 
 
