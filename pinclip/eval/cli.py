@@ -7,7 +7,9 @@
     pinclip eval --checkpoint runs/vlm/train/final --vlm-embedder /models/Qwen3-VL-Embedding-2B --data-dir D
 
 --partition test (the default) judges with the test boards and the cold-start pins; val with the
-validation boards and pins: choose settings on val, look at test for the final table only. With --run,
+validation boards and pins: choose settings on val, by the selection score it prints
+(pinclip.eval.selection), and look at test for the final table only; a test report picks its "best
+other" model per row on <run>/eval-val (or --val-metrics). With --run,
 the run's PinCLIP model is <run>/train/final, its config (data, cache, steps) is the base of every
 baseline, and every model and seed already under the run is evaluated beside it
 (pinclip.experiments). --all-test judges a model on a foreign catalog (every pin cold, every board
