@@ -185,8 +185,9 @@ def existing_models(run_dir: str | Path) -> dict[str, list[Path]]:
 def scaling_runs(base_cfg: Config, run_dir: str | Path, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
                  budgets: Sequence[str] = SCALING_BUDGETS, progress: bool = True, trainer: Trainer | None = None
                  ) -> list[dict[str, Any]]:
-    """PinCLIP trained on each share of the training pins, at equal steps (compute held fixed) and at
-    equal epochs (a share f trains for f of the steps, at least 30). The 100% point is the run's model."""
+    """PinCLIP trained on each share of the training pins (whole duplicate groups, pinclip.train.dataset.
+    training_subset), at equal steps (compute held fixed) and at equal epochs (a share f trains for f of the
+    steps, at least 30). The 100% point is the run's model. Judge a point with `scaling_splits`."""
     trainer = trainer or (lambda cfg: train_once(cfg, progress))
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if bad:
@@ -204,8 +205,21 @@ def scaling_runs(base_cfg: Config, run_dir: str | Path, fractions: Sequence[floa
                     cfg.train.steps = max(30, round(cfg.train.steps * fraction))
                     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, cfg.train.steps // 5))
                 checkpoint = trainer(cfg)
-            points.append({"fraction": float(fraction), "budget": budget, "checkpoint": str(checkpoint)})
+            points.append({"fraction": float(fraction), "budget": budget, "checkpoint": str(checkpoint),
+                           "seed": int(base_cfg.train.seed)})
     return points
+
+
+def scaling_splits(dataset: Any, fraction: float, seed: int) -> dict[str, Any]:
+    """The dataset's splits for judging a scaling run trained on `fraction` of the training pins with `seed`: the
+    training pins it left out (pinclip.train.dataset.training_subset) are listed as `untrained_pins`, which the
+    evaluation neither queries as warm nor counts as cold; the cold pins are the same at every fraction."""
+    from pinclip.train.dataset import training_subset
+
+    trained = set(training_subset(dataset.pins, dataset.splits, fraction, seed).tolist())
+    held = set(dataset.splits.get("cold_start_pins") or []) | set(dataset.splits.get("val_pins") or [])
+    untrained = [p for i, p in enumerate(dataset.pins.pin_ids) if i not in trained and p not in held]
+    return {**dataset.splits, "untrained_pins": untrained}
 
 
 def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True, trainer: Trainer | None = None

@@ -108,6 +108,7 @@ def test_split_command(tmp_path, capsys):
     assert written == {k: v for k, v in expected.items() if k != "config"}
     printed = capsys.readouterr().out
     assert "34 train pins, 2 val pins, 4 cold-start pins" in printed
+    assert "board reachability: of the member pairs of " in printed
     assert (
         main(
             [
@@ -182,9 +183,14 @@ def test_domain_split_holds_whole_domains_and_only_their_boards_out(catalog, tmp
     cold = set(splits["cold_start_pins"])
     shapes = {pin.split("-")[1] for pin in cold}  # the synthetic domain is the shape
     assert cold and {p for p in _synthetic_ids() if p.split("-")[1] in shapes} == cold  # whole domains, nothing else
-    assert splits["heldout_boards"] and all(b.split("-")[1] in shapes
-                                            for b in splits["heldout_boards"])  # boards lying wholly in them
-    assert not splits["val_pins"]
+    test_boards = set(splits["heldout_boards"]) - set(splits["val_boards"])
+    assert test_boards and all(b.split("-")[1] in shapes for b in test_boards)  # boards lying wholly in them
+    val = set(splits["val_pins"])  # 0.05 of 72 pins fits no domain of 18: the smallest other one
+    val_shapes = {pin.split("-")[1] for pin in val}
+    assert len(val_shapes) == 1 and not val_shapes & shapes
+    assert {p for p in _synthetic_ids() if p.split("-")[1] in val_shapes} == val
+    assert splits["val_boards"] and all(b.split("-")[1] in val_shapes for b in splits["val_boards"])
+    assert set(splits["val_boards"]) < set(splits["heldout_boards"])
     assert main([*argv[:-4], "--domain-column", "nope"]) == 2
     assert "no column 'nope' for --domain-column" in capsys.readouterr().err
 
@@ -235,3 +241,39 @@ def test_a_catalog_with_too_few_boards_is_told_so(tmp_path, capsys):
     assert main(["data", "split", "--pins", str(pins), "--boards", str(boards), "--out", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     assert "warning: only 3 held-out test boards (Search queries per split; 30 wanted)" in out
+
+
+# Domains A (a1..a3), B (b1..b3) and C (c1..c6); a1 and c1 are twins (one duplicate group). With a target of 3
+# pins for test and 3 for validation, A and B are held out whole (one each, in seeded order) and C, too large,
+# stays in training -- all but c1, which would have crossed as the twin of a held-out pin.
+DOMAIN_PINS = ["a1", "a2", "a3", "b1", "b2", "b3", *(f"c{i}" for i in range(1, 7))]
+DOMAINS = {p: p[0].upper() for p in DOMAIN_PINS}
+DOMAIN_EDGES = [(p, "boardA") for p in ("a1", "a2", "a3")] + [(p, "boardB") for p in ("b1", "b2", "b3")] + \
+    [(p, "boardC") for p in ("c1", "c2", "c3")] + [(p, "mixed") for p in ("a2", "c2", "c3")]
+
+
+def test_domain_split_keeps_a_twin_of_a_held_out_pin_out_of_training():
+    from pinclip.data.domain_split import make_domain_split
+
+    groups = {"a1": "g", "c1": "g"}
+    for seed in range(4):
+        splits = make_domain_split(DOMAIN_PINS, DOMAIN_EDGES, DOMAINS, seed, domain_frac=0.25, val_domain_frac=0.25,
+                                   groups=groups)
+        test, val = set(splits["cold_start_pins"]), set(splits["val_pins"])
+        a_side, b_side = (test, val) if "a1" in test else (val, test)
+        assert a_side == {"a1", "a2", "a3", "c1"} and b_side == {"b1", "b2", "b3"}  # c1 follows its twin a1
+        assert splits["config"]["twins_moved"] == 1
+        assert {splits["config"]["domains"][0], splits["config"]["val_domains"][0]} == {"A", "B"}
+        assert splits["heldout_boards"] == ["boardA", "boardB"]  # boardC and mixed keep training pins
+        assert splits["val_boards"] == (["boardA"] if a_side is val else ["boardB"])
+    without = make_domain_split(DOMAIN_PINS, DOMAIN_EDGES, DOMAINS, 0, domain_frac=0.25, val_domain_frac=0.25)
+    assert "c1" not in set(without["cold_start_pins"]) | set(without["val_pins"])  # the twin would have trained
+    assert without["config"]["twins_moved"] == 0
+
+
+def test_a_group_on_both_held_out_sides_goes_to_the_first():
+    from pinclip.data.domain_split import close_over_groups
+
+    test, val = {"a1", "x"}, {"b1", "y"}
+    close_over_groups([test, val], {"x": 1, "y": 1, "z": 1, "b1": 2})
+    assert test == {"a1", "x", "y", "z"} and val == {"b1"}

@@ -74,6 +74,16 @@ def test_search_queries_are_the_test_boards_only(result):
     assert sorted(result["per_query"]["search"]["warm"]["full"]["query_ids"]) == sorted(TEST_BOARDS)
 
 
+def test_each_query_keeps_its_bootstrap_cluster(result):
+    """Search: the board; Related Pins: a test board holding the query; PinText: the query itself."""
+    search = result["per_query"]["search"]["warm"]["full"]
+    assert search["clusters"] == search["query_ids"]
+    related = result["per_query"]["related"]["cold"]["full"]
+    assert len(related["clusters"]) == len(related["query_ids"]) and set(related["clusters"]) <= set(TEST_BOARDS)
+    i2t = result["per_query"]["pintext_i2t"]["cold"]["full"]
+    assert i2t["clusters"] == i2t["query_ids"]
+
+
 @pytest.fixture(scope="module")
 def raw(catalog):
     """The raw tables, read with pyarrow and PIL only."""

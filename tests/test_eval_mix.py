@@ -36,7 +36,7 @@ def test_the_selection_score_leaves_warm_pintext_out():
         "pintext_i2t": {"warm": {"full": cell(0.9)}, "cold": {"full": cell(0.1)}},
         "related": {"warm": {"full": cell(0.5), "title": None}, "cold": {"image": cell(0.3)}},
         "search": {"cold": {"full": cell(0.2)}}}}}
-    out = selection_score(doc, "m")
+    out = selection_score(doc, model="m")
     assert out["score"] == pytest.approx((0.1 + 0.5 + 0.3 + 0.2) / 4)
     assert "pintext_i2t/warm/full" not in out["cells"] and len(out["cells"]) == 4
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pinclip.cli import main
-from pinclip.eval.report import AGGREGATED, metrics_document, write_report
+from pinclip.eval.report import AGGREGATED, metrics_document, read_val_doc, write_report
 
 Q = 25  # queries per cell: above MIN_QUERIES, so differences can be significant
 IDS = [f"q{i}" for i in range(Q)]
@@ -63,7 +63,8 @@ def test_models_are_ordered_and_seeds_averaged_per_query(doc):
     assert list(doc["models"]) == ["pinclip", "lit", "bm25"] and doc["primary"] == "ndcg@10"
     cell = doc["models"]["pinclip"]["related"]["warm"]["full"]
     assert cell["seeds"] == 2 and cell["queries"] == Q and cell["corpus"] == 100
-    assert cell["ndcg@10"] == pytest.approx(0.7) and cell["ndcg@10_ci"] == pytest.approx([0.7, 0.7])
+    # the seeds score 0.6 and 0.8 on every query; drawing two seeds with replacement gives 0.6, 0.7 or 0.8
+    assert cell["ndcg@10"] == pytest.approx(0.7) and cell["ndcg@10_ci"] == pytest.approx([0.6, 0.8])
     assert cell["ndcg@10_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))  # std of the seeds' means
     assert cell["ceiling@10"] == 0.9
     assert doc["models"]["pinclip"]["search"]["cold"]["full"]["ndcg@10_std"] == pytest.approx(0.0)
@@ -77,6 +78,10 @@ def test_paired_comparisons_are_pinclip_minus_each_model(doc):
     related = vs_lit["related"]["warm"]["full"]["ndcg@10"]
     assert related["diff"] == pytest.approx(0.2) and related["significant"] and related["queries"] == Q
     assert related["relative"] == pytest.approx(0.2 / 0.5)
+    assert (related["low"], related["high"]) == pytest.approx((0.1, 0.3))  # seeds resampled: 0.6 or 0.8 - 0.5
+    image = vs_lit["related"]["warm"]["image"]["ndcg@10"]  # seeds 0.3 and 0.5 against 0.4: -0.1, 0 or +0.1
+    assert image["p"] == 1.0 and image["p_holm"] == 1.0 and not image["significant"]
+    assert related["p"] == 0.0 and related["p_holm"] == 0.0  # Holm over the three cells of the lit column
     noise = vs_lit["search"]["cold"]["full"]["ndcg@10"]  # lit is 0.5 +0.1 on 13 queries, -0.1 on 12
     assert noise["diff"] == pytest.approx(-0.1 / Q) and noise["low"] < 0 < noise["high"] and not noise["significant"]
     assert vs_bm25["related"]["warm"]["full"]["recall@10"]["diff"] == pytest.approx(-0.05)
@@ -113,10 +118,55 @@ def test_metrics_json_report_md_plots_and_no_temp_files(results, tmp_path):
                     "### Related Pins", "### Search", "## Quantization", "## Matryoshka dims", "## Dataset scaling",
                     "## Notes"):
         assert heading in report, heading
-    assert "| Related Pins | warm | full | 25 | 100 | 0.700 ±0.141 [0.70, 0.70] |" in report
+    assert "| Related Pins | warm | full | 25 | 100 | 0.700 ±0.141 [0.60, 0.80] |" in report
     assert "bm25 (lexical)" in report and "n.s." in report
-    assert "+0.200 [+0.200, +0.200] |" in report  # significant: no mark
+    assert "+0.200 [+0.100, +0.300] |" in report  # significant: no mark
+    assert "no validation evaluation was given" in report and "Holm-adjusted" in report
     assert "- bm25, related: cannot score" in report
+
+
+def test_selection_score_of_every_model_is_in_the_document(doc):
+    """pinclip: related warm full 0.7, related warm image 0.4, search cold full 0.5 (no PinText cell here)."""
+    pinclip = doc["selection"]["pinclip"]
+    assert pinclip["cells"] == ["related/warm/full", "related/warm/image", "search/cold/full"]
+    assert pinclip["score"] == pytest.approx((0.7 + 0.4 + 0.5) / 3)
+    assert doc["selection"]["bm25"]["missing"] == ["related/warm/image"]
+
+
+def test_best_other_is_chosen_on_validation_when_a_validation_evaluation_is_given(results, tmp_path):
+    """On test, bm25 (0.75) beats lit (0.5) on related warm full; on validation lit (0.9) beats bm25 (0.1)."""
+    val_doc = {"partition": "val", "models": {
+        "lit": {"related": {"warm": {"full": {"ndcg@10": 0.9}}}},
+        "bm25": {"related": {"warm": {"full": {"ndcg@10": 0.1}}}}}}
+    on_test = metrics_document(results)["best_other"]["related"]["warm"]["full"]
+    assert on_test == {"model": "bm25", "chosen_on": "this partition"}
+    chosen = metrics_document(results, val_doc)["best_other"]
+    assert chosen["related"]["warm"]["full"] == {"model": "lit", "chosen_on": "validation"}
+    assert chosen["search"]["cold"]["full"]["chosen_on"] == "this partition"  # validation lacks the cell
+    write_report(results, tmp_path, val_doc=val_doc)
+    report = (tmp_path / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| Related Pins | warm | full | 25 | 100 |"))
+    assert row.endswith("| +0.200 [+0.100, +0.300] |") and "| lit" in row  # pinclip minus lit, not minus bm25
+    assert "chosen on validation where the validation evaluation has the row" in report
+    (tmp_path / "run" / "eval-val").mkdir(parents=True)
+    (tmp_path / "run" / "eval-val" / "metrics.json").write_text(json.dumps(val_doc))
+    assert read_val_doc(tmp_path / "run" / "eval-val") == val_doc and read_val_doc(tmp_path / "none") is None
+    assert read_val_doc(tmp_path / "run" / "eval-val" / "metrics.json") == val_doc
+    (tmp_path / "test.json").write_text(json.dumps({**val_doc, "partition": "test"}))
+    with pytest.raises(ValueError, match="not of validation"):
+        read_val_doc(tmp_path / "test.json")
+
+
+def test_warm_pintext_is_labelled_a_training_fit(tmp_path):
+    ones = np.ones(Q)
+    cells = {("pintext_i2t", "warm", "full"): 0.9 * ones, ("pintext_i2t", "cold", "full"): 0.3 * ones}
+    write_report({"models": {"pinclip": [evaluation(cells)], "lit": [evaluation(cells)]}, "partition": "test"},
+                 tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "| PinText image→text | warm: training fit (not a headline) | full |" in report
+    assert "| PinText image→text | cold | full |" in report
+    assert json.loads((tmp_path / "metrics.json").read_text())["selection"]["pinclip"]["cells"] == \
+        ["pintext_i2t/cold/full"]
 
 
 def test_validation_partition_is_named_in_the_report(results, tmp_path):
@@ -129,7 +179,9 @@ def test_eval_command_end_to_end(tiny_checkpoint, catalog, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(catalog["pins"].parent), "--quiet"]
     assert main([*argv, "--out", str(out), "--name", "pinclip", "--no-ann"]) == 0
-    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed
+    assert "selection score (pinclip): " in printed and "test partition: for the record only" in printed
     assert {"metrics.json", "report.md", "per_query.npz", "headline.png", "trec"} <= {p.name for p in out.iterdir()}
     doc = json.loads((out / "metrics.json").read_text())
     assert list(doc["models"]) == ["pinclip"] and doc["partition"] == "test"
@@ -141,6 +193,7 @@ def test_eval_command_end_to_end(tiny_checkpoint, catalog, tmp_path, capsys):
     model = next(iter(doc["models"].values()))
     assert doc["partition"] == "val" and list(model) == ["related"] and list(model["related"]["warm"]) == ["image"]
     assert not (tmp_path / "val" / "trec").exists()
+    assert doc["selection"][next(iter(doc["models"]))]["cells"] == ["related/warm/image", "related/cold/image"]
 
 
 @pytest.mark.parametrize("extra, message", [

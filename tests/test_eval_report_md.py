@@ -30,5 +30,5 @@ def test_the_lexical_footnote_needs_a_flagged_cell():
 
 def test_ns_is_defined_with_the_query_minimum():
     text = " ".join(PROTOCOL.format(cold="cold-start pins", boards="test", min_queries=20).split())
-    assert "contains zero, or the cell has fewer than 20 queries" in text
+    assert "(adjusted bootstrap p of 0.05 or more), or the cell has fewer than 20 queries" in text
     assert "+0.200 [+0.100, +0.300] n.s." in "\n".join(headline_section(_doc({})))  # 12 queries: n.s. anyway

@@ -26,13 +26,16 @@ import numpy as np
 import pytest
 
 from pinclip.eval.tasks import (
+    PINTEXT,
     REGIMES,
     EvalData,
     build_eval_tasks,
     duplicate_group_of,
+    group_keys,
     pin_fields,
     regime_mask,
     split_pins,
+    warm_half,
 )
 
 IDS = list("abcdefghijklm")
@@ -82,6 +85,8 @@ def test_splits_and_duplicate_groups_by_hand():
     assert test["warm"].tolist() == val["warm"].tolist() == [0, 1, 3, 4, 6, 7, 9, 10, 12]
     assert test["cold"].tolist() == [2, 5, 11] and val["cold"].tolist() == [8]
     assert duplicate_group_of(IDS, SPLITS).tolist() == [0, 0, *range(2, 13)]
+    scaled = split_pins(IDS, {**SPLITS, "untrained_pins": ["d", "e", "zz"]}, "test")  # a scaling run left d, e out
+    assert scaled["warm"].tolist() == [0, 1, 6, 7, 9, 10, 12] and scaled["cold"].tolist() == [2, 5, 11]
 
 
 def test_corpus_is_the_whole_catalog_in_every_split(specs):
@@ -167,8 +172,12 @@ def test_pintext_image_to_text_by_hand(specs):
     assert list(specs["test"]["pintext_i2t"]["warm"]) == ["full"]  # PinText has no regimes
     got = [(IDS[p], f, t) for p, f, t in zip(warm.corpus_pins.tolist(), warm.corpus_fields.tolist(), warm.corpus_texts)]
     assert got == TEXT_ITEMS and warm.corpus_kind == "text" and len(set(warm.corpus_ids)) == len(TEXT_ITEMS)
-    assert warm.query_ids == list("abdegk")  # warm pins with an image and some text
-    assert as_lists(warm.relevant) == [[0, 1], [0], [4], [5, 6], [8], [1, 11]]
+    # warm pins with an image and some text are a, b, d, e, g, k; the test half (warm_half of the group's
+    # smallest pin id: a for {a, b}) holds e and g, the validation half a, b, d and k
+    assert warm.query_ids == list("eg") and warm.counts == {"candidates": 2}
+    assert as_lists(warm.relevant) == [[5, 6], [8]]
+    val_warm = specs["val"]["pintext_i2t"]["warm"]["full"]
+    assert val_warm.query_ids == list("abdk") and as_lists(val_warm.relevant) == [[0, 1], [0], [4], [1, 11]]
     cold = specs["test"]["pintext_i2t"]["cold"]["full"]
     assert cold.query_ids == list("cfl") and as_lists(cold.relevant) == [[2, 3], [7], [12, 13]]
     val = specs["val"]["pintext_i2t"]["cold"]["full"]
@@ -179,9 +188,13 @@ def test_pintext_text_to_image_by_hand(specs):
     """One query per distinct title (else first field); h's 'Dog' and m's 'old tractor' match no image."""
     warm = specs["test"]["pintext_t2i"]["warm"]["full"]
     assert warm.corpus_ids == list("abcdefgijkl") and warm.corpus_kind == "image"
-    assert warm.query_ids == list("adegk") and warm.query_texts == ["Red Apple", "Blue Car", "Blue Truck", "Cat", "Bird"]
-    assert warm.query_fields.tolist() == [0] * 5
-    assert as_lists(warm.relevant) == [[0, 1], [3], [4], [6], [9]]  # 'red apple' finds a and b
+    # candidate texts 'red apple', 'blue car', 'blue truck', 'cat', 'bird'; the halves of the normalized texts
+    # put 'blue truck' and 'bird' on validation
+    assert warm.query_ids == list("adg") and warm.query_texts == ["Red Apple", "Blue Car", "Cat"]
+    assert warm.query_fields.tolist() == [0] * 3
+    assert as_lists(warm.relevant) == [[0, 1], [3], [6]]  # 'red apple' finds a and b
+    val_warm = specs["val"]["pintext_t2i"]["warm"]["full"]
+    assert val_warm.query_texts == ["Blue Truck", "Bird"] and as_lists(val_warm.relevant) == [[4], [9]]
     cold = specs["test"]["pintext_t2i"]["cold"]["full"]
     assert cold.query_ids == list("cfl") and cold.query_texts == ["Green Pear", "Yellow Bus", "Cow"]
     assert cold.query_fields.tolist() == [0, 1, 0] and as_lists(cold.relevant) == [[2], [5], [10]]
@@ -322,8 +335,8 @@ def many_boards(max_pins: int = 40) -> EvalData:
 
 
 # The query draw is part of the protocol: evaluations of two versions compare only if they draw the same queries.
-DRAWN = {"pintext_i2t": {"warm": ["p04", "p28", "p34"], "cold": ["p05", "p09", "p19"]},
-         "pintext_t2i": {"warm": ["p06", "p34", "p38"], "cold": ["p05", "p11", "p37"]},
+DRAWN = {"pintext_i2t": {"warm": ["p00", "p20", "p30"], "cold": ["p05", "p09", "p19"]},
+         "pintext_t2i": {"warm": ["p12", "p32", "p36"], "cold": ["p05", "p11", "p37"]},
          "related": {"warm": ["p02", "p30", "p36"], "cold": ["p03", "p27", "p29"]},
          "search": {"warm": ["B01", "B02", "B14"], "cold": ["B08", "B10", "B18"]}}
 
@@ -335,17 +348,46 @@ def test_query_draws_are_pinned_distinct_and_seeded():
     other = build_eval_tasks(data, regimes=("full",), max_queries=3, seed=1)
     assert other["related"]["warm"]["full"].query_ids != DRAWN["related"]["warm"]
     for task, by_split in build_eval_tasks(data, regimes=("full",), max_queries=19).items():
-        for spec in by_split.values():  # 19 of 20 candidates: drawn without replacement, in catalog order
+        for spec in by_split.values():  # 19 of 20 candidates (warm PinText: of its half): without replacement
             ids = spec["full"].query_ids
-            assert len(ids) == len(set(ids)) == 19 and ids == sorted(ids), task
+            assert len(ids) == len(set(ids)) == min(19, spec["full"].counts["candidates"]) and ids == sorted(ids), task
     assert len(build_eval_tasks(many_boards(2004), tasks=("related",), regimes=("full",))
                ["related"]["warm"]["full"].query_ids) == 1000  # the default cap
+
+
+def test_warm_pintext_queries_of_validation_and_test_are_disjoint_halves():
+    """Warm pins p00, p02, ..., p38; each partition draws its warm PinText queries from its own half only."""
+    by_part = {part: build_eval_tasks(many_boards(), partition=part, tasks=PINTEXT) for part in ("val", "test")}
+    for task in PINTEXT:
+        val, test = (set(by_part[part][task]["warm"]["full"].query_ids) for part in ("val", "test"))
+        assert not val & test and len(val | test) == 20, task  # disjoint, and together every warm pin
+    i2t = {part: by_part[part]["pintext_i2t"]["warm"]["full"].query_ids for part in ("val", "test")}
+    assert all(warm_half(p) == "test" for p in i2t["test"]) and all(warm_half(p) == "val" for p in i2t["val"])
+    t2i = by_part["val"]["pintext_t2i"]["warm"]["full"]
+    assert all(warm_half(text) == "val" for text in t2i.query_texts)  # "pin 0": the title is its own key
+
+
+def test_twins_fall_in_one_half_through_the_smallest_id_of_their_group():
+    assert group_keys(list("abc"), np.array([0, 0, 2])) == ["a", "a", "c"]
+    assert group_keys(["z", "y"], np.array([0, 0])) == ["y", "y"]  # the smallest id, not the first row
+
+
+def test_every_query_names_its_bootstrap_cluster(specs):
+    """Related Pins: the query's first judging board (g is in B1 only among test boards); Search: the board;
+    PinText: the query itself."""
+    related = specs["test"]["related"]["warm"]["full"]
+    assert related.query_ids == list("abdeghm") and related.clusters() == ["B1", "B1", "B2", "B2", "B1", "B2", "B2"]
+    assert specs["val"]["related"]["warm"]["full"].clusters() == ["B3", "B3", "B3"]
+    search = specs["test"]["search"]["cold"]["full"]
+    assert search.clusters() == search.query_ids == ["B1", "B2"]
+    i2t = specs["test"]["pintext_i2t"]["cold"]["full"]
+    assert i2t.query_clusters is None and i2t.clusters() == ["c", "f", "l"]
 
 
 def test_every_spec_names_its_task_split_regime_and_kinds(specs):
     kinds = {"pintext_i2t": ("image", "text"), "pintext_t2i": ("text", "image"), "related": ("pin", "pin"),
              "search": ("text", "pin")}
-    counts = {("pintext_i2t", "warm"): 6, ("pintext_i2t", "cold"): 3, ("pintext_t2i", "warm"): 5,
+    counts = {("pintext_i2t", "warm"): 2, ("pintext_i2t", "cold"): 3, ("pintext_t2i", "warm"): 3,
               ("pintext_t2i", "cold"): 3, ("related", "warm"): 7, ("related", "cold"): 2}
     for task, by_split in specs["test"].items():
         for split, by_regime in by_split.items():

@@ -37,3 +37,36 @@ def test_a_failed_training_names_its_folder_and_log(catalog, tmp_path):
     queue.add(_cfg(catalog, tmp_path / "good"))
     with pytest.raises(UserError, match=r"training .*bad failed: .*train\.log"):
         queue.run(jobs=2, progress=False)
+
+
+def test_scaling_points_name_their_seed_and_are_judged_on_the_pins_they_trained(catalog, tmp_path):
+    from pinclip.eval.tasks import split_pins
+    from pinclip.experiments import scaling_runs, scaling_splits
+    from pinclip.train.dataset import load_dataset_dir, training_subset
+
+    planned = []
+    points = scaling_runs(_cfg(catalog, tmp_path / "run" / "train"), tmp_path / "run", (0.5,), ("steps",),
+                          trainer=lambda cfg: planned.append(cfg) or tmp_path / "ckpt")
+    assert points == [{"fraction": 0.5, "budget": "steps", "checkpoint": str(tmp_path / "ckpt"), "seed": 0}]
+    assert planned[0].train.train_fraction == 0.5 and not (tmp_path / "run" / "scaling").exists()  # planned only
+    dataset = load_dataset_dir(catalog["pins"].parent)
+    full, half = (split_pins(dataset.pins.pin_ids, scaling_splits(dataset, f, 0), "test") for f in (1.0, 0.5))
+    trained = training_subset(dataset.pins, dataset.splits, 0.5, 0)
+    assert half["warm"].tolist() == trained.tolist() and set(trained) < set(full["warm"].tolist())
+    assert half["cold"].tolist() == full["cold"].tolist()  # the same cold pins at every fraction
+
+
+def test_the_scaling_curve_judges_a_point_on_its_scaling_splits(tiny_checkpoint, catalog):
+    """The tiny model stands in for a run on half the training pins (the code path; which pins query as warm
+    is checked on scaling_splits above)."""
+    from pinclip.eval.cli import EvalOptions, _scaling_curve
+    from pinclip.experiments import scaling_splits
+    from pinclip.train.dataset import load_dataset_dir, training_subset
+
+    dataset = load_dataset_dir(catalog["pins"].parent)
+    point = {"fraction": 0.5, "budget": "steps", "checkpoint": str(tiny_checkpoint), "seed": 0}
+    curve = _scaling_curve([point], dataset, None, EvalOptions(progress=False))
+    assert curve["points"][0] is point and 0.0 <= point["pintext_recall@10"] <= 1.0
+    trained = {dataset.pins.pin_ids[i] for i in training_subset(dataset.pins, dataset.splits, 0.5, 0)}
+    assert not set(scaling_splits(dataset, 0.5, 0)["untrained_pins"]) & trained
+    assert set(point["pintext_i2t"]) == {"warm", "cold"}

@@ -139,7 +139,8 @@ def test_no_batch_holds_a_heldout_pin_as_anchor_partner_or_hard_negative(data, w
 
 def test_a_share_of_the_training_pins_trains_alone(dataset, raw_edges):
     half = prepare_training(dataset, WALK, seed=0, train_fraction=0.5, progress=False)
-    assert len(half.train_rows) == round(0.5 * (72 - len(HELD)))
+    # 63 training pins in 21 triples of one title: whole triples while they fit under 32 pins, so 10 of them
+    assert len(half.train_rows) == 30 and np.isin(half.group, half.group[half.train_rows]).sum() == 30
     assert_no_leak(half, raw_edges, WALK.walk_length)
     training = set(half.train_rows.tolist())
     for step in range(10):
@@ -446,15 +447,19 @@ def test_prepare_training_defaults_and_its_split_keys(hand, capsys):
     assert held.train_rows.tolist() == [0, 2, 3, 4, 5]
 
 
-def test_train_fraction_keeps_a_seeded_subset_of_at_least_two_pins():
-    """A share below 1 keeps round(N * share) pins (at least 2), the same ones for a seed (pinned); a share of
-    1 or more trains every pin; 2 training pins are enough, 1 is refused."""
+def test_train_fraction_keeps_a_seeded_subset_of_whole_duplicate_groups():
+    """A share below 1 keeps whole duplicate groups ({a0, a1} by title, {b0, b1} by the splits, singletons) while
+    they fit under round(N * share) pins (at least 2), the same ones for a seed (pinned); a share of 1 or more
+    trains every pin; 2 training pins are enough, 1 is refused."""
     from pinclip.cli import UserError
+    from pinclip.train.dataset import training_subset
 
     graph = GraphConfig(walkers_per_pin=20, walk_length=2, top_k=3)
     rows = {f: prepare_training(hand_dataset(), graph, seed=0, train_fraction=f, progress=False).train_rows.tolist()
             for f in (0.01, 0.5, 1.0, 1.5)}
-    assert rows == {0.01: [0, 4], 0.5: [0, 1, 3, 5], 1.0: list(range(7)), 1.5: list(range(7))}  # 7 warm pins
+    assert rows == {0.01: [0, 1], 0.5: [0, 1, 5, 6], 1.0: list(range(7)), 1.5: list(range(7))}  # 7 warm pins
+    pins, splits = hand_dataset().pins, hand_dataset().splits
+    assert training_subset(pins, splits, 0.5, seed=1).tolist() == [2, 3, 5, 6]  # b0 and b1 together
     one = dataclasses.replace(hand_dataset(), splits={**HAND_SPLITS, "cold_start_pins": list(HAND_PINS)[1:]})
     with pytest.raises(UserError, match="^only 1 training pins: nothing to train on$"):
         prepare_training(one, graph, seed=0, progress=False)

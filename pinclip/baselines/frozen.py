@@ -24,7 +24,7 @@ import numpy as np
 
 from pinclip.config import Config, config_from_dict, config_to_dict, save_config
 from pinclip.data.schema import TEXT_FIELDS
-from pinclip.eval.encoders import TaskVectors, unit
+from pinclip.eval.protocol import TaskVectors, unit
 from pinclip.eval.tasks import PINTEXT, TaskSpec, pin_fields, regime_mask
 
 NO_ALIGNMENT = ("frozen image and text towers share no embedding space: image<->text retrieval cannot be "

@@ -52,11 +52,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
+    from pinclip.data.domain_split import domain_split_tables
     from pinclip.data.groups import DuplicateConfig
+    from pinclip.data.reachability import board_reachability, reachability_line, reachability_summary
     from pinclip.data.splits import (
         SplitConfig,
         board_kinds_of,
-        domain_split_tables,
         split_sizes,
         split_tables,
         split_warnings,
@@ -78,12 +79,14 @@ def run_split(args: argparse.Namespace) -> int:
     edge_pins = [pins.pin_ids[i] for i in edges.pin_index.tolist()]
     edge_boards = [edges.board_ids[b] for b in edges.board_index.tolist()]
     if args.domain_column:  # whole domains held out as cold pins instead (the domain-shift experiment)
-        splits = domain_split_tables(pins, edges, groups, args.domain_column, args.seed, args.domain_frac, kinds)
+        splits = domain_split_tables(pins, edges, groups, args.domain_column, args.seed, args.domain_frac, kinds,
+                                     args.val_domain_frac)
     write_splits(splits, args.out)
     print(split_sizes(splits, pins.pin_ids, edge_pins, edge_boards))
     if not args.domain_column:
         for warning in split_warnings(splits, board_kinds_of(edges)):
             print(f"warning: {warning}")
+    print(reachability_line(reachability_summary(board_reachability(zip(edge_pins, edge_boards), splits))))
     print(f"wrote {args.out}")
     return 0
 
@@ -153,5 +156,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "category) held out as cold pins, with the held-out boards lying wholly inside them; save it as "
                        "splits_domain.json beside the tables for `pinclip eval --run R --domain-shift`")
     split.add_argument("--domain-frac", type=float, default=0.15,
-                       help="with --domain-column: share of pins in the held-out domains")
+                       help="with --domain-column: share of pins in the held-out test domains")
+    split.add_argument("--val-domain-frac", type=float, default=0.05,
+                       help="with --domain-column: share of pins in the held-out validation domains (val_pins, "
+                       "val_boards), for choosing settings on domain-shift validation cells")
     split.set_defaults(func=run_split)

@@ -29,17 +29,13 @@ from pinclip.cli import UserError
 from pinclip.data import demo_clipart, demo_emoji
 from pinclip.data.demo_clipart import ClipartItem, FilterStep
 from pinclip.data.demo_emoji import EmojiConcept
+from pinclip.data.domain_split import domain_split_tables
 from pinclip.data.groups import audit_lines
 from pinclip.data.images import ImageError, composite_on_white, open_image, shrink_to_png
+from pinclip.data.reachability import board_reachability, reachability_line, reachability_summary
 from pinclip.data.schema import MAX_IMAGE_PIXELS
 from pinclip.data.sheet import contact_sheet
-from pinclip.data.splits import (
-    SplitConfig,
-    domain_split_tables,
-    split_sizes,
-    split_tables,
-    write_splits,
-)
+from pinclip.data.splits import SplitConfig, split_sizes, split_tables, write_splits
 from pinclip.data.tables import load_edges, load_pins
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -532,7 +528,8 @@ def build_demo_corpus(
     domain = domain_split_tables(loaded, edges, groups, "domain", config.seed, config.domain_frac, HELDOUT_KINDS)
     write_splits(domain, os.path.join(out_dir, "splits_domain.json"))
     edge_pins, edge_boards = edge_pins_of(loaded, edges), edge_boards_of(edges)
-    splits_line = split_sizes(splits, loaded.pin_ids, edge_pins, edge_boards)
+    reach = reachability_line(reachability_summary(board_reachability(zip(edge_pins, edge_boards), splits)))
+    splits_line = f"{split_sizes(splits, loaded.pin_ids, edge_pins, edge_boards)}\n\n{reach}"
     print(splits_line)
     log.duplicates = audit_lines(groups, loaded)
     contact_sheet(loaded, edges, os.path.join(out_dir, "contact_sheet.png"), seed=config.seed)

@@ -7,7 +7,9 @@
     pinclip eval --checkpoint runs/vlm/train/final --vlm-embedder /models/Qwen3-VL-Embedding-2B --data-dir D
 
 --partition test (the default) judges with the test boards and the cold-start pins; val with the
-validation boards and pins: choose settings on val, look at test for the final table only. With --run,
+validation boards and pins: choose settings on val, by the selection score it prints
+(pinclip.eval.selection), and look at test for the final table only; a test report picks its "best
+other" model per row on <run>/eval-val (or --val-metrics). With --run,
 the run's PinCLIP model is <run>/train/final, its config (data, cache, steps) is the base of every
 baseline, and every model and seed already under the run is evaluated beside it
 (pinclip.experiments). --all-test judges a model on a foreign catalog (every pin cold, every board
@@ -52,7 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "zero-shot, last-token pooled, as the vlm_embedder baseline (pinclip.baselines.vlm_embedder)")
     p.add_argument("--steps", type=int, default=None, help="training steps of trained baselines and seeds")
     p.add_argument("--partition", default="test", choices=("test", "val"),
-                   help="test: the final numbers; val: for choosing settings")
+                   help="test: the final numbers; val: for choosing settings (with --domain-shift: its validation "
+                   "cells join the selection score)")
+    p.add_argument("--val-metrics", metavar="PATH", help="a validation evaluation (metrics.json or its folder) that "
+                   "chooses the headline's best other model per row (default with --run: <run>/eval-val if present)")
     p.add_argument("--regimes", default="full,title,image", help="text regimes of the retrieved and query pins")
     p.add_argument("--tasks", default=None, help="comma-separated subset of pintext_i2t,pintext_t2i,related,search")
     p.add_argument("--data-dir", help="folder with pins.parquet, boards.parquet, splits.json")
@@ -123,8 +128,9 @@ class EvalOptions:
 
 def evaluate_models(models: dict[str, Sequence[Path]], dataset: Any, out_dir: str | Path,
                     cache_dir: str | None = None, options: EvalOptions | None = None,
-                    scaling: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Evaluate each model (one folder per seed) and write the report; returns the report's paths."""
+                    scaling: dict[str, Any] | None = None, val_doc: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Evaluate each model (one folder per seed) and write the report; returns the report's paths. `val_doc`, a
+    validation evaluation's metrics.json, chooses the headline's best other model per row."""
     from pinclip.eval.harness import evaluate_checkpoint
     from pinclip.eval.report import dataset_summary, write_report
 
@@ -144,7 +150,7 @@ def evaluate_models(models: dict[str, Sequence[Path]], dataset: Any, out_dir: st
                 progress=options.progress, trec_dir=trec, name=name))
     results = {"models": evaluations, "scaling": scaling, "dataset": dataset_summary(dataset),
                "partition": options.partition}
-    return write_report(results, out_dir)
+    return write_report(results, out_dir, val_doc)
 
 
 def run_config(run_dir: str | Path, data_dir: str | None = None, cache_dir: str | None = None) -> Any:
@@ -185,10 +191,12 @@ def train_run_models(run_dir: str | Path, baselines: Sequence[str] = (), seeds: 
 def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int = 1, scaling: bool = False,
                  steps: int | None = None, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), dataset: Any = None,
                  data_dir: str | None = None, cache_dir: str | None = None, out_dir: str | Path | None = None,
-                 options: EvalOptions | None = None, extra_models: dict[str, list[Path]] | None = None
-                 ) -> dict[str, Path]:
+                 options: EvalOptions | None = None, extra_models: dict[str, list[Path]] | None = None,
+                 val_doc: dict[str, Any] | None = None) -> dict[str, Path]:
     """Make the run's missing models (PinCLIP seeds, the named baselines, the scaling runs), then evaluate
-    every model under the run and write the report to out_dir (default <run>/eval, <run>/eval-val)."""
+    every model under the run and write the report to out_dir (default <run>/eval, <run>/eval-val). A test
+    report chooses its best other models on `val_doc`, by default <run>/eval-val/metrics.json when present."""
+    from pinclip.eval.report import read_val_doc
     from pinclip.experiments import existing_models, make_models, scaling_runs
     from pinclip.train.dataset import load_dataset_dir
 
@@ -202,41 +210,49 @@ def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int 
     default_out = run_dir / ("eval" if options.partition == "test" else f"eval-{options.partition}")
     from pinclip.eval.mix_cli import with_chosen_mix
 
+    if val_doc is None and options.partition == "test":
+        val_doc = read_val_doc(run_dir / "eval-val")
     models = with_chosen_mix(run_dir, existing_models(run_dir))
     return evaluate_models({**models, **(extra_models or {})}, dataset, out_dir or default_out,
-                           base_cfg.train.cache_dir, options, curve)
+                           base_cfg.train.cache_dir, options, curve, val_doc)
 
 
 def evaluate_domain_shift(run_dir: str | Path, cache_dir: str | None = None, options: EvalOptions | None = None
                           ) -> dict[str, Path]:
     """Train PinCLIP on the domain-shift split (pinclip.experiments.domain_shift_models) and write its report,
-    beside frozen and bm25, to <run>/eval-domain (test partition: the held-out domains are the cold pins)."""
-    import dataclasses
-
+    beside frozen and bm25, to <run>/eval-domain (test partition: the held-out test domains' pins are the cold
+    pins) or <run>/eval-domain-val (val partition: the validation pins and boards of the held-out domains)."""
     from pinclip.experiments import domain_shift_models
     from pinclip.train.dataset import load_dataset_dir
 
-    options = dataclasses.replace(options or EvalOptions(), partition="test")
+    options = options or EvalOptions()
     base_cfg = run_config(run_dir, cache_dir=cache_dir)
     folder, models = domain_shift_models(base_cfg, run_dir, options.progress)
-    return evaluate_models(models, load_dataset_dir(folder), Path(run_dir) / "eval-domain", base_cfg.train.cache_dir,
-                           options)
+    dataset = load_dataset_dir(folder)
+    if options.partition == "val" and not dataset.splits.get("val_pins"):
+        raise UserError(f"{folder / 'splits.json'} has no validation pins: rebuild the domain-shift split "
+                        "(pinclip data split --domain-column ...) to choose settings on it")
+    out = Path(run_dir) / ("eval-domain" if options.partition == "test" else "eval-domain-val")
+    return evaluate_models(models, dataset, out, base_cfg.train.cache_dir, options)
 
 
 def _scaling_curve(points: list[dict[str, Any]], dataset: Any, cache_dir: str, options: EvalOptions
                    ) -> dict[str, Any]:
-    """PinText Recall@10 (mean of both directions over warm and cold) of every scaling point."""
+    """PinText Recall@10 (mean of both directions over warm and cold) of every scaling point; warm queries are
+    only the pins the point trained on, cold ones the same at every point (pinclip.experiments.scaling_splits)."""
     import json
 
     import numpy as np
 
     from pinclip.eval.harness import evaluate_checkpoint
     from pinclip.eval.tasks import PINTEXT
+    from pinclip.experiments import scaling_splits
 
     for point in points:
-        ev = evaluate_checkpoint(point["checkpoint"], dataset, partition=options.partition, tasks=PINTEXT,
-                                 quantization=False, cache_dir=cache_dir, max_queries=options.max_queries,
-                                 progress=options.progress, name="scaling")
+        splits = scaling_splits(dataset, point["fraction"], point.get("seed", 0))
+        ev = evaluate_checkpoint(point["checkpoint"], dataset, partition=options.partition, splits=splits,
+                                 tasks=PINTEXT, quantization=False, cache_dir=cache_dir,
+                                 max_queries=options.max_queries, progress=options.progress, name="scaling")
         values = {t: {s: m["full"]["recall@10"] for s, m in ev["metrics"].get(t, {}).items() if m.get("full")}
                   for t in PINTEXT}
         meta = json.loads((Path(point["checkpoint"]) / "meta.json").read_text())
@@ -259,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(args.partition, regimes, tasks, args.all_test, args.max_queries, not args.no_ann,
                           not args.no_quant, not args.no_trec, args.device, not args.quiet)
     extra = _vlm_embedder(args)
+    val_doc = _val_doc(args.val_metrics)
     if args.run:
         from pinclip.experiments import default_jobs
 
@@ -270,15 +287,46 @@ def run(args: argparse.Namespace) -> int:
         extra.update(tower_mix_models(args.run, _weights(args.tower_mix)))
         paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
                              _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options,
-                             extra)
-        if args.domain_shift:
-            domain = evaluate_domain_shift(args.run, args.cache_dir, options)
+                             extra, val_doc)
+        domain = evaluate_domain_shift(args.run, args.cache_dir, options) if args.domain_shift else None
+        if domain:
             print(f"domain-shift report: {domain['report']}")
     else:
         models = {**{name: [Path(c)] for name, c in zip(_names(args), args.checkpoint)}, **extra}
-        paths = evaluate_models(models, _load_data(args), args.out or "eval", args.cache_dir, options)
+        paths = evaluate_models(models, _load_data(args), args.out or "eval", args.cache_dir, options,
+                                val_doc=val_doc)
+        domain = None
     print(f"report: {paths['report']}\nmetrics: {paths['metrics']}")
+    print(_selection(paths["metrics"], domain["metrics"] if domain and options.partition == "val" else None))
     return 0
+
+
+def _val_doc(path: str | None) -> dict[str, Any] | None:
+    """The --val-metrics evaluation, checked to be one of the validation partition."""
+    if path is None:
+        return None
+    from pinclip.eval.report import read_val_doc
+
+    try:
+        doc = read_val_doc(path)
+    except ValueError as err:
+        raise UserError(f"--val-metrics: {err}") from None
+    if doc is None:
+        raise UserError(f"--val-metrics {path}: no metrics.json there")
+    return doc
+
+
+def _selection(metrics: Path, domain_metrics: Path | None) -> str:
+    """The selection score line of the written evaluation (with the domain-shift validation cells, recorded in
+    metrics.json, when given)."""
+    import json
+
+    from pinclip.eval.selection import default_model, record_selection, selection_line
+
+    if domain_metrics is not None:
+        return selection_line(record_selection(metrics, domain_metrics))
+    doc = json.loads(Path(metrics).read_text())
+    return selection_line(doc["selection"][default_model(doc)])
 
 
 def _vlm_embedder(args: argparse.Namespace) -> dict[str, list[Path]]:

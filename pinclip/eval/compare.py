@@ -6,9 +6,13 @@
 
 Each folder is an evaluation written by `pinclip eval` (metrics.json + per_query.npz). A row is one
 model; a column one (task, split, regime) cell; a value the model's nDCG@10, and for every row but
-the reference its paired difference from the reference over the same queries with a 95% bootstrap
-interval ("n.s." when the interval contains zero). The last column is the mean nDCG@10 over the
-cells, the summary used to choose settings on the validation partition.
+the reference its paired difference from the reference over the same queries with a 95% hierarchical
+bootstrap interval (clusters of queries, then seeds: pinclip.eval.stats). The cells of one row are one
+family: "n.s." unless the Holm-adjusted p-value is below 0.05 with at least MIN_QUERIES queries. Warm
+PinText is shown as a training fit, "(fit)". The last column is the selection score
+(pinclip.eval.selection: mean nDCG@10 over the cold cells and the warm Related Pins and Search cells,
+plus the domain-shift validation cells when `domain_folders` names an evaluation per row), the number
+by which settings are chosen on the validation partition.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pinclip.eval.stats import paired_difference
-from pinclip.eval.tasks import REGIMES, SPLITS, TASKS
+from pinclip.eval.selection import selection_score
+from pinclip.eval.stats import holm_significant, paired_difference
+from pinclip.eval.tasks import PINTEXT, REGIMES, SPLITS, TASKS
 
 SHORT = {"pintext_i2t": "i2t", "pintext_t2i": "t2i", "related": "rel", "search": "srch"}
 
@@ -40,30 +45,46 @@ def _cells(doc: dict, model: str) -> list[tuple[str, str, str]]:
             if ((by_task.get(t) or {}).get(s) or {}).get(r)]
 
 
-def _seed_mean(per_query: dict[str, np.ndarray], model: str, cell: tuple[str, str, str], metric: str) -> np.ndarray:
+def per_seed_values(per_query: dict[str, np.ndarray], model: str, cell: tuple[str, str, str], metric: str
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """((S, Q) per-seed values of a cell, (Q,) query clusters or None for an evaluation written without them)."""
     task, split, regime = cell
-    seeds = sorted({k.split("/")[1] for k in per_query})
-    return np.mean([per_query[f"{model}/{s}/{task}/{split}/{regime}/{metric}"] for s in seeds], axis=0)
+    seeds = sorted({k.split("/")[1] for k in per_query}, key=int)
+    stem = f"{model}/{seeds[0]}/{task}/{split}/{regime}"
+    values = np.stack([per_query[f"{model}/{s}/{task}/{split}/{regime}/{metric}"] for s in seeds])
+    return values, per_query.get(f"{stem}/clusters")
 
 
-def ablation_table(folders: dict[str, str | Path], reference: str, metric: str = "ndcg@10") -> str:
-    """A markdown table of every folder's metric per cell, paired against the reference's (module docstring)."""
+def _column(cell: tuple[str, str, str]) -> str:
+    task, split, regime = cell
+    return f"{SHORT[task]} {split}{' (fit)' if task in PINTEXT and split == 'warm' else ''} {regime}"
+
+
+def ablation_table(folders: dict[str, str | Path], reference: str, metric: str = "ndcg@10",
+                   domain_folders: dict[str, str | Path] | None = None) -> str:
+    """A markdown table of every folder's metric per cell, paired against the reference's, with the selection
+    score last (module docstring)."""
     loaded = {name: load_evaluation(path) for name, path in folders.items()}
     ref_doc, ref_q, ref_model = loaded[reference]
     cells = _cells(ref_doc, ref_model)
-    header = ["model", *(f"{SHORT[t]} {s} {r}" for t, s, r in cells), "mean"]
+    header = ["model", *(_column(c) for c in cells), "selection score"]
     rows = []
-    for name, (_doc, per_query, model) in loaded.items():
-        values, cell_texts = [], []
+    for name, (doc, per_query, model) in loaded.items():
+        means, diffs = [], []
         for cell in cells:
-            ours = _seed_mean(per_query, model, cell, metric)
-            values.append(float(ours.mean()))
-            if name == reference:
-                cell_texts.append(f"{ours.mean():.3f}")
-                continue
-            d = paired_difference(ours, _seed_mean(ref_q, ref_model, cell, metric))
-            mark = "" if d["significant"] else " n.s."
-            cell_texts.append(f"{ours.mean():.3f} ({d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{mark})")
-        rows.append([name, *cell_texts, f"{np.mean(values):.3f}"])
+            ours, clusters = per_seed_values(per_query, model, cell, metric)
+            means.append(float(ours.mean()))
+            if name != reference:
+                diffs.append(paired_difference(ours, per_seed_values(ref_q, ref_model, cell, metric)[0],
+                                               clusters=clusters))
+        holm_significant(diffs)  # one row: one family
+        texts = [f"{m:.3f}" if name == reference else
+                 f"{m:.3f} ({d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{'' if d['significant'] else ' n.s.'})"
+                 for m, d in zip(means, diffs or [None] * len(means))]
+        domain = None
+        if domain_folders and name in domain_folders:
+            domain = json.loads((Path(domain_folders[name]) / "metrics.json").read_text())
+        score = selection_score(doc, domain, model)["score"]
+        rows.append([name, *texts, "n/a" if score is None else f"{score:.3f}"])
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"

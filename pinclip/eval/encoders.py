@@ -19,47 +19,15 @@ is formed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from pinclip.cli import UserError
+from pinclip.eval.protocol import Encoder, Ranker, TaskVectors, unit  # noqa: F401 (re-exported)
 from pinclip.eval.tasks import TaskSpec, pin_fields, regime_mask
-
-
-@dataclass
-class TaskVectors:
-    """One task on one split in one regime, embedded: queries (Q, D) against corpus (N, D)."""
-
-    queries: np.ndarray
-    corpus: np.ndarray
-
-
-class Encoder(Protocol):
-    kind: str
-    version: str
-    dims: list[int]  # Matryoshka dims, largest first; [] = no prefixes
-    quant: Any  # GlobalAffine from the checkpoint, or None (fitted on the eval corpus)
-    notes: dict[str, str]  # task -> why it cannot be scored
-
-    def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None: ...
-    def vectors(self, spec: TaskSpec) -> TaskVectors | None: ...
-
-
-class Ranker(Protocol):
-    kind: str
-    version: str
-    notes: dict[str, str]
-
-    def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None: ...
-    def rank(self, spec: TaskSpec, depth: int) -> np.ndarray | None: ...  # (Q, depth) corpus positions
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class ModelEncoder:

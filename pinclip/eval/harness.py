@@ -7,13 +7,14 @@
 Tasks, splits, regimes and the full-catalog corpus come from `pinclip.eval.tasks`; the model from
 `pinclip.eval.encoders.load_encoder` (PinCLIP, frozen towers, BM25). Every query is ranked to depth
 100 by exact inner-product search (or by the ranker), then scored per query
-(`pinclip.eval.metrics.per_query_metrics`) and summarized with 95% bootstrap intervals over queries
+(`pinclip.eval.metrics.per_query_metrics`) and summarized with 95% bootstrap intervals over clusters of queries
 (`pinclip.eval.stats`).
 
 Result, for one model:
     {"metrics": {task: {split: {regime: {"ndcg@10": mean, "ndcg@10_ci": [low, high], "recall@10", ...,
                                           "queries", "corpus"} | None}}},       None: cannot score
-     "per_query": {task: {split: {regime: {metric: (Q,) array, "query_ids": [...]}}}},  for paired tests
+     "per_query": {task: {split: {regime: {metric: (Q,) array, "query_ids": [...], "clusters": [...]}}}},
+                  for paired tests; "clusters" names the cluster the bootstrap resamples (TaskSpec.clusters)
      "dims": {dim: {task: {split: {"recall@10", "ndcg@10"}}}},      Matryoshka prefixes, regime "full"
      "quantization": {task: {split: {kind: {"recall@10", "ndcg@10"}}}}, kind in fp32, int8_global,
                      int8_per_dim, ann (+ "ann_index"), regime "full"
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from pinclip.cli import UserError
 from pinclip.eval.encoders import TaskVectors, load_encoder, resolve_checkpoint
 from pinclip.eval.metrics import exact_topk, per_query_metrics
-from pinclip.eval.stats import bootstrap_ci
+from pinclip.eval.stats import seed_summary
 from pinclip.eval.tasks import REGIMES, SPLITS, TASKS, EvalData, TaskSpec, build_eval_tasks
 from pinclip.eval.trec import file_stem, write_qrels, write_run
 from pinclip.quant import (
@@ -63,14 +64,15 @@ def all_test_splits(dataset: Any) -> dict[str, Any]:
             "heldout_boards": list(dataset.edges.board_ids)}
 
 
-def summarize(values: dict[str, np.ndarray], corpus: int) -> dict[str, Any]:
-    """Means and 95% bootstrap intervals of per-query metrics."""
+def summarize(values: dict[str, np.ndarray], corpus: int, clusters: Sequence[str] | None = None) -> dict[str, Any]:
+    """Means and 95% bootstrap intervals of per-query metrics (clusters of queries resampled whole)."""
     out: dict[str, Any] = {"queries": int(len(values["rows"])), "corpus": int(corpus)}
     for name in SUMMARY_METRICS:
         v = values[name]
         out[name] = float(v.mean()) if len(v) else float("nan")
         if not name.startswith("ceiling"):
-            out[f"{name}_ci"] = list(bootstrap_ci(v))
+            s = seed_summary([v], clusters=clusters)
+            out[f"{name}_ci"] = [s["low"], s["high"]]
     return out
 
 
@@ -207,9 +209,12 @@ def evaluate_checkpoint(
             result["notes"][task] = encoder.notes.get(task, "this model cannot score the task")
             continue
         values = per_query_metrics(ids, spec.relevant, ks=RECALL_KS)
-        slot[regime] = summarize(values, len(spec.corpus_ids))
+        of_query = spec.clusters()
+        clusters = [of_query[q] for q in values["rows"]]
+        slot[regime] = summarize(values, len(spec.corpus_ids), clusters)
         result["per_query"].setdefault(task, {}).setdefault(split, {})[regime] = {
-            **{k: values[k] for k in SUMMARY_METRICS}, "query_ids": [spec.query_ids[q] for q in values["rows"]]}
+            **{k: values[k] for k in SUMMARY_METRICS}, "query_ids": [spec.query_ids[q] for q in values["rows"]],
+            "clusters": clusters}
         if trec_dir is not None:
             _write_trec(Path(trec_dir), name, spec, ids, scores)
         if vectors is not None and regime == "full" and (quantization or dims):

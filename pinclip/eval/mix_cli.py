@@ -110,7 +110,7 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     options = EvalOptions(partition="val", quantization=False, ann=False, trec=False, progress=progress)
     paths = evaluate_models(models, dataset, run_dir / "eval-mix-val", cfg.train.cache_dir, options)
     doc = json.loads(Path(paths["metrics"]).read_text())
-    scores = {w: selection_score(doc, names[w])["score"] for w in weights}
+    scores = {w: selection_score(doc, model=names[w])["score"] for w in weights}
     chosen = choose_weight(scores)
     record = {"weight": chosen, "version": version, "scores": {f"{w:g}": s for w, s in scores.items()}, "partition": "val",
               "report": str(paths["report"]), "checkpoint": str(final)}

@@ -4,20 +4,23 @@
     write_report({"models": {name: [evaluate_checkpoint(...) per seed]}, "scaling": ..., "dataset": ...,
                   "partition": "test"}, "runs/demo/eval")
 
-Every number is a mean over queries with a 95% bootstrap interval; a model trained with several seeds
-is the per-query mean over its seeds (interval over queries) with the standard deviation of the seeds'
-means beside it. PinCLIP is compared with every other model on the same queries (paired bootstrap of
-the per-query difference, pinclip.eval.stats): a difference whose interval contains zero is marked
-"n.s." (not significant). A task where BM25 matches or beats every learned model is flagged as
-lexically solvable.
+Every number is a mean over queries with a 95% hierarchical-bootstrap interval (clusters of queries,
+then seeds: pinclip.eval.stats); a model trained with several seeds is the per-query mean over its
+seeds with the standard deviation of the seeds' means beside it. PinCLIP is compared with every other
+model on the same queries (paired bootstrap, the same clusters and seed draws for both): the cells of
+one comparison are one family, whose p-values are Holm-adjusted, and a difference is "n.s." unless its
+adjusted p is below 0.05 with at least MIN_QUERIES queries. A task where BM25 matches or beats every
+learned model is flagged as lexically solvable.
 
 metrics.json:
     {"partition", "primary": "ndcg@10",
      "models": {model: {task: {split: {regime: {metric: mean, metric_ci: [lo, hi], metric_std, "queries",
                                                 "corpus", "seeds"} | null}}}},
-     "comparisons": {model: {task: {split: {regime: {metric: {"diff", "low", "high", "relative",
-                                                               "significant"}}}}}},   pinclip - model
+     "comparisons": {model: {task: {split: {regime: {metric: {"diff", "low", "high", "relative", "p",
+                                                               "p_holm", "significant"}}}}}},   pinclip - model
      "lexical": {task: {split: {regime: true | false}}},
+     "best_other": {task: {split: {regime: {"model", "chosen_on": "validation" | "this partition"}}}},
+     "selection": {model: pinclip.eval.selection.selection_score(...)},
      "dims", "quantization": {model: ...}  (seed 0), "scaling": {...} | null, "meta": {...}}
 per_query.npz holds every per-query array ("<model>/<seed>/<task>/<split>/<regime>/<metric>").
 Non-finite numbers are written as null. Files are written to a temporary name, then renamed.
@@ -36,8 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from pinclip.eval.report_md import render_markdown
-from pinclip.eval.stats import paired_difference, seed_summary
+from pinclip.eval.report_md import best_baseline, render_markdown
+from pinclip.eval.report_md import cells as doc_cells
+from pinclip.eval.selection import selection_score
+from pinclip.eval.stats import holm_significant, paired_difference, seed_summary
 from pinclip.eval.tasks import REGIMES, SPLITS, TASKS
 
 MODEL_ORDER: tuple[str, ...] = ("pinclip", "pinclip_no_mix", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25")
@@ -106,35 +111,42 @@ def aggregate(runs: list[dict], task: str, split: str, regime: str) -> dict[str,
         return None
     first = runs[0]["metrics"][task][split][regime]
     out: dict[str, Any] = {"queries": first["queries"], "corpus": first["corpus"], "seeds": len(runs)}
+    clusters = per_seed[0].get("clusters")
     for name in AGGREGATED:
-        s = seed_summary([p[name] for p in per_seed])
+        s = seed_summary([p[name] for p in per_seed], clusters=clusters)
         out[name], out[f"{name}_ci"], out[f"{name}_std"] = s["mean"], [s["low"], s["high"]], s["seed_std"]
     for name in ("ceiling@10", "ceiling@100"):
         out[name] = first.get(name)
     return out
 
 
-def _seed_mean(runs: list[dict], task: str, split: str, regime: str, metric: str) -> tuple[np.ndarray, list] | None:
+def _seeds(runs: list[dict], task: str, split: str, regime: str, metric: str
+           ) -> tuple[np.ndarray, list, list | None] | None:
+    """((S, Q) per-seed values, query ids, query clusters or None) of one cell; None when not scored."""
     per_seed = [_per_query(r, task, split, regime) for r in runs]
     if any(p is None for p in per_seed):
         return None
-    return np.mean([p[metric] for p in per_seed], axis=0), per_seed[0]["query_ids"]
+    return np.stack([p[metric] for p in per_seed]), per_seed[0]["query_ids"], per_seed[0].get("clusters")
 
 
 def compare(evaluations: dict[str, list[dict]], cells: list[tuple[str, str, str]]) -> dict[str, Any]:
-    """Paired differences pinclip - model on the same queries, per cell and metric."""
+    """Paired differences pinclip - model on the same queries, per cell and metric; the cells of one model and
+    metric are one family for the Holm correction."""
     out: dict[str, Any] = {}
     if "pinclip" not in evaluations:
         return out
     for model in [m for m in evaluations if m != "pinclip"]:
-        for task, split, regime in cells:
-            for metric in COMPARED:
-                ours = _seed_mean(evaluations["pinclip"], task, split, regime, metric)
-                theirs = _seed_mean(evaluations[model], task, split, regime, metric)
+        for metric in COMPARED:
+            family = []
+            for task, split, regime in cells:
+                ours = _seeds(evaluations["pinclip"], task, split, regime, metric)
+                theirs = _seeds(evaluations[model], task, split, regime, metric)
                 if ours is None or theirs is None or ours[1] != theirs[1]:
                     continue
-                out.setdefault(model, {}).setdefault(task, {}).setdefault(split, {}).setdefault(regime, {})[metric] = \
-                    paired_difference(ours[0], theirs[0])
+                d = paired_difference(ours[0], theirs[0], clusters=ours[2])
+                family.append(d)
+                out.setdefault(model, {}).setdefault(task, {}).setdefault(split, {}).setdefault(regime, {})[metric] = d
+            holm_significant(family)
     return out
 
 
@@ -152,8 +164,29 @@ def lexical_flags(models: dict[str, Any], cells: list[tuple[str, str, str]]) -> 
     return out
 
 
-def metrics_document(results: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json from {"models": {name: [evaluation per seed]}, "scaling", "dataset", "partition"}."""
+def best_others(doc: dict[str, Any], val_doc: dict[str, Any] | None) -> dict[str, Any]:
+    """Per cell, the other model PinCLIP is set against in the headline: the best on the same cell of the
+    validation evaluation `val_doc` among the models of this document, else (no validation evaluation, or it
+    lacks the cell) the best on this document's own numbers."""
+    out: dict[str, Any] = {}
+    if "pinclip" not in doc["models"]:
+        return out
+    for task, split, regime in doc_cells(doc):
+        chosen, where = None, "this partition"
+        if val_doc is not None:
+            shared = {m: val_doc["models"][m] for m in doc["models"] if m in val_doc.get("models", {})}
+            chosen = best_baseline({"primary": PRIMARY, "models": shared}, task, split, regime)
+            where = "validation"
+        if chosen is None:
+            chosen, where = best_baseline(doc, task, split, regime), "this partition"
+        if chosen is not None:
+            out.setdefault(task, {}).setdefault(split, {})[regime] = {"model": chosen, "chosen_on": where}
+    return out
+
+
+def metrics_document(results: dict[str, Any], val_doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics.json from {"models": {name: [evaluation per seed]}, "scaling", "dataset", "partition"}; `val_doc`,
+    the validation evaluation's metrics.json, chooses each cell's best other model (`best_others`)."""
     evaluations = {m: results["models"][m] for m in ordered(results.get("models", {}))}
     cells = _cells(evaluations)
     models = {m: {} for m in evaluations}
@@ -172,13 +205,17 @@ def metrics_document(results: dict[str, Any]) -> dict[str, Any]:
         "tasks": next(iter(evaluations.values()))[0].get("meta", {}).get("tasks") if evaluations else None,
         "notes": {m: runs[0].get("notes") for m, runs in evaluations.items() if runs[0].get("notes")},
     }
-    return _clean({
+    doc = _clean({
         "partition": results.get("partition", "test"), "primary": PRIMARY, "models": models,
         "comparisons": compare(evaluations, cells), "lexical": lexical_flags(models, cells),
         "dims": {m: runs[0].get("dims", {}) for m, runs in evaluations.items()},
         "quantization": {m: runs[0].get("quantization", {}) for m, runs in evaluations.items()},
         "scaling": results.get("scaling"), "meta": meta,
     })
+    use_val = val_doc if doc["partition"] == "test" else None  # a validation report chooses on itself
+    doc["best_other"] = best_others(doc, use_val)
+    doc["selection"] = _clean({m: selection_score(doc, model=m) for m in doc["models"]})
+    return doc
 
 
 def per_query_arrays(results: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -200,13 +237,28 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write metrics.json, report.md, per_query.npz and the plots into out_dir; returns their paths."""
+def read_val_doc(path: str | Path) -> dict[str, Any] | None:
+    """A validation evaluation's metrics.json (the file, or the folder holding it, e.g. <run>/eval-val); None when
+    there is none. ValueError when it is an evaluation of another partition."""
+    path = Path(path)
+    path = path / "metrics.json" if path.is_dir() or not path.suffix else path
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("partition") != "val":
+        raise ValueError(f"{path} is an evaluation of the {doc.get('partition')!r} partition, not of validation")
+    return doc
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path, val_doc: dict[str, Any] | None = None
+                 ) -> dict[str, Path]:
+    """Write metrics.json, report.md, per_query.npz and the plots into out_dir; returns their paths. `val_doc`
+    (the validation evaluation's metrics.json) chooses the best other model per cell."""
     from pinclip.eval.plots import PLOTS
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    doc = metrics_document(results)
+    doc = metrics_document(results, val_doc)
     paths = {"metrics": out / "metrics.json", "report": out / "report.md", "per_query": out / "per_query.npz"}
     for name, plot in PLOTS.items():
         if plot(doc, out / f"{name}.png"):

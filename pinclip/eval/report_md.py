@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pinclip.eval.stats import MIN_QUERIES
-from pinclip.eval.tasks import REGIMES, SPLITS, TASKS
+from pinclip.eval.tasks import PINTEXT, REGIMES, SPLITS, TASKS
 
 TASK_TITLES = {"pintext_i2t": "PinText image→text", "pintext_t2i": "PinText text→image",
                "related": "Related Pins", "search": "Search"}
@@ -18,9 +18,9 @@ group (the same concept in another style, an identical title or a near-duplicate
 a board's pins of the row's split and ignores its pins of the other split. Regimes say which text the
 retrieved pins and query pins keep: full, title only, or none (image: a fresh upload). Every number is
 a mean over queries with its 95% bootstrap interval; models trained with several seeds are averaged per
-query over seeds (± = std of the seeds' means). "n.s." (not significant): the paired difference's interval
-contains zero, or the cell has fewer than {min_queries} queries (too few to call any difference, whatever the
-interval)."""
+query over seeds (± = std of the seeds' means). "n.s." (not significant): the paired difference is not
+significant after the Holm correction over its comparison column (adjusted bootstrap p of 0.05 or more),
+or the cell has fewer than {min_queries} queries (too few to call any difference, whatever the interval)."""
 
 
 def num(x: Any, digits: int = 3) -> str:
@@ -74,6 +74,52 @@ def any_flag(flags: Any) -> bool:
     return bool(flags)
 
 
+TRAINING_FIT = "warm: training fit (not a headline)"  # warm PinText: the model trained on these very pairs
+MULTIPLICITY = ("Significance: the cells of one comparison column are one family; their bootstrap p-values are "
+                "Holm-adjusted, and a difference is significant when its adjusted p is below 0.05. Intervals are "
+                "95% hierarchical-bootstrap intervals (held-out boards, or queries for PinText, then seeds) and are "
+                "not adjusted.")
+
+
+def split_label(task: str, split: str) -> str:
+    """The split as the tables name it: warm PinText is a training-fit check."""
+    return TRAINING_FIT if task in PINTEXT and split == "warm" else split
+
+
+def chosen_other(doc: dict, task: str, split: str, regime: str) -> str | None:
+    """The headline's "best other" of a cell: chosen on validation when the document says so (best_other)."""
+    chosen = ((doc.get("best_other", {}).get(task) or {}).get(split) or {}).get(regime)
+    return chosen["model"] if chosen else best_baseline(doc, task, split, regime)
+
+
+def best_other_note(doc: dict) -> str:
+    """How the headline's best other models were chosen."""
+    where = {c["chosen_on"] for by_split in (doc.get("best_other") or {}).values() for by_regime in by_split.values()
+             for c in by_regime.values()}
+    if doc.get("partition") == "val":
+        return "best other: the best other model of each row on these validation numbers."
+    if where == {"validation"}:
+        return "best other: chosen on validation (the best other model of each row in the validation evaluation)."
+    if "validation" in where:
+        return ("best other: chosen on validation where the validation evaluation has the row, else on these test "
+                "numbers.")
+    return ("best other: no validation evaluation was given, so it is chosen on these test numbers (the best of "
+            "several noisy models, which favours the other side).")
+
+
+def selection_note(doc: dict) -> list[str]:
+    """The selection score of each model (pinclip.eval.selection)."""
+    lines = []
+    for model, s in (doc.get("selection") or {}).items():
+        if s and s.get("score") is not None:
+            missing = f", cannot score {len(s['missing'])}" if s.get("missing") else ""
+            lines.append(f"- {model}: {s['score']:.3f} ({len(s['cells'])} cells{missing})")
+    if not lines:
+        return []
+    return ["Selection score: mean nDCG@10 over the cold cells and the warm Related Pins and Search cells (never "
+            "warm PinText); choose settings on it on the validation partition.", "", *lines, ""]
+
+
 def headline_section(doc: dict) -> list[str]:
     primary, models = doc["primary"], list(doc["models"])
     ours = "pinclip" in models
@@ -82,10 +128,11 @@ def headline_section(doc: dict) -> list[str]:
     rows = []
     for task, split, regime in cells(doc):
         any_cell = next((c for m in models for c in [cell_of(doc, m, task, split, regime)] if c), {})
-        row = [TASK_TITLES[task], split, regime, str(any_cell.get("queries", "")), str(any_cell.get("corpus", "")),
+        row = [TASK_TITLES[task], split_label(task, split), regime, str(any_cell.get("queries", "")),
+               str(any_cell.get("corpus", "")),
                *(with_ci(cell_of(doc, m, task, split, regime), primary) for m in models)]
         if ours and len(models) > 1:
-            best = best_baseline(doc, task, split, regime)
+            best = chosen_other(doc, task, split, regime)
             d = ((doc["comparisons"].get(best, {}).get(task) or {}).get(split, {}).get(regime) or {}).get(primary)
             lexical = (doc.get("lexical", {}).get(task) or {}).get(split, {}).get(regime)
             row += [f"{best or 'n/a'}{' (lexical)' if lexical else ''}", diff_text(d)]
@@ -94,7 +141,9 @@ def headline_section(doc: dict) -> list[str]:
     if any_flag(doc.get("lexical")):
         lines.append("(lexical): BM25 matches or beats every learned model here — the task is lexically solvable.")
         lines.append("")
-    return lines
+    if ours and len(models) > 1:
+        lines += [best_other_note(doc), "", MULTIPLICITY, ""]
+    return lines + selection_note(doc)
 
 
 def comparison_section(doc: dict) -> list[str]:
@@ -103,7 +152,7 @@ def comparison_section(doc: dict) -> list[str]:
         return []
     rows = []
     for task, split, regime in cells(doc):
-        rows.append([TASK_TITLES[task], split, regime, *(
+        rows.append([TASK_TITLES[task], split_label(task, split), regime, *(
             diff_text(((doc["comparisons"][m].get(task) or {}).get(split, {}).get(regime) or {}).get(doc["primary"]))
             for m in others)])
     return [f"## PinCLIP minus each model, paired over the same queries ({doc['primary']})", ""] + \

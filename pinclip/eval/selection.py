@@ -1,32 +1,104 @@
-"""The selection score: the one number settings are chosen on (validation partition only).
+"""The selection score: the one number by which settings are chosen on the validation partition.
 
-    score = selection_score(json.load(open("runs/demo/eval-val/metrics.json")), "pinclip")["score"]
+    pinclip eval --run runs/demo --partition val [--domain-shift]     # prints it, writes metrics.json "selection"
+    s = selection_score(json.load(open("runs/demo/eval-val/metrics.json")),
+                        domain_doc=json.load(open("runs/demo/eval-domain-val/metrics.json")))
+    s["score"], s["cells"]
 
-The mean nDCG@10 over the cells a setting should win: every cold cell (Related Pins, Search, PinText, every
-regime) and the warm Related Pins and Search cells. Warm PinText scores training pins against their own
-training texts, which training can memorize: it is a fit check, never part of the score.
+It is the mean nDCG@10 over these cells of one model, every text regime:
+- the cold cells of Related Pins, Search and PinText (both directions);
+- the warm cells of Related Pins and Search;
+- when a domain-shift evaluation on its validation partition is given, the same cells of it.
+Warm PinText is never part of it: the model trained on exactly those image-text pairs, so it measures
+how well training fitted them, not what the model learned. Cells are weighted alike. A model that cannot
+score a cell (BM25 on PinText) gets the mean of the cells it scores, and the cells it misses are listed:
+compare scores only over the same cells.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+from pinclip.eval.tasks import PINTEXT, REGIMES, SPLITS, TASKS
 
-PRIMARY = "ndcg@10"
-
-
-def selected(task: str, split: str) -> bool:
-    return split == "cold" or task in ("related", "search")
+SELECTION_METRIC = "ndcg@10"
 
 
-def selection_score(doc: dict[str, Any], model: str = "pinclip") -> dict[str, Any]:
-    """{"score": mean nDCG@10 over the selected cells the model scores, "cells": [task/split/regime, ...]}."""
-    cells, values = [], []
-    for task, by_split in (doc["models"].get(model) or {}).items():
-        for split, by_regime in (by_split or {}).items():
-            for regime, cell in (by_regime or {}).items():
-                if selected(task, split) and cell and cell.get(PRIMARY) is not None:
-                    cells.append(f"{task}/{split}/{regime}")
-                    values.append(float(cell[PRIMARY]))
-    return {"score": float(np.mean(values)) if values else float("nan"), "cells": cells}
+def counts_for_selection(task: str, split: str) -> bool:
+    """Every cold cell, and the warm cells of Related Pins and Search (never warm PinText)."""
+    return split == "cold" or (split == "warm" and task not in PINTEXT)
+
+
+def _cell(doc: dict, model: str, task: str, split: str, regime: str) -> dict | None:
+    return ((((doc.get("models") or {}).get(model) or {}).get(task) or {}).get(split) or {}).get(regime)
+
+
+def _present_cells(doc: dict) -> list[tuple[str, str, str]]:
+    """Cells of the selection rule that any model of the document has, in task, split, regime order."""
+    present = {(t, s, r) for by_task in (doc.get("models") or {}).values() for t, by_split in by_task.items()
+               for s, by_regime in (by_split or {}).items() for r in (by_regime or {})}
+    return [(t, s, r) for t in TASKS for s in SPLITS for r in REGIMES
+            if (t, s, r) in present and counts_for_selection(t, s)]
+
+
+def default_model(doc: dict) -> str:
+    """pinclip when the document has it, else its first model."""
+    models = list(doc.get("models") or {})
+    if not models:
+        raise ValueError("the evaluation document has no model")
+    return "pinclip" if "pinclip" in models else models[0]
+
+
+def selection_score(metrics_doc: dict, domain_doc: dict | None = None, model: str | None = None) -> dict[str, Any]:
+    """{"model", "metric", "score", "cells", "missing", "partition", "domain"}: the mean nDCG@10 of `model` (the
+    document's default model) over the selection cells (module docstring); "cells" name "task/split/regime",
+    prefixed "domain/" for the domain-shift document's; "score" is None when no cell is scored."""
+    model = model or default_model(metrics_doc)
+    values: list[float] = []
+    cells: list[str] = []
+    missing: list[str] = []
+    docs = [("", metrics_doc)]
+    if domain_doc is not None:
+        if domain_doc.get("partition") != "val":
+            raise ValueError("the domain-shift document must be an evaluation of its validation partition "
+                             f"(got {domain_doc.get('partition')!r}): settings are never chosen on test")
+        docs.append(("domain/", domain_doc))
+    for prefix, doc in docs:  # a model the domain-shift evaluation lacks misses its cells
+        for task, split, regime in _present_cells(doc):
+            label = f"{prefix}{task}/{split}/{regime}"
+            cell = _cell(doc, model, task, split, regime)
+            if cell is None or cell.get(SELECTION_METRIC) is None:
+                missing.append(label)
+                continue
+            values.append(float(cell[SELECTION_METRIC]))
+            cells.append(label)
+    return {"model": model, "metric": SELECTION_METRIC, "score": sum(values) / len(values) if values else None,
+            "cells": cells, "missing": missing, "partition": metrics_doc.get("partition"),
+            "domain": domain_doc is not None}
+
+
+def selection_line(selection: dict[str, Any]) -> str:
+    """One line for printing: the score, its cells, and a warning when it is not a validation score."""
+    score = "n/a" if selection["score"] is None else f"{selection['score']:.4f}"
+    where = "" if selection["partition"] == "val" else \
+        f" ({selection['partition']} partition: for the record only; choose settings on --partition val)"
+    domain = ", with the domain-shift validation cells" if selection["domain"] else ""
+    missing = f"; {len(selection['missing'])} cells it cannot score" if selection["missing"] else ""
+    return (f"selection score ({selection['model']}): {score} = mean {selection['metric']} over "
+            f"{len(selection['cells'])} cells{domain}{missing}{where}")
+
+
+def record_selection(metrics_path: str | Path, domain_metrics_path: str | Path | None = None) -> dict[str, Any]:
+    """Recompute metrics.json's "selection" of every model, with a domain-shift validation evaluation's cells when
+    given, write the file back (temp file, then rename) and return the document's default model's score."""
+    path = Path(metrics_path)
+    doc = json.loads(path.read_text())
+    domain = json.loads(Path(domain_metrics_path).read_text()) if domain_metrics_path else None
+    doc["selection"] = {m: selection_score(doc, domain, m) for m in doc.get("models") or {}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return doc["selection"][default_model(doc)]

@@ -30,10 +30,22 @@ Tasks:
   the split; its pins of other splits are neither relevant nor ranked (`exclude`).
 Queries are drawn at most `max_queries` per task and split (seeded, uniform, kept in catalog
 order); related uses one draw for every regime, so regimes compare the same queries.
+
+Warm PinText is a training-fit check (the model trained on exactly these image-text pairs), and its
+validation and test queries are disjoint: a warm pin's half ("val" or "test", `warm_half`) is a hash
+of the smallest pin id of its duplicate group, a warm text query's half a hash of its normalized
+text, and each partition draws warm PinText queries from its own half only. Related Pins and Search
+need no such halves: their ground truth is the partition's own boards (val_boards or the test
+boards), so a warm pin may be a query of both partitions, but against disjoint relevant sets.
+
+Each spec names the cluster of every query (`query_clusters`), which the bootstrap resamples whole
+(pinclip.eval.stats): Related Pins, the query's first judging board (in board-id order; a pin in
+several judging boards counts only under its first); Search, the board itself; PinText, the query.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -100,6 +112,11 @@ class TaskSpec:
     relevant: list[np.ndarray]
     exclude: list[np.ndarray] | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    query_clusters: list[str] | None = None  # Q cluster ids for the bootstrap; None: each query its own
+
+    def clusters(self) -> list[str]:
+        """The cluster id of every query (the query id when the spec names none)."""
+        return list(self.query_clusters) if self.query_clusters is not None else list(self.query_ids)
 
     @property
     def num_queries(self) -> int:
@@ -115,6 +132,20 @@ def _sample(candidates: np.ndarray, limit: int, rng: np.random.Generator) -> np.
     if len(candidates) <= limit:
         return candidates
     return candidates[np.sort(rng.choice(len(candidates), size=limit, replace=False))]
+
+
+def warm_half(key: str) -> str:
+    """"val" or "test": the partition whose warm PinText queries may use `key` (a pin or a normalized text),
+    from the lowest bit of its SHA-256, so about half the keys go to each and the rule never changes."""
+    return "val" if hashlib.sha256(key.encode()).digest()[0] % 2 == 0 else "test"
+
+
+def group_keys(pin_ids: Sequence[str], group: np.ndarray) -> list[str]:
+    """Per pin, the smallest pin id of its duplicate group (`duplicate_group_of`): twins share a key."""
+    smallest: dict[int, str] = {}
+    for g, p in zip(group.tolist(), pin_ids):
+        smallest[g] = min(smallest.get(g, p), p)
+    return [smallest[g] for g in group.tolist()]
 
 
 def pin_fields(pin_ids: Sequence[str], texts: dict[str, Sequence[Any]]) -> list[list[tuple[int, str]]]:
@@ -149,7 +180,9 @@ def regime_mask(fields: list[list[tuple[int, str]]], regime: str) -> np.ndarray:
 
 
 def split_pins(pin_ids: Sequence[str], splits: dict[str, Any], partition: str) -> dict[str, np.ndarray]:
-    """Sorted pin indices of the "warm" and "cold" query splits of a partition (module docstring)."""
+    """Sorted pin indices of the "warm" and "cold" query splits of a partition (module docstring). Pins listed
+    under the optional `untrained_pins` (training pins a dataset-scaling run left out) are neither: they stay
+    in the corpus but query nothing."""
     index = {p: i for i, p in enumerate(pin_ids)}
     held = {}
     for key in ("cold_start_pins", "val_pins"):
@@ -157,7 +190,8 @@ def split_pins(pin_ids: Sequence[str], splits: dict[str, Any], partition: str) -
         if not isinstance(ids, list):
             raise ValueError(f"splits[{key!r}] must be a list of pin ids, got {type(ids).__name__}")
         held[key] = np.array(sorted(index[p] for p in ids if p in index), np.int64)
-    warm = np.setdiff1d(np.arange(len(pin_ids)), np.concatenate([held["cold_start_pins"], held["val_pins"]]))
+    untrained = np.array([index[p] for p in splits.get("untrained_pins") or [] if p in index], np.int64)
+    warm = np.setdiff1d(np.arange(len(pin_ids)), np.concatenate([held["cold_start_pins"], held["val_pins"], untrained]))
     return {"warm": warm, "cold": held["val_pins" if partition == "val" else "cold_start_pins"]}
 
 
@@ -185,12 +219,14 @@ def _text_items(fields: list[list[tuple[int, str]]]) -> tuple[dict[tuple[int, st
     return position, items
 
 
-def _pintext_specs(data: EvalData, fields, pins: np.ndarray, split: str, max_queries: int, seed: int
-                   ) -> dict[str, TaskSpec]:
+def _pintext_specs(data: EvalData, fields, pins: np.ndarray, split: str, max_queries: int, seed: int,
+                   half: str | None = None, pin_keys: Sequence[str] = ()) -> dict[str, TaskSpec]:
+    """PinText specs of one split; `half` ("val" | "test", warm only) keeps the queries of that half."""
     position, items = _text_items(fields)
     keys = [[(f, normalize_text(t) or t) for f, t in present] for present in fields]
     specs: dict[str, TaskSpec] = {}
-    candidates = np.array([p for p in pins if data.has_image[p] and fields[p]], np.int64)
+    candidates = np.array([p for p in pins if data.has_image[p] and fields[p]
+                           and (half is None or warm_half(pin_keys[p]) == half)], np.int64)
     queries = _sample(candidates, max_queries, _rng(seed, "pintext_i2t", split))
     if len(queries):
         specs["pintext_i2t"] = TaskSpec(
@@ -209,7 +245,7 @@ def _pintext_specs(data: EvalData, fields, pins: np.ndarray, split: str, max_que
         if fields[p]:
             f, text = next(((f, t) for f, t in fields[p] if f == 0), fields[p][0])
             first.setdefault((f, normalize_text(text) or text), p)
-    t2i = [(key, p) for key, p in first.items() if with_key.get(key)]
+    t2i = [(key, p) for key, p in first.items() if with_key.get(key) and (half is None or warm_half(key[1]) == half)]
     chosen = _sample(np.arange(len(t2i)), max_queries, _rng(seed, "pintext_t2i", split))
     if len(chosen):
         picked = [t2i[i] for i in chosen]
@@ -257,7 +293,7 @@ def _related_specs(data: EvalData, fields, pins: np.ndarray, boards: dict[str, n
             specs[regime] = TaskSpec(
                 "related", split, regime, "pin", [data.pin_ids[p] for p in q], q, None, None, "pin",
                 [data.pin_ids[p] for p in corpus], corpus, None, None, relevant, exclude,
-                counts={"candidates": len(in_split)})
+                counts={"candidates": len(in_split)}, query_clusters=[boards_of[p][0] for p in queries])
     return specs
 
 
@@ -289,7 +325,8 @@ def _search_specs(data: EvalData, fields, pins: np.ndarray, boards: dict[str, np
             specs[regime] = TaskSpec(
                 "search", split, regime, "text", ids, None, None, texts, "pin", [data.pin_ids[p] for p in corpus],
                 corpus, None, None, relevant, exclude,
-                counts={"candidates": len(titled), "boards_without_title": len(boards) - len(titled)})
+                counts={"candidates": len(titled), "boards_without_title": len(boards) - len(titled)},
+                query_clusters=list(ids))
     return specs
 
 
@@ -309,10 +346,12 @@ def build_eval_tasks(data: EvalData, partition: str = "test", regimes: Sequence[
     by_split = split_pins(data.pin_ids, data.splits, partition)
     boards = board_members(data, partition)
     group = duplicate_group_of(data.pin_ids, data.splits)
+    keys = group_keys(data.pin_ids, group)
     out: dict[str, dict[str, dict[str, TaskSpec]]] = defaultdict(dict)
     for split, pins in by_split.items():
         if any(t in tasks for t in PINTEXT):
-            for task, spec in _pintext_specs(data, fields, pins, split, max_queries, seed).items():
+            half = partition if split == "warm" else None  # warm PinText: this partition's half only
+            for task, spec in _pintext_specs(data, fields, pins, split, max_queries, seed, half, keys).items():
                 if task in tasks:
                     out[task][split] = {NO_REGIME: spec}
         if "related" in tasks:

@@ -126,16 +126,38 @@ def hard_candidates(graph: BipartiteGraph, ranked: np.ndarray, start: int) -> np
     return out
 
 
+def training_subset(pins: PinsTable, splits: dict, fraction: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Sorted rows of the pins a run trains on: every pin neither cold-start nor validation, or for a fraction
+    below 1 whole duplicate groups (`duplicate_ids`) in a seeded order, each taken while it fits under
+    round(N * fraction) pins (at least 2); the order depends on the seed only. The evaluation recomputes it
+    to judge as warm only the pins a scaling run trained on."""
+    held = set(splits.get("cold_start_pins", [])) | set(splits.get("val_pins", []))
+    rows = np.array([i for i, p in enumerate(pins.pin_ids) if p not in held], np.int64)
+    if fraction >= 1.0:
+        return rows
+    keep = max(2, int(round(len(rows) * fraction)))
+    groups: dict[int, list[int]] = {}
+    for row, g in zip(rows.tolist(), duplicate_ids(pins, splits)[rows].tolist()):
+        groups.setdefault(g, []).append(row)
+    ordered = list(groups.values())  # in catalog order of each group's first training pin
+    order = np.random.default_rng([seed, 7]).permutation(len(ordered)).tolist()
+    chosen: list[int] = []
+    for i in order:
+        if len(chosen) + len(ordered[i]) <= keep:
+            chosen += ordered[i]
+    for i in order:  # fewer than 2 pins: every group was too large; the first ones whatever their size
+        if len(chosen) >= 2:
+            break
+        if ordered[i][0] not in chosen:
+            chosen += ordered[i]
+    return np.array(sorted(chosen), np.int64)
+
+
 def prepare_training(dataset: Dataset, graph_cfg: GraphConfig, seed: int, train_fraction: float = 1.0,
                      progress: bool = True, hard_negatives: bool = False) -> TrainingData:
     pins, edges, splits = dataset.pins, dataset.edges, dataset.splits
-    held = set(splits.get("cold_start_pins", [])) | set(splits.get("val_pins", []))
     index = pins.index
-    train_rows = np.array([i for i, p in enumerate(pins.pin_ids) if p not in held], np.int64)
-    if train_fraction < 1.0:
-        rng = np.random.default_rng([seed, 7])
-        keep = max(2, int(round(len(train_rows) * train_fraction)))
-        train_rows = np.sort(rng.choice(train_rows, keep, replace=False))
+    train_rows = training_subset(pins, splits, train_fraction, seed)
     val_rows = np.array(sorted(index[p] for p in splits.get("val_pins", []) if p in index), np.int64)
     if len(train_rows) < 2:
         raise UserError(f"only {len(train_rows)} training pins: nothing to train on")
