@@ -68,6 +68,7 @@ def test_result_layout(result):
     assert meta["kind"] == "pinclip" and meta["partition"] == "test" and meta["splits"] == ["warm", "cold"]
     assert meta["dataset"]["cold_start_pins"] == 12 and meta["dataset"]["val_boards"] == 1
     assert meta["tasks"]["search"]["warm"]["image"]["corpus"] == 72
+    assert meta["training"]["seconds"] > 0 and meta["training"]["flops"] > 0  # recorded by the trainer
 
 
 def test_search_queries_are_the_test_boards_only(result):
@@ -206,6 +207,7 @@ def test_frozen_baseline(baselines):
 
     frozen = baselines["frozen"]
     assert frozen["meta"]["kind"] == "frozen" and frozen["dims"] == {}
+    assert frozen["meta"]["training"] == {"seconds": None, "flops": None}  # untrained
     assert frozen["metrics"]["pintext_i2t"]["warm"]["full"] is None
     assert frozen["metrics"]["pintext_t2i"]["cold"]["full"] is None
     assert frozen["notes"]["pintext_i2t"] == frozen["notes"]["pintext_t2i"] == NO_ALIGNMENT

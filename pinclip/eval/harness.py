@@ -258,10 +258,21 @@ def _check_dims(dims: Sequence[int] | None, model_dims: list[int]) -> list[int]:
     return [d for d in model_dims if d in dims]
 
 
+def training_cost(encoder: Any) -> dict[str, float | None]:
+    """Wall seconds and FLOPs (forward and backward, counted by the trainer) of the model's training; a mix adds
+    nothing to its trained model's; None for untrained models and checkpoints that did not record them."""
+    model = getattr(encoder, "model", None)
+    meta = getattr(model, "meta", None) or getattr(encoder, "meta", None) or {}
+    if not isinstance(meta, dict) or "seconds" not in meta:
+        return {"seconds": None, "flops": None}
+    return {"seconds": float(meta["seconds"]), "flops": meta.get("train_flops")}
+
+
 def _meta(encoder: Any, checkpoint_dir: str | Path, dataset: Any, splits: dict[str, Any], specs: dict,
           partition: str, all_test: bool, started: float) -> dict[str, Any]:
     return {
         "checkpoint": str(resolve_checkpoint(checkpoint_dir)), "kind": encoder.kind, "version": encoder.version,
+        "training": training_cost(encoder),
         "dims": list(getattr(encoder, "dims", [])),
         "quant": "checkpoint" if getattr(encoder, "quant", None) else "fitted on the eval corpus",
         "partition": partition, "all_test": all_test,

@@ -184,6 +184,15 @@ def best_others(doc: dict[str, Any], val_doc: dict[str, Any] | None) -> dict[str
     return out
 
 
+def _mean_cost(costs: list[dict | None]) -> dict[str, float | None]:
+    """Mean training seconds and FLOPs over a model's seeds (None where a seed did not record them)."""
+    out: dict[str, float | None] = {}
+    for key in ("seconds", "flops"):
+        values = [c.get(key) for c in costs if c]
+        out[key] = float(np.mean(values)) if values and all(v is not None for v in values) else None
+    return out
+
+
 def metrics_document(results: dict[str, Any], val_doc: dict[str, Any] | None = None) -> dict[str, Any]:
     """metrics.json from {"models": {name: [evaluation per seed]}, "scaling", "dataset", "partition"}; `val_doc`,
     the validation evaluation's metrics.json, chooses each cell's best other model (`best_others`)."""
@@ -199,6 +208,7 @@ def metrics_document(results: dict[str, Any], val_doc: dict[str, Any] | None = N
         "dataset": results.get("dataset"), "machine": machine_info(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "models": {m: {**{k: runs[0].get("meta", {}).get(k) for k in ("version", "kind", "dims", "quant")},
+                       "training": _mean_cost([r.get("meta", {}).get("training") for r in runs]),
                        "seeds": len(runs), "checkpoints": [r.get("meta", {}).get("checkpoint") for r in runs],
                        "seconds": sum(r.get("meta", {}).get("seconds", 0) for r in runs)}
                    for m, runs in evaluations.items()},

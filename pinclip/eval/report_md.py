@@ -228,6 +228,14 @@ def scaling_section(doc: dict) -> list[str]:
         table(header, rows)
 
 
+def cost_text(cost: dict | None) -> str:
+    """", trained 412 s, 1.3 PFLOP" (mean per seed), or "" for an untrained model."""
+    if not cost or cost.get("seconds") is None:
+        return ""
+    flops = f", {cost['flops'] / 1e15:.2f} PFLOP" if cost.get("flops") else ""
+    return f"; training {cost['seconds']:.0f} s (wall, mean per seed){flops}"
+
+
 def render_markdown(doc: dict) -> str:
     meta, data = doc["meta"], doc["meta"].get("dataset") or {}
     cold = "cold-start pins" if doc["partition"] == "test" else "validation pins"
@@ -239,7 +247,8 @@ def render_markdown(doc: dict) -> str:
              f"{data.get('val_boards', '?')} of them for validation ({data.get('pins_path', '')})",
              f"- machine: {meta['machine'].get('cpu_cores')} CPU cores, GPU: {meta['machine'].get('gpu') or 'none'}; "
              f"{meta['date']}",
-             *(f"- {m}: {info.get('version')}, {info.get('seeds')} seed(s)" for m, info in meta["models"].items()),
+             *(f"- {m}: {info.get('version')}, {info.get('seeds')} seed(s){cost_text(info.get('training'))}"
+               for m, info in meta["models"].items()),
              "", PROTOCOL.format(cold=cold, boards=boards, min_queries=MIN_QUERIES), ""]
     for section in (headline_section, comparison_section, detail_section, quantization_section, dims_section,
                     scaling_section):
