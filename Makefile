@@ -3,6 +3,7 @@
 #   make demo SERVE=0  # same, without starting the server at the end (ends by itself)
 #   make test        # venv + installs + demo data, then the test suite
 #   make report      # the demo's evaluation against every baseline + scaling curve (~30 min more)
+#   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2 cores)
 #   make bench       # benchmarks against peer tools (long; not part of the tests)
 #   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant (~1 h)
 PYTHON ?= python3
@@ -12,7 +13,7 @@ SERVE ?= 1
 RUN ?= runs/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo report test bench mutants lint install data-deps clean
+.PHONY: demo report tune test bench mutants lint install data-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ demo: install data-deps
 
 report: install data-deps
 	$(VENV)/bin/pinclip demo --out $(RUN) --serve 0 --full-eval
+
+tune: install data-deps
+	$(VENV)/bin/pinclip tune --run $(RUN)
 
 test: install data-deps
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "index": "pinclip.serve.index_cli",
     "serve": "pinclip.serve.serve_cli",
     "export": "pinclip.export",
+    "tune": "pinclip.tune",
     "demo": "pinclip.demo",
     "run": "pinclip.run",
 }

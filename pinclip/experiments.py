@@ -135,9 +135,16 @@ def _train_logged(cfg_dict: dict[str, Any], threads: int) -> str:
         return str(train_once(cfg, progress=False))
 
 
-def model_config(base_cfg: Config, run_dir: str | Path, name: str, seed: int, steps: int | None = None) -> Config:
-    """The training config of a trained model (PinCLIP or a trained baseline) and seed."""
+def model_config(base_cfg: Config, run_dir: str | Path, name: str, seed: int, steps: int | None = None,
+                 tuned: bool = True) -> Config:
+    """The training config of a trained model (PinCLIP or a trained baseline) and seed: the run's config, the
+    baseline's recipe and, with `tuned`, its point chosen by `pinclip tune` (configs/tuned.yaml; PinCLIP's
+    choice is the run's config itself)."""
     cfg = with_overrides(base_cfg, BASELINES[name].overrides if name != "pinclip" else {})
+    if tuned and name != "pinclip":
+        from pinclip.tune import tuned_overrides
+
+        cfg = with_overrides(cfg, tuned_overrides(name))
     cfg.train.out_dir = str(model_dir(run_dir, name, seed))
     cfg.train.seed = seed
     cfg.train.steps = steps or cfg.train.steps

@@ -1,0 +1,81 @@
+"""`pinclip tune`: one grid for every trained model, points that do not apply skipped, the best point by the
+validation selection score, the committed choice read back by the experiments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pinclip.config import load_config
+from pinclip.tune import TUNE_GRID, choose, plan, tune_table, tuned_overrides
+
+POINTS = {p.name: p for p in TUNE_GRID}
+
+
+def test_the_plan_skips_points_a_recipe_does_not_have(tmp_path):
+    base = load_config(preset="tiny")
+    configs = plan(base, tmp_path, ["pinclip", "lit", "fused_no_neighbor"],
+                   [POINTS["base"], POINTS["lr-half"], POINTS["neighbor-2"], POINTS["pin-text-1"]])
+    assert sorted(configs) == sorted([
+        ("pinclip", "base"), ("pinclip", "lr-half"), ("pinclip", "neighbor-2"), ("pinclip", "pin-text-1"),
+        ("lit", "base"), ("lit", "lr-half"),  # lit: no graph terms, no fused pass
+        ("fused_no_neighbor", "base"), ("fused_no_neighbor", "lr-half"), ("fused_no_neighbor", "pin-text-1")])
+    lit = configs[("lit", "lr-half")]
+    assert lit.model.pin_mode == "late" and lit.train.lr == 2.5e-4 and lit.train.backbone_lr == 2.5e-5
+    assert configs[("pinclip", "neighbor-2")].loss.neighbor_weight == 2.0
+    assert configs[("pinclip", "base")].train.out_dir == str(tmp_path / "tune" / "pinclip" / "base")
+
+
+def test_choose_takes_each_models_best_point_and_ties_go_to_the_earlier_point():
+    chosen = choose({("lit", "base"): 0.30, ("lit", "lr-half"): 0.32, ("lit", "lr-double"): 0.32,
+                     ("pinclip", "base"): 0.40, ("pinclip", "steps-600"): None})
+    assert chosen["lit"]["point"] == "lr-half" and chosen["lit"]["score"] == 0.32
+    assert chosen["pinclip"]["point"] == "base" and chosen["pinclip"]["scores"]["steps-600"] is None
+    table = tune_table(chosen, {"lit@lr-half": 12.0})
+    assert "| lit | **lr-half** | 0.3200 | 12 |" in table and "| pinclip | steps-600 | n/a | n/a |" in table
+
+
+def test_committed_tuned_overrides_reach_the_baselines_training_config(tmp_path, monkeypatch):
+    import pinclip.tune as tune
+    from pinclip.experiments import model_config
+
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("lit:\n  point: lr-half\n  overrides: {train: {lr: 0.00025}}\n")
+    assert tuned_overrides("lit", tuned) == {"train": {"lr": 0.00025}} and tuned_overrides("pinclip", tuned) == {}
+    monkeypatch.setattr(tune, "TUNED_FILE", tuned)
+    base = load_config(preset="tiny")
+    assert model_config(base, tmp_path, "lit", 0).train.lr == 0.00025
+    assert model_config(base, tmp_path, "lit", 0, tuned=False).train.lr == base.train.lr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(catalog, tmp_path_factory):
+    from pinclip.train.trainer import train
+
+    run = tmp_path_factory.mktemp("tune-run")
+    train(load_config(preset="tiny", overrides=[f"train.data_dir={catalog['pins'].parent}",
+                                                 f"train.out_dir={run / 'train'}", f"train.cache_dir={run / 'cache'}",
+                                                 "train.steps=2"]), progress=False)
+    return run
+
+
+def test_tune_trains_every_point_judges_it_on_validation_and_writes_the_choice(tiny_run):
+    from pinclip.cli import main
+
+    assert main(["tune", "--run", str(tiny_run), "--models", "pinclip,lit", "--points", "base,lr-half,neighbor-2",
+                 "--jobs", "1", "--quiet"]) == 0
+    record = json.loads((tiny_run / "tune" / "chosen.json").read_text())
+    assert record["partition"] == "val"
+    assert set(record["chosen"]["pinclip"]["scores"]) == {"base", "lr-half", "neighbor-2"}
+    assert set(record["chosen"]["lit"]["scores"]) == {"base", "lr-half"}  # no graph terms in lit
+    for entry in record["chosen"].values():
+        assert entry["score"] == max(s for s in entry["scores"].values() if s is not None)
+        assert entry["overrides"] == POINTS[entry["point"]].overrides
+    metrics = json.loads((tiny_run / "tune" / "eval-val" / "metrics.json").read_text())
+    assert metrics["partition"] == "val" and set(metrics["models"]) == {"pinclip@base", "pinclip@lr-half",
+                                                                        "pinclip@neighbor-2", "lit@base", "lit@lr-half"}
+    assert (tiny_run / "tune" / "lit" / "lr-half" / "final" / "meta.json").is_file()
+    assert "**" in (tiny_run / "tune" / "tune.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["tune"])  # --run is required
