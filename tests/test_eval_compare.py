@@ -36,3 +36,12 @@ def test_the_ablation_table_pairs_each_cell_and_ends_with_the_selection_score(tm
     assert ref == "| ref | 0.900 | 0.500 | 0.400 | 0.450 |"
     assert variant == ("| variant | 1.000 (+0.100 [+0.100, +0.100]) | 0.700 (+0.200 [+0.200, +0.200]) | "
                        "0.400 (+0.000 [+0.000, +0.000] n.s.) | 0.550 |")
+
+
+def test_rows_may_name_models_of_one_evaluation(tmp_path):
+    cells = [("related", "warm", "full"), ("search", "cold", "full")]
+    write_report({"models": {"pinclip": [evaluation(dict(zip(cells, (0.5, 0.4))))],
+                             "lit": [evaluation(dict(zip(cells, (0.6, 0.4))))]}, "partition": "val"}, tmp_path / "both")
+    table = ablation_table({"ours": (tmp_path / "both", "pinclip"), "lit": (tmp_path / "both", "lit")}, reference="ours")
+    assert table.splitlines()[3] == ("| lit | 0.600 (+0.100 [+0.100, +0.100]) | 0.400 (+0.000 [+0.000, +0.000] n.s.) "
+                                     "| 0.500 |")

@@ -3,8 +3,9 @@
     from pinclip.eval.compare import ablation_table
     print(ablation_table({"defaults": "runs/exp/b0/eval-val", "+ field dropout": "runs/exp/drop/eval-val"},
                          reference="defaults"))
+    ablation_table({"a": ("runs/x/eval-val", "pinclip"), "b": ("runs/x/eval-val", "lit")}, reference="a")
 
-Each folder is an evaluation written by `pinclip eval` (metrics.json + per_query.npz). A row is one
+Each folder (or (folder, model) pair, for several models of one evaluation) is an evaluation written by `pinclip eval` (metrics.json + per_query.npz). A row is one
 model; a column one (task, split, regime) cell; a value the model's nDCG@10, and for every row but
 the reference its paired difference from the reference over the same queries with a 95% hierarchical
 bootstrap interval (clusters of queries, then seeds: pinclip.eval.stats). The cells of one row are one
@@ -60,11 +61,12 @@ def _column(cell: tuple[str, str, str]) -> str:
     return f"{SHORT[task]} {split}{' (fit)' if task in PINTEXT and split == 'warm' else ''} {regime}"
 
 
-def ablation_table(folders: dict[str, str | Path], reference: str, metric: str = "ndcg@10",
+def ablation_table(folders: dict[str, str | Path | tuple[str | Path, str]], reference: str, metric: str = "ndcg@10",
                    domain_folders: dict[str, str | Path] | None = None) -> str:
     """A markdown table of every folder's metric per cell, paired against the reference's, with the selection
     score last (module docstring)."""
-    loaded = {name: load_evaluation(path) for name, path in folders.items()}
+    loaded = {name: load_evaluation(*path) if isinstance(path, tuple) else load_evaluation(path)
+              for name, path in folders.items()}
     ref_doc, ref_q, ref_model = loaded[reference]
     cells = _cells(ref_doc, ref_model)
     header = ["model", *(_column(c) for c in cells), "selection score"]
