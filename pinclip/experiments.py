@@ -229,11 +229,13 @@ def scaling_splits(dataset: Any, fraction: float, seed: int) -> dict[str, Any]:
     return {**dataset.splits, "untrained_pins": untrained}
 
 
-def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True, trainer: Trainer | None = None
+def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True, trainer: Trainer | None = None,
+                        trained: Sequence[str] = ("pinclip", "lit", "lit_neighbor", "fused_no_neighbor")
                         ) -> tuple[Path, dict[str, list[Path]]]:
-    """(dataset folder, {name: [folder]}) of the domain-shift experiment: PinCLIP trained on the split that
-    holds whole top-level categories out (the data folder's splits_domain.json), beside the untrained
-    baselines, which need no training and so are the run's own."""
+    """(dataset folder, {name: [folder]}) of the domain-shift experiment: PinCLIP and the trained baselines,
+    each trained (seed 0, its own recipe) on the split that holds whole top-level categories out (the data
+    folder's splits_domain.json), under <run>/domain/ laid out as a run; beside them the untrained baselines,
+    which need no training and so are the run's own."""
     from pinclip.data.demo import domain_shift_folder
 
     data_dir = Path(base_cfg.train.data_dir)
@@ -241,8 +243,8 @@ def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = 
         raise UserError(f"{data_dir / 'splits_domain.json'} not found: the domain-shift split is written by "
                         "`pinclip data demo`, or by `pinclip data split --domain-column ... --out splits_domain.json`")
     folder = Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
-    cfg = with_overrides(base_cfg, {"train": {"data_dir": str(folder), "out_dir": str(Path(run_dir) / "domain" / "train"),
-                                              "seed": 0}})
-    models = {"pinclip": [(trainer or (lambda c: train_once(c, progress)))(cfg)]}
+    domain_cfg = with_overrides(base_cfg, {"train": {"data_dir": str(folder), "seed": 0}})
+    train_fn = trainer or (lambda c: train_once(c, progress))
+    models = {name: [train_fn(model_config(domain_cfg, Path(run_dir) / "domain", name, 0))] for name in trained}
     models.update(make_models(base_cfg, run_dir, ["frozen", "bm25"], progress=progress))
     return folder, models

@@ -92,4 +92,7 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     report = (out / "eval" / "report.md").read_text()
     assert "## PinCLIP minus each model" in report and "## Dataset scaling" in report
     domain = json.loads((out / "eval-domain" / "metrics.json").read_text())
-    assert set(domain["models"]) == {"pinclip", "frozen", "bm25"}  # trained on the split that holds shapes out
+    # every trained model trained again on the split that holds shapes out, beside the untrained baselines
+    assert set(domain["models"]) == {"pinclip", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25",
+                                     *unmixed}
+    assert (out / "domain" / "baselines" / "lit_neighbor" / "final" / "meta.json").is_file()

@@ -42,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1, help="with --run: train PinCLIP and each trained baseline "
                    "with this many seeds (report mean +- std)")
     p.add_argument("--scaling", action="store_true", help="with --run: the dataset-scaling curves (trains models)")
-    p.add_argument("--domain-shift", action="store_true", help="with --run: train PinCLIP on the domain-shift split "
-                   "(whole top-level categories held out) and judge it beside frozen and bm25 (<run>/eval-domain)")
+    p.add_argument("--domain-shift", action="store_true", help="with --run: train PinCLIP and the trained baselines "
+                   "on the domain-shift split (whole top-level categories held out) and judge them beside frozen and "
+                   "bm25 (<run>/eval-domain)")
     p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help="with --scaling: shares of the training pins")
     p.add_argument("--jobs", type=int, default=0, help="with --run: trainings run side by side, each with cores/jobs "
                    "threads and its log in <folder>/train.log (default: 2 on a CPU, 1 on a GPU)")
@@ -219,15 +220,18 @@ def evaluate_run(run_dir: str | Path, baselines: Sequence[str] = (), seeds: int 
 
 def evaluate_domain_shift(run_dir: str | Path, cache_dir: str | None = None, options: EvalOptions | None = None
                           ) -> dict[str, Path]:
-    """Train PinCLIP on the domain-shift split (pinclip.experiments.domain_shift_models) and write its report,
-    beside frozen and bm25, to <run>/eval-domain (test partition: the held-out test domains' pins are the cold
+    """Train PinCLIP and the trained baselines on the domain-shift split (pinclip.experiments.domain_shift_models;
+    PinCLIP mixed with its towers at the weight chosen in domain) and write their report, beside frozen and bm25, to <run>/eval-domain (test partition: the held-out test domains' pins are the cold
     pins) or <run>/eval-domain-val (val partition: the validation pins and boards of the held-out domains)."""
     from pinclip.experiments import domain_shift_models
     from pinclip.train.dataset import load_dataset_dir
 
     options = options or EvalOptions()
     base_cfg = run_config(run_dir, cache_dir=cache_dir)
+    from pinclip.eval.mix_cli import with_chosen_mix
+
     folder, models = domain_shift_models(base_cfg, run_dir, options.progress)
+    models = with_chosen_mix(run_dir, models, Path(run_dir) / "domain" / "mixes")  # the weight chosen in domain
     dataset = load_dataset_dir(folder)
     if options.partition == "val" and not dataset.splits.get("val_pins"):
         raise UserError(f"{folder / 'splits.json'} has no validation pins: rebuild the domain-shift split "

@@ -49,16 +49,21 @@ def chosen_weight(run_dir: str | Path) -> float:
         return 0.0
 
 
-def with_chosen_mix(run_dir: str | Path, models: dict[str, list[Path]]) -> dict[str, list[Path]]:
-    """The run's models with "pinclip" as served: each seed mixed at the chosen weight (seed 0: <run>/mixed),
-    and the trained model alone as "pinclip_no_mix". Unchanged when no weight above 0 was chosen."""
+def with_chosen_mix(run_dir: str | Path, models: dict[str, list[Path]], mixes_dir: str | Path | None = None
+                    ) -> dict[str, list[Path]]:
+    """The models with "pinclip" as served: each seed mixed at the weight chosen for the run (seed 0 of the run
+    itself: <run>/mixed), and the trained model alone as "pinclip_no_mix". `mixes_dir`: where to write the
+    mixes of models that are not the run's own (the domain-shift experiment's). Unchanged when no weight
+    above 0 was chosen."""
     from pinclip.models.tower_mix import create_mixed
 
     weight = chosen_weight(run_dir)
     if weight <= 0 or "pinclip" not in models:
         return models
-    mixed = [served_checkpoint(run_dir) if seed == 0 and (Path(run_dir) / "mixed" / "meta.json").is_file()
-             else create_mixed(folder, weight, Path(run_dir) / "mixes" / f"pinclip-seed{seed}-w{weight:g}")
+    served = Path(run_dir) / "mixed"
+    own = mixes_dir is None and (served / "meta.json").is_file()
+    where = Path(mixes_dir or Path(run_dir) / "mixes")
+    mixed = [served if seed == 0 and own else create_mixed(folder, weight, where / f"pinclip-seed{seed}-w{weight:g}")
              for seed, folder in enumerate(models["pinclip"])]
     return {"pinclip": mixed, "pinclip_no_mix": models["pinclip"], **{k: v for k, v in models.items() if k != "pinclip"}}
 
