@@ -3,6 +3,10 @@
 Stages, each a public `pinclip` command, each skipped or resumed when its output is already there:
     data   pinclip data demo            -> <out>/data   (pins, boards, splits, dataset.md, contact sheet)
     train  pinclip train (demo preset)  -> <out>/train  (checkpoints, metrics.jsonl)
+    mix    pinclip mix --run            -> <out>/mix.json, <out>/mixed (the untrained towers' weight, chosen
+                                           on validation; the served model when a weight above 0 wins)
+    eval-val  (--full-eval only)        -> <out>/eval-val (every model on validation: the test report's "best
+                                           other" is chosen there)
     eval   pinclip eval --run           -> <out>/eval   (metrics.json, report.md, plots, TREC files;
            beside the untrained baselines bm25 and frozen; with --full-eval (`make report`) every
            trained baseline, 3 seeds of each trained model, the dataset-scaling curves and the
@@ -71,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.full_eval:
             print(f"no {data / 'splits_domain.json'}: the domain-shift experiment is skipped "
                   "(make one with `pinclip data split --domain-column COLUMN`)")
+        if args.full_eval:  # every model on validation first: the test report's "best other" is chosen there
+            timings.stage("eval-val", lambda: main(["eval", "--run", str(out), "--baselines", "all", "--seeds", "3",
+                                                    "--partition", "val", "--no-quant", "--no-trec"]))
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
     timings.record_training(final)
     write_model_card(out, final)

@@ -82,6 +82,7 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     assert main([*argv, "--full-eval"]) == 0
     assert (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
     assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train", "mix", "embed", "index"]
+    assert json.loads((out / "eval-val" / "metrics.json").read_text())["partition"] == "val"
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     unmixed = ["pinclip_no_mix"] if chosen_weight(out) > 0 else []
     assert list(metrics["models"]) == ["pinclip", *unmixed, "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25"]
@@ -90,6 +91,8 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
                      "frozen": 1, "bm25": 1}
     assert len(metrics["scaling"]["points"]) == 8  # 4 shares of the training pins x equal steps, equal epochs
     report = (out / "eval" / "report.md").read_text()
+    assert {c["chosen_on"] for by_split in metrics["best_other"].values() for by_regime in by_split.values()
+            for c in by_regime.values()} == {"validation"}  # the best other of every row, chosen on validation
     assert "## PinCLIP minus each model" in report and "## Dataset scaling" in report
     domain = json.loads((out / "eval-domain" / "metrics.json").read_text())
     # every trained model trained again on the split that holds shapes out, beside the untrained baselines
