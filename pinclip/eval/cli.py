@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tower-mix", default=None, metavar="W[,W...]",
                    help="with --run: also judge each trained model mixed with the untrained towers in output space "
                         "at these weights (pinclip.eval.ensemble; as <name>+towers@W); choose W on --partition val")
+    p.add_argument("--smooth", default=None, metavar="A[,A...]",
+                   help="with --run: also judge every dense model of the run with its warm pins smoothed over their "
+                        "training-graph walk neighbors at these weights (pinclip.eval.smooth; as <name>+smooth@A)")
     p.add_argument("--vlm-embedder", metavar="FOLDER", help="also score this pretrained VLM (e.g. Qwen3-VL-Embedding) "
                    "zero-shot, last-token pooled, as the vlm_embedder baseline (pinclip.baselines.vlm_embedder)")
     p.add_argument("--steps", type=int, default=None, help="training steps of trained baselines and seeds")
@@ -289,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
                          not args.quiet)
         dataset = _load_data(args) if (args.pins or args.boards) else None
         extra.update(tower_mix_models(args.run, _weights(args.tower_mix)))
+        extra.update(smoothed_models(args.run, _weights(args.smooth, "--smooth", upper=None)))
         paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
                              _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options,
                              extra, val_doc)
@@ -363,16 +367,32 @@ def tower_mix_models(run_dir: str | Path, weights: Sequence[float]) -> dict[str,
     return out
 
 
-def _weights(text: str | None) -> list[float]:
+def smoothed_models(run_dir: str | Path, alphas: Sequence[float]) -> dict[str, list[Path]]:
+    """{"<model>+smooth@A": [one smoothed folder per seed]} of every dense model under the run (pinclip.eval.smooth)."""
+    from pinclip.eval.mix_cli import with_chosen_mix
+    from pinclip.eval.smooth import create_smoothed
+    from pinclip.experiments import existing_models
+
+    out: dict[str, list[Path]] = {}
+    for name, folders in with_chosen_mix(run_dir, existing_models(run_dir)).items():
+        if name == "bm25":  # a ranker: no vectors to smooth
+            continue
+        for a in alphas:
+            out[f"{name}+smooth@{a:g}"] = [create_smoothed(folder, a, Path(run_dir) / "smoothed" / f"{name}-seed{seed}-a{a:g}")
+                                          for seed, folder in enumerate(folders)]
+    return out
+
+
+def _weights(text: str | None, flag: str = "--tower-mix", upper: float | None = 1.0) -> list[float]:
     if not text:
         return []
     try:
         weights = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--tower-mix expects weights separated by commas, got {text!r}") from None
-    bad = [w for w in weights if not 0.0 <= w <= 1.0]
+        raise UserError(f"{flag} expects numbers separated by commas, got {text!r}") from None
+    bad = [w for w in weights if w < 0 or (upper is not None and w > upper)]
     if bad:
-        raise UserError(f"--tower-mix weights must be in [0, 1], got {bad}")
+        raise UserError(f"{flag} values must be in [0, {upper if upper is not None else 'inf'}], got {bad}")
     return weights
 
 

@@ -126,6 +126,10 @@ def load_encoder(checkpoint: str | Path, device: str = "cpu") -> Encoder | Ranke
         from pinclip.baselines.frozen import FrozenEncoder
 
         return FrozenEncoder(path, device)
+    if meta.get("kind") == "smoothed":
+        from pinclip.eval.smooth import SmoothedEncoder
+
+        return SmoothedEncoder(path, device)
     if meta.get("kind") == "tower_mix":
         from pinclip.eval.ensemble import EnsembleEncoder
 

@@ -189,6 +189,11 @@ def evaluate_checkpoint(
     dims = _check_dims(dims, getattr(encoder, "dims", []))
     splits = all_test_splits(dataset) if all_test else (splits if splits is not None else dataset.splits)
     encoder.prepare(dataset.pins, cache_dir, progress)
+    if hasattr(encoder, "use_neighbors"):  # graph smoothing of warm pins (pinclip.eval.smooth)
+        from pinclip.config import GraphConfig
+        from pinclip.eval.smooth import training_neighbors
+
+        encoder.use_neighbors(training_neighbors(dataset, splits, GraphConfig()))
     try:
         specs = build_eval_tasks(EvalData.from_dataset(dataset, splits=splits), partition, regimes, tasks,
                                  max_queries=max_queries)
