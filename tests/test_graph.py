@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from scripted_rng import ScriptedRng
@@ -408,11 +410,15 @@ def test_small_batches_lone_pins_and_edgeless_graphs():
     assert nothing.counts.dtype == np.int32 and nothing.walk_steps == 0
 
 
-def test_progress_bar_is_shown_by_default_and_counts_start_pins(capsys):
-    """progress defaults to True in both entry points: a tqdm bar on stderr that ends at the number of start
-    pins (pins with edges); progress=False prints nothing."""
+def test_progress_bar_is_shown_by_default_and_counts_start_pins(capsys, monkeypatch):
+    """progress defaults to True in both entry points: on a terminal, a tqdm bar on stderr that ends at the
+    number of start pins (pins with edges); progress=False prints nothing, and neither does a redirected
+    stderr (no carriage-return bars in a log file)."""
     # graph_of_3 plus a pin 4 without edges: 4 start pins
     graph = BipartiteGraph.from_arrays(np.array([0, 1, 2, 0, 3]), np.array([0, 0, 0, 1, 1]), 5, 2)
+    random_walk_neighbors(graph, num_walkers_per_pin=2, walk_length=1)
+    assert capsys.readouterr().err == ""  # captured stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     random_walk_neighbors(graph, num_walkers_per_pin=2, walk_length=1)
     err = capsys.readouterr().err
     assert "random walks: 100%" in err and "4/4" in err
