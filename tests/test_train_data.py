@@ -8,6 +8,7 @@ length in that graph."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import deque
 
 import numpy as np
@@ -306,9 +307,11 @@ def test_load_dataset_splits_default_to_nothing_held_out_and_images_are_only_che
     import json
 
     import pyarrow as pa
+    from PIL import Image
 
     (tmp_path / "bad.png").write_bytes(b"not a png")  # exists, but no image
-    pins = [{"pin_id": "p0", "image": "bad.png", "title": "zero"}, {"pin_id": "p1", "image": None, "title": "one"},
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "good.png")  # one image of two fails: skipped, not fatal
+    pins = [{"pin_id": "p0", "image": "bad.png", "title": "zero"}, {"pin_id": "p1", "image": "good.png", "title": "one"},
             {"pin_id": "p2", "image": None, "title": None}, {"pin_id": "p3", "image": None, "title": "three"}]
     pq.write_table(pa.Table.from_pylist(pins), tmp_path / "pins.parquet")
     edges = [("p0", "B1"), ("p1", "B1"), ("p2", "B1"), ("p3", "B2"), ("p9", "B2")]  # p2 skipped, p9 unknown
@@ -324,6 +327,7 @@ def test_load_dataset_splits_default_to_nothing_held_out_and_images_are_only_che
     assert plain.edges.board_index.tolist() == [0, 0, 1]
     checked = load_dataset(tmp_path / "pins.parquet", tmp_path / "boards.parquet", None, check_images=True)
     assert checked.pins.pin_ids == ["p0", "p1", "p3"] and checked.pins.images[0] is None  # decoded: dropped
+    assert checked.pins.images[1] == str(tmp_path / "good.png")
     with_splits = load_dataset(tmp_path / "pins.parquet", tmp_path / "boards.parquet", tmp_path / "splits.json")
     assert with_splits.splits == splits
 
@@ -425,11 +429,12 @@ def test_same_and_share_board_masks_of_a_batch_by_brute_force(hand):
         assert batch.share_board.tolist() == share
 
 
-def test_prepare_training_defaults_and_its_split_keys(hand, capsys):
+def test_prepare_training_defaults_and_its_split_keys(hand, capsys, monkeypatch):
     """Without hard_negatives no hard candidates are mined; a walk progress bar is drawn unless progress=False;
     missing split keys hold nothing out; val_rows are the int64 positions of the validation pins."""
     graph = GraphConfig(walkers_per_pin=50, walk_length=2, top_k=7, hard_ranks=(1, 7))
     capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars are drawn on a terminal only
     plain = prepare_training(hand_dataset(), graph, seed=0)
     assert "random walks" in capsys.readouterr().err
     assert plain.hard.shape == (8, 0) and plain.hard.dtype == np.int64
