@@ -61,7 +61,14 @@ def model_section(final: Path) -> list[str]:
              f"{meta.get('train_pins', '?')} training pins; this checkpoint is step {chosen}"]
     if "best_val_recall@10" in meta:
         lines[-1] += f", the one validation preferred (PinText Recall@10 {meta['best_val_recall@10']:.3f})"
-    return lines + [f"- load it: `Embedder.from_checkpoint(\"{final}\")` or `pinclip serve --checkpoint {final}`", ""]
+    mix = _read_json(final.parent.parent / "mix.json")
+    served = final
+    if mix.get("version") == meta.get("version") and float(mix.get("weight") or 0) > 0:
+        served = final.parent.parent / "mixed"
+        lines.append(f"- served: mixed with its untrained towers at weight {mix['weight']:g} (chosen on validation "
+                     f"among {', '.join(mix.get('scores') or {})}; `pinclip mix`), one "
+                     "[PinCLIP ; towers] vector without Matryoshka prefixes")
+    return lines + [f"- load it: `Embedder.from_checkpoint(\"{served}\")` or `pinclip serve --checkpoint {served}`", ""]
 
 
 def data_section(run: Path, splits_path: Path | None) -> list[str]:
