@@ -21,6 +21,18 @@ from pinclip.eval.encoders import ModelEncoder, TaskVectors, unit
 from pinclip.eval.tasks import TaskSpec
 from pinclip.models.tower_mix import tower_mix
 
+_SHARED: dict[tuple, Any] = {}
+
+
+def _shared(key: tuple, make: Any) -> Any:
+    """One encoder per key in this process, so the mixes of one checkpoint at several weights embed the catalog
+    once (PinCLIP's and the towers' catalog vectors do not depend on the weight); the last 4 are kept."""
+    if key not in _SHARED:
+        while len(_SHARED) >= 4:
+            _SHARED.pop(next(iter(_SHARED)))
+        _SHARED[key] = make()
+    return _SHARED[key]
+
 
 class EnsembleEncoder:
     """A PinCLIP checkpoint and the frozen towers, mixed (module docstring)."""
@@ -34,15 +46,18 @@ class EnsembleEncoder:
 
         meta = json.loads((Path(folder) / "meta.json").read_text())
         self.weight = float(meta["weight"])
-        self.model = ModelEncoder(meta["checkpoint"], device)
-        self.towers = FrozenEncoder(Path(folder) / "towers", device)
+        self.model = _shared(("model", str(meta["checkpoint"]), device), lambda: ModelEncoder(meta["checkpoint"], device))
+        towers = Path(folder) / "towers"
+        self.towers = _shared(("towers", (towers / "meta.json").read_text(), device), lambda: FrozenEncoder(towers, device))
         self.version = str(meta["version"])
         self.quant = GlobalAffine.from_dict(meta["quant"]) if meta.get("quant") else None  # else fitted by the harness
         self.notes: dict[str, str] = {}
 
     def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None:
-        self.model.prepare(pins, cache_dir, progress)
-        self.towers.prepare(pins, cache_dir, progress)
+        for part in (self.model, self.towers):  # shared by the mixes of one checkpoint: prepared once per catalog
+            if getattr(part, "prepared_for", None) is not pins:
+                part.prepare(pins, cache_dir, progress)
+                part.prepared_for = pins
         c, w = self.towers.image.shape[1], self.towers.fields_text.shape[2]
         self._zero_image, self._zero_text = np.zeros((1, c), np.float32), np.zeros((1, w), np.float32)
 
