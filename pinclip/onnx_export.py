@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pinclip.data.schema import TEXT_FIELDS, field_text
+from pinclip.models.pinclip import hybrid_pin, late_fusion
 
 WIDE = 1 << 20  # one length bucket for any batch: the graph must not depend on the traced batch's lengths
 DYNAMIC = {"pixels": {0: "batch"}, "has_image": {0: "batch"}, "ids": {0: "batch", 1: "length"},
@@ -61,7 +62,8 @@ class TextEncoder(nn.Module):
 
 
 class PinEncoder(nn.Module):
-    """pixels, has_image (B,), ids and mask (B, F, L) -> (B, D): the fused mode. Each field's tokens go through
+    """pixels, has_image (B,), ids and mask (B, F, L) -> (B, D): the pin as the model forms it (fused, late or
+    hybrid; pinclip.models.pinclip). Each field's tokens go through
     the backbone's prefix on their own (as the text states are made), then the present tokens of all fields
     are packed to the front in field order, as the batches the model trained on."""
 
@@ -82,7 +84,16 @@ class PinEncoder(nn.Module):
         packed = torch.gather(states, 1, order.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # (B, F·L, W)
         batch = {"pixels": pixels, "has_image": has_image.bool(), "pin_states": packed,
                  "pin_mask": torch.gather(flat, 1, order), "pin_field_ids": torch.gather(field, 1, order)}
-        return self.model.encode_pin(batch, bucket=WIDE)
+        mode = self.model.cfg.pin_mode
+        if mode == "fused":
+            return self.model.encode_pin(batch, bucket=WIDE)
+        # late and hybrid pins: the unit image and each present field's unit text embedding, late-fused
+        image = self.model.encode_image({"pixels": pixels})  # (B, D)
+        field_ids = torch.arange(f, device=ids.device).repeat(b)  # (B·F,)
+        text = self.model.encode_text(states.reshape(b * f, length, -1), present.reshape(b * f, length), field_ids,
+                                      bucket=WIDE).reshape(b, f, -1)  # (B, F, D)
+        late = late_fusion(image, has_image.bool(), text, present.any(-1))
+        return late if mode == "late" else hybrid_pin(late, self.model.encode_pin(batch, bucket=WIDE), self.model.pin_gate)
 
 
 def onnx_feeds(model: nn.Module, texts: list[str] | None = None, field: str = "title", images: list | None = None,

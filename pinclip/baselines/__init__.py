@@ -15,7 +15,8 @@ compared with, so every other setting is shared):
 | lit               | two towers: image <-> every text field (multi-positive), no fused pass, a pin = |
 |                   | unit(unit image + unit mean text) (late fusion, the CLIP-embedding recipe)    |
 | lit_neighbor      | lit + PinCLIP's graph terms (neighbor loss, board titles) on its late-fused pin |
-| fused_no_neighbor | PinCLIP without its graph terms (the VLM-embedding recipe)                    |
+| fused_no_neighbor | PinCLIP without its graph terms (its pin as PinCLIP forms it: the VLM-embedding |
+|                   | recipe when the run's pin is fused, the hybrid pin when it is hybrid)          |
 
 "The graph terms" are the losses whose targets come from the Pin-Board graph: the neighbor loss, the
 image-neighbor loss and the board-title term. Batches are built alike for every trained model (anchors,

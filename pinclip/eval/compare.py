@@ -72,17 +72,22 @@ def ablation_table(folders: dict[str, str | Path | tuple[str | Path, str]], refe
     header = ["model", *(_column(c) for c in cells), "selection score"]
     rows = []
     for name, (doc, per_query, model) in loaded.items():
-        means, diffs = [], []
+        texts, diffs = [], []
         for cell in cells:
+            if f"{model}/0/{'/'.join(cell)}/{metric}" not in per_query:  # a cell the model cannot score
+                texts.append("n/a")
+                continue
             ours, clusters = per_seed_values(per_query, model, cell, metric)
-            means.append(float(ours.mean()))
-            if name != reference:
-                diffs.append(paired_difference(ours, per_seed_values(ref_q, ref_model, cell, metric)[0],
-                                               clusters=clusters))
+            if name == reference:
+                texts.append(f"{ours.mean():.3f}")
+                continue
+            d = paired_difference(ours, per_seed_values(ref_q, ref_model, cell, metric)[0], clusters=clusters)
+            diffs.append(d)
+            texts.append((ours.mean(), d))
         holm_significant(diffs)  # one row: one family
-        texts = [f"{m:.3f}" if name == reference else
-                 f"{m:.3f} ({d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{'' if d['significant'] else ' n.s.'})"
-                 for m, d in zip(means, diffs or [None] * len(means))]
+        texts = [t if isinstance(t, str) else
+                 f"{t[0]:.3f} ({t[1]['diff']:+.3f} [{t[1]['low']:+.3f}, {t[1]['high']:+.3f}]"
+                 f"{'' if t[1]['significant'] else ' n.s.'})" for t in texts]
         domain = None
         if domain_folders and name in domain_folders:
             domain = json.loads((Path(domain_folders[name]) / "metrics.json").read_text())
