@@ -47,8 +47,11 @@ def lock_folder(folder: Path) -> int:
         os.close(fd)
         raise PinIndexError(f"{folder} is open in another process (pid {holder}): stop that server or command "
                             "first, or send writes to it over HTTP") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # the pid is a hint for the message above; a full disk must not fail the open over it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
     return fd
 
 

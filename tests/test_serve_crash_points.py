@@ -1,0 +1,66 @@
+"""Every write, fsync, rename and truncate of the index folder's write path, failed in turn as a crash,
+an ENOSPC and an EIO: no acknowledged write lost, nothing half-applied, writes resume (tests/crash_points.py)."""
+
+from __future__ import annotations
+
+import pytest
+from crash_points import (
+    FaultInjector,
+    enumerate_crash_points,
+    make_embeddings,
+    make_template,
+    run_workload,
+    seed_ledger,
+)
+
+MIN_POINTS = 100  # the workload's calls when this was written: 108 (three compactions, open, index add)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    embeddings = make_embeddings(root)
+    return root, make_template(root), embeddings
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["crash", "enospc", "eio"])
+def test_every_call_of_the_write_path_can_fail_without_losing_an_acknowledged_write(prepared, mode, tmp_path):
+    _, template, embeddings = prepared
+    result = enumerate_crash_points(tmp_path, template, embeddings, modes=(mode,))
+    assert result.points >= MIN_POINTS and result.runs[mode] == result.points
+    assert {call.split()[0] for call in result.calls} == {"write", "fsync", "replace", "ftruncate"}
+    assert result.acknowledged > 5 * result.points  # most runs acknowledge most writes
+    assert result.failures == []
+
+
+def test_the_fault_free_workload_covers_both_compactions_and_index_add(prepared, tmp_path):
+    import shutil
+
+    _, template, embeddings = prepared
+    shutil.copytree(template, tmp_path / "idx")
+    ledger, injector = seed_ledger(embeddings), FaultInjector(tmp_path / "idx")
+    assert run_workload(tmp_path / "idx", embeddings, ledger, injector)
+    assert ledger.failed_steps == [] and ledger.acknowledged == 13
+    renamed = [c for c in injector.calls if c.startswith("replace snap-")]
+    assert renamed == ["replace snap-000002", "replace snap-000003", "replace snap-000004"]  # manual, automatic x2
+    assert injector.calls[1] == "ftruncate log-000001.wal"  # the template's torn tail is cut on open
+
+
+def test_the_harness_catches_a_write_path_that_switches_logs_before_the_manifest(prepared, tmp_path, monkeypatch):
+    """The bug this harness was built for: writes acknowledged into a log no durable manifest names."""
+    from pinclip.serve.faiss_backend import FaissBackend
+
+    def rotate_early(self):  # the old order: the new log is used before the manifest naming it is on disk
+        old = self.log
+        old.sync((old.epoch, old.written))
+        self._apply_synced()
+        generation = self._next_generation()
+        self.log = self._new_log(generation)
+        self._commit(self.manifest["snapshot"], [*self.manifest["logs"], self.log.path.name], generation,
+                     self.manifest.get("checksums", {}))
+
+    monkeypatch.setattr(FaissBackend, "_rotate", rotate_early)
+    _, template, embeddings = prepared
+    result = enumerate_crash_points(tmp_path, template, embeddings, modes=("enospc",), only="index.json")
+    assert result.lost >= 1, result.failures
