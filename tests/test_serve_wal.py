@@ -1,0 +1,135 @@
+"""The write log: torn tails are cut, corruption before the tail is refused, writes resume after a failure."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from pinclip.serve.wal import FRAME, MAGIC, LogCorrupt, LogOp, WriteLog, encode_op, read_log, scan_log
+
+
+def put(i: int) -> bytes:
+    return encode_op(LogOp("put", [f"p{i}"], np.full((1, 4), i, np.int8), [{"title": f"t{i}", "image": None}]))
+
+
+@pytest.fixture
+def log_of_five(tmp_path):
+    """A log of five put records; returns (path, the offset where each record starts)."""
+    log = WriteLog.create(tmp_path / "log.wal", {"dim": 4})
+    starts = []
+    for i in range(5):
+        starts.append(log.size)
+        log.sync(log.append(put(i)))
+    log.close()
+    return tmp_path / "log.wal", starts
+
+
+def flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_records_round_trip(log_of_five):
+    path, _ = log_of_five
+    header, ops, end = read_log(path)
+    assert header == {"dim": 4} and end == path.stat().st_size
+    assert [op.pin_ids for op in ops] == [[f"p{i}"] for i in range(5)]
+    assert ops[3].codes.tolist() == [[3, 3, 3, 3]] and ops[3].cards == [{"title": "t3", "image": None}]
+
+
+def test_a_record_cut_short_at_the_end_is_a_torn_tail(log_of_five):
+    path, starts = log_of_five
+    os.truncate(path, path.stat().st_size - 3)
+    _, ops, end = read_log(path)
+    assert len(ops) == 4 and end == starts[4]
+    scan = scan_log(path)
+    assert scan.torn_tail and scan.bad == [(starts[4], path.stat().st_size, "cut short")]
+
+
+def test_a_zero_filled_tail_is_a_torn_tail(log_of_five):
+    path, _ = log_of_five
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b"\0" * 64)
+    assert len(read_log(path)[1]) == 5 and read_log(path)[2] == size
+
+
+@pytest.mark.parametrize("record", [0, 2, 3])
+def test_a_bad_byte_before_the_tail_is_corruption_named_by_offset(log_of_five, record):
+    path, starts = log_of_five
+    flip(path, starts[record] + FRAME.size + 3)  # inside the payload: its checksum fails
+    with pytest.raises(LogCorrupt, match=f"log.wal: corrupt record at byte {starts[record]:,} \\(checksum mismatch\\)"):
+        read_log(path)
+    assert path.stat().st_size > starts[4]  # nothing was cut
+
+
+def test_a_bad_length_field_before_the_tail_is_corruption_not_a_tail(log_of_five):
+    path, starts = log_of_five
+    flip(path, starts[1] + 2)  # the length now runs past the end of the file
+    with pytest.raises(LogCorrupt, match=f"byte {starts[1]:,} \\(cut short\\)"):
+        read_log(path)
+
+
+def test_a_bad_checksum_in_the_last_complete_record_is_corruption(log_of_five):
+    """A crash cuts a record short; it does not write a complete record with wrong bytes."""
+    path, starts = log_of_five
+    flip(path, starts[4] + FRAME.size + 5)
+    with pytest.raises(LogCorrupt, match=f"byte {starts[4]:,}"):
+        read_log(path)
+
+
+def test_salvage_skips_a_bad_record_and_reads_on(log_of_five):
+    path, starts = log_of_five
+    flip(path, starts[2] + FRAME.size + 3)
+    scan = scan_log(path, salvage=True)
+    assert [op.pin_ids[0] for op in scan.ops] == ["p0", "p1", "p3", "p4"]
+    assert scan.bad == [(starts[2], starts[3], "checksum mismatch")] and not scan.torn_tail
+
+
+def test_not_a_log(tmp_path):
+    (tmp_path / "x.wal").write_bytes(b"hello\n")
+    with pytest.raises(ValueError, match="not a pinclip write log"):
+        read_log(tmp_path / "x.wal")
+    (tmp_path / "y.wal").write_bytes(MAGIC + b"{broken\n")
+    with pytest.raises(ValueError, match="header is corrupt"):
+        read_log(tmp_path / "y.wal")
+
+
+def test_writes_resume_after_a_short_write(tmp_path, monkeypatch):
+    log = WriteLog.create(tmp_path / "log.wal", {})
+    log.sync(log.append(put(0)))
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))  # the disk fills mid-record
+    with pytest.raises(OSError, match="short write"):
+        log.append(put(1))
+    monkeypatch.setattr(os, "write", real_write)  # space is free again
+    log.sync(log.append(put(2)))
+    log.close()
+    assert [op.pin_ids for op in read_log(tmp_path / "log.wal")[1]] == [["p0"], ["p2"]]
+
+
+def test_a_failed_fsync_fails_every_unsynced_write_and_they_are_cut(tmp_path, monkeypatch):
+    log = WriteLog.create(tmp_path / "log.wal", {})
+    first, second = log.append(put(0)), log.append(put(1))
+
+    def no_fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    with pytest.raises(OSError):
+        log.sync(first)
+    with pytest.raises(OSError):
+        log.sync(second)  # covered by the failed fsync too
+    monkeypatch.undo()
+    third = log.append(put(2))  # cuts the two unsynced records first
+    assert log.is_lost(first) and log.is_lost(second)
+    with pytest.raises(OSError, match="cut from the log"):
+        log.sync(second)  # its offset now belongs to another record: never acknowledged
+    log.sync(third)
+    assert log.is_durable(third)
+    log.close()
+    assert [op.pin_ids for op in read_log(tmp_path / "log.wal")[1]] == [["p2"]]
