@@ -200,11 +200,12 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
         return Form(None, max_length=max_length, description=description)
 
     pin_id_form = Form(None, min_length=1, max_length=limits.max_pin_id_chars, pattern=PIN_ID_PATTERN,
-                       description="optional; a fresh id is made when absent; an id already there is replaced")
+                       description="optional; a fresh id is made when absent; an id already there is replaced; "
+                                   "no '.' or '..' path segment (422: URL-normalizing clients could not reach it)")
     auth = [Depends(token_checker(token))]
 
     @app.post("/pins", status_code=201, dependencies=auth, response_model=PinWritten,
-              responses=errors(400, 401, 409, 413, 422, 503))
+              responses=errors(400, 401, 409, 413, 422, 503, 507))
     def add_pin(
         image: UploadFile | None = File(None),
         texts: str | None = text_form("JSON object: title, description, caption, queries, annotations",
@@ -220,6 +221,9 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
     ) -> dict:
         form = {"title": title, "description": description, "caption": caption, "queries": queries,
                 "annotations": annotations}
+        if pin_id is not None and {".", ".."} & set(pin_id.split("/")):
+            raise ServiceError(422, "pin_id must not have a '.' or '..' path segment: clients that normalize "
+                                    "URLs could not reach /pins/{pin_id}")
         fields = pin_fields_from_form(texts, form, limits)
         picture = None
         if image is not None and image.filename:
@@ -227,7 +231,7 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
         return svc.put_pin(pin_id, fields, picture, model_version)
 
     @app.delete("/pins/{pin_id:path}", dependencies=auth, response_model=PinDeleted,
-                responses=errors(401, 404, 503))
+                responses=errors(401, 404, 503, 507))
     def delete_pin(pin_id: str) -> dict:
         return svc.delete_pin(pin_id)
 
