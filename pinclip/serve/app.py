@@ -11,13 +11,14 @@ Endpoints (JSON; OpenAPI at /openapi.json, docs at /docs):
     POST /pins  (Authorization: Bearer)   add or replace a pin (image + texts), durable before the answer
     DELETE /pins/{pin_id}  (Bearer)       remove a pin, durable before the answer
     GET  /pins/{pin_id}   GET /images/{pin_id}   metadata and image of a pin, for the page
-    POST /v1/embeddings   GET /v1/models  the OpenAI embeddings API (pinclip.serve.openai_api)
+    POST /v1/embeddings   GET /v1/models[/{id}]  the OpenAI embeddings API (pinclip.serve.openai_api)
+    GET  /metrics                         Prometheus text format (pinclip.serve.metrics)
 Errors are {"detail": message} (the /v1 routes answer in OpenAI's {"error": {...}} shape): 401
 missing or wrong token, 404 unknown pin, 409 another model version, 413 body over the limit, 422
 invalid input, 503 writes disabled, the embedding queue full or a write failed (Retry-After), 507
 a write refused because the index's disk is full (Retry-After; nothing was changed). The limits (k,
 texts, dims, lengths) are in the OpenAPI schema. No error body carries a file path or a Python repr
-(`scrub`). GET /metrics answers in Prometheus' text format (pinclip.serve.metrics).
+(`scrub`).
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def create_app(embedder: Any, index: Any, pins_meta: dict[str, dict], token: str
     from pinclip import __version__
     from pinclip.serve.faiss_backend import FaissBackend
     from pinclip.serve.index import PinIndex
+    from pinclip.serve.metrics import RequestMetrics, ServeMetrics, metrics_route
     from pinclip.serve.openai_api import openai_routes
     from pinclip.serve.routes import embed_routes, pin_routes, search_routes
 
@@ -179,7 +181,10 @@ def create_app(embedder: Any, index: Any, pins_meta: dict[str, dict], token: str
     app = FastAPI(title="PinCLIP", version=__version__,
                   description="Multimodal pin embeddings: embed, search, related pins, cold-start adds.")
     app.state.service = svc
+    metrics = ServeMetrics(svc)
+    svc.on_batch = metrics.observe_batch
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s of the size limit too
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RecursionError, too_deep)
@@ -188,6 +193,7 @@ def create_app(embedder: Any, index: Any, pins_meta: dict[str, dict], token: str
     search_routes(app, svc)
     pin_routes(app, svc, token)
     openai_routes(app, svc)
+    metrics_route(app, metrics)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -97,6 +97,7 @@ class PinService:
         self.decodes = threading.BoundedSemaphore(limits.max_decodes)
         self.batchers: dict[tuple[str, str], MicroBatcher] = {}
         self.batchers_lock = threading.Lock()
+        self.on_batch: Callable[[str, int], None] | None = None  # (kind, items in one model call), for /metrics
 
     # ---- embedding, through one micro-batcher per (kind, field) ---------------------------------
 
@@ -110,8 +111,10 @@ class PinService:
                 }[kind]
                 size = self.limits.batch_size if kind == "text" else min(self.limits.batch_size,
                                                                           self.limits.image_batch_size)
-                self.batchers[(kind, field)] = MicroBatcher(fn, size, self.limits.batch_wait_ms,
-                                                            self.limits.max_queue, f"embed-{kind}-{field}")
+                observe = self.on_batch
+                self.batchers[(kind, field)] = MicroBatcher(
+                    fn, size, self.limits.batch_wait_ms, self.limits.max_queue, f"embed-{kind}-{field}",
+                    (lambda n: observe(kind, n)) if observe else None)
             return self.batchers[(kind, field)]
 
     def embed(self, kind: str, items: list[Any], field: str = "title") -> np.ndarray:
