@@ -3,6 +3,9 @@ an ENOSPC and an EIO: no acknowledged write lost, nothing half-applied, writes r
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 from crash_points import (
     FaultInjector,
@@ -16,11 +19,21 @@ from crash_points import (
 MIN_POINTS = 100  # the workload's calls when this was written: 108 (three compactions, open, index add)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def prepared(tmp_path_factory):
+    """Built per test, not per module: mutmut credits the functions a fixture runs to the test it ran in."""
     root = tmp_path_factory.mktemp("crash")
     embeddings = make_embeddings(root)
     return root, make_template(root), embeddings
+
+
+@pytest.fixture
+def tmp_path():
+    """A folder in memory where there is one (/dev/shm): the runs fsync hundreds of times, and the faults are
+    injected, not the disk's, so a real disk adds only time."""
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(prefix="pinclip-crash-", dir=shm if shm.is_dir() else None) as folder:
+        yield Path(folder)
 
 
 @pytest.mark.slow
@@ -32,6 +45,15 @@ def test_every_call_of_the_write_path_can_fail_without_losing_an_acknowledged_wr
     assert {call.split()[0] for call in result.calls} == {"write", "fsync", "replace", "ftruncate"}
     assert result.acknowledged > 5 * result.points  # most runs acknowledge most writes
     assert result.failures == []
+
+
+@pytest.mark.parametrize("mode", ["crash", "enospc", "eio"])
+def test_the_manifest_and_snapshot_renames_can_fail_in_every_mode(prepared, mode, tmp_path):
+    """The fast subset (make mutants runs it): every call on index.json and every snapshot rename."""
+    _, template, embeddings = prepared
+    for only in ("index.json", "replace snap-"):
+        result = enumerate_crash_points(tmp_path / only.split()[-1], template, embeddings, modes=(mode,), only=only)
+        assert result.runs[mode] >= 3 and result.failures == []
 
 
 def test_the_fault_free_workload_covers_both_compactions_and_index_add(prepared, tmp_path):

@@ -165,6 +165,7 @@ def test_a_compaction_that_fails_part_way_leaves_the_index_whole(folder, monkeyp
     again.close()
 
 
+@pytest.mark.slow  # server subprocesses: left out of make mutants (tests/test_serve_crash_points.py covers the path)
 def test_kill_9_at_random_moments_loses_no_acknowledged_write(folder):
     totals = kill_loop(folder, kills=6, seed=1, workers=3, compact_bytes=3000, max_delay_s=1.0)
     assert totals["kills"] == 6 and totals["acknowledged_writes"] > 20
