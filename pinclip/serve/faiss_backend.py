@@ -263,8 +263,7 @@ class FaissBackend:
         """Under self.lock: sync and apply every write of the current log, then commit a manifest naming a
         new log beside the old ones, and only then switch writes to it."""
         old = self.log
-        if old.failed:
-            old.heal()
+        old.heal()  # a failed write's bytes are cut first
         old.sync((old.epoch, old.written))
         self._apply_synced()
         generation = self._next_generation()

@@ -231,7 +231,13 @@ class WriteLog:
         return cls(Path(path), fd, good_end)
 
     def heal(self) -> None:
-        """Cut the file back to the last synced record after a failure; raises if that fails too."""
+        """After a failure, cut the file back to the last synced record (nothing to do otherwise)."""
+        with self.write_lock, self.sync_lock:
+            if self.failed:
+                self._heal()
+
+    def _heal(self) -> None:
+        """heal() with both locks held; raises if the truncate or its fsync fails too."""
         os.ftruncate(self.fd, self.synced)
         os.fsync(self.fd)
         self.written, self.failed = self.synced, None
@@ -244,7 +250,7 @@ class WriteLog:
         frame = FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         with self.write_lock, self.sync_lock:
             if self.failed:
-                self.heal()
+                self._heal()
             try:
                 written = os.write(self.fd, frame)
             except OSError as err:
