@@ -170,3 +170,28 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(folder):
     totals = kill_loop(folder, kills=6, seed=1, workers=3, compact_bytes=3000, max_delay_s=1.0)
     assert totals["kills"] == 6 and totals["acknowledged_writes"] > 20
     assert totals["pins_found"] == totals["pins_checked"]
+
+
+def test_a_durable_write_is_applied_even_when_a_later_failure_cuts_the_log_first(folder, monkeypatch):
+    """Writer a's fsync succeeded, but before a applies its write, b's fsync fails and c's append cuts the
+    log back: a must still be applied (it is on disk and acknowledged), b dropped, c applied."""
+    from pinclip.serve.wal import LogOp, encode_op
+
+    store = FaissBackend.open(folder)
+    log = store.log
+    ops = {p: LogOp("put", [p], codes_for([f"fruit {p}"]), [{"title": p}]) for p in "ab"}
+    for p in "ab":
+        ticket = log.append(encode_op(ops[p]))
+        store.unapplied.append((log, ticket, ops[p]))
+        if p == "a":
+            log.sync(ticket)  # a is durable; it has not taken the store's lock to apply yet
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(OSError):
+        log.sync(store.unapplied[-1][1])
+    monkeypatch.undo()
+    store.put(["c"], codes_for(["cherry"]), [{"title": "c"}], FAKE.version)  # cuts b, then applies a and c
+    assert "a" in store and "b" not in store and "c" in store and store.unapplied == []
+    store.close()
+    again = FaissBackend.open(folder)
+    assert "a" in again and "b" not in again and "c" in again
+    again.close()

@@ -62,8 +62,11 @@ def test_a_zero_filled_tail_is_a_torn_tail(log_of_five):
 def test_a_bad_byte_before_the_tail_is_corruption_named_by_offset(log_of_five, record):
     path, starts = log_of_five
     flip(path, starts[record] + FRAME.size + 3)  # inside the payload: its checksum fails
-    with pytest.raises(LogCorrupt, match=f"log.wal: corrupt record at byte {starts[record]:,} \\(checksum mismatch\\)"):
+    with pytest.raises(LogCorrupt) as caught:
         read_log(path)
+    assert str(caught.value) == (f"log.wal: corrupt record at byte {starts[record]:,} (checksum mismatch) with good "
+                                 "records after it; see `pinclip index verify` and `pinclip index repair`")
+    assert caught.value.offset == starts[record] and caught.value.why == "checksum mismatch"
     assert path.stat().st_size > starts[4]  # nothing was cut
 
 
@@ -133,3 +136,64 @@ def test_a_failed_fsync_fails_every_unsynced_write_and_they_are_cut(tmp_path, mo
     assert log.is_durable(third)
     log.close()
     assert [op.pin_ids for op in read_log(tmp_path / "log.wal")[1]] == [["p2"]]
+
+
+def put_with_image(i: int, image: bytes) -> bytes:
+    return encode_op(LogOp("put", [f"p{i}"], np.full((1, 4), i, np.int8), [{"title": f"t{i}", "image": image}]))
+
+
+FAKE_FRAME = b'\x10\x00\x00\x00\x00\x00\x00\x00{"op": "put"}'  # looks like a record start inside an image
+
+
+def test_salvage_resumes_at_the_next_real_record_not_at_a_lookalike_inside_a_payload(tmp_path):
+    log = WriteLog.create(tmp_path / "log.wal", {})
+    starts = []
+    for i, image in enumerate([b"", b"png" + FAKE_FRAME + b"more", b""]):
+        starts.append(log.size)
+        log.sync(log.append(put_with_image(i, image)))
+    log.close()
+    path = tmp_path / "log.wal"
+    data = bytearray(path.read_bytes())
+    data[starts[1] + FRAME.size + 2] ^= 0x01  # record 1 is bad; its image holds the lookalike
+    path.write_bytes(bytes(data))
+    scan = scan_log(path, salvage=True)
+    assert scan.bad == [(starts[1], starts[2], "checksum mismatch")]
+    assert [op.pin_ids[0] for op in scan.ops] == ["p0", "p2"]
+
+
+def test_a_torn_last_record_with_a_lookalike_inside_is_still_a_torn_tail(tmp_path):
+    log = WriteLog.create(tmp_path / "log.wal", {})
+    log.sync(log.append(put(0)))
+    start = log.size
+    log.sync(log.append(put_with_image(1, b"png" + FAKE_FRAME + b"x" * 40)))
+    log.close()
+    os.truncate(tmp_path / "log.wal", (tmp_path / "log.wal").stat().st_size - 10)
+    _, ops, end = read_log(tmp_path / "log.wal")
+    assert len(ops) == 1 and end == start
+
+
+def test_tickets_tell_durable_pending_and_lost_writes_apart(tmp_path, monkeypatch):
+    log = WriteLog.create(tmp_path / "log.wal", {})
+    first = log.append(put(0))
+    assert not log.is_durable(first) and not log.is_lost(first)  # written, its fsync still to come
+    log.sync(first)
+    assert log.is_durable(first) and not log.is_lost(first)
+    pending = log.append(put(1))
+    assert not log.is_lost(pending)
+
+    def no_fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    for attempt in range(2):  # two failures in a row: each heal starts a new epoch
+        monkeypatch.setattr(os, "fsync", no_fsync)
+        with pytest.raises(OSError):
+            log.sync(pending)
+        assert log.is_lost(pending) and not log.is_durable(pending) and log.is_durable(first)
+        monkeypatch.undo()
+        pending = log.append(put(2 + attempt))
+        assert log.epoch == attempt + 1 and not log.is_lost(pending)
+    log.sync(pending)
+    log.sync(first)  # a record synced before the cuts stays acknowledged
+    log.close()
+    assert log.epoch_ends == [first[1], first[1]]
+    assert [op.pin_ids for op in read_log(tmp_path / "log.wal")[1]] == [["p0"], ["p3"]]

@@ -201,6 +201,7 @@ class WriteLog:
         self.write_lock, self.sync_lock = threading.Lock(), threading.Lock()
         self.failed: OSError | None = None
         self.epoch = 0
+        self.epoch_ends: list[int] = []  # where each earlier epoch was cut back to (all of it durable)
 
     @classmethod
     def create(cls, path: Path, header: dict[str, Any]) -> WriteLog:
@@ -241,6 +242,7 @@ class WriteLog:
         os.ftruncate(self.fd, self.synced)
         os.fsync(self.fd)
         self.written, self.failed = self.synced, None
+        self.epoch_ends.append(self.synced)
         self.epoch += 1
 
     def append(self, payload: bytes) -> tuple[int, int]:
@@ -266,10 +268,10 @@ class WriteLog:
         """Return once the record of `ticket` is on disk (one fsync may cover many writers)."""
         epoch, upto = ticket
         with self.sync_lock:
+            if self.is_durable(ticket):
+                return
             if epoch != self.epoch:
                 raise OSError(errno.EIO, "the write was cut from the log after a failed write")
-            if self.synced >= upto:
-                return
             if self.failed:
                 raise self.failed
             target = self.written
@@ -281,10 +283,16 @@ class WriteLog:
             self.synced = target
 
     def is_durable(self, ticket: tuple[int, int]) -> bool:
-        return ticket[0] == self.epoch and ticket[1] <= self.synced
+        """The record is on disk (synced before any cut, or in the current epoch and synced)."""
+        epoch, end = ticket
+        return end <= (self.epoch_ends[epoch] if epoch < self.epoch else self.synced)
 
     def is_lost(self, ticket: tuple[int, int]) -> bool:
-        return ticket[0] != self.epoch or (self.failed is not None and ticket[1] > self.synced)
+        """The record was cut off, or will be: a failure came before its fsync."""
+        epoch, end = ticket
+        if epoch < self.epoch:
+            return end > self.epoch_ends[epoch]
+        return self.failed is not None and end > self.synced
 
     @property
     def size(self) -> int:
