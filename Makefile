@@ -4,7 +4,8 @@
 #   make test        # venv + installs + demo data, then the test suite
 #   make report      # the demo's evaluation against every baseline + scaling curve (~30 min more)
 #   make bench       # benchmarks against peer tools (long; not part of the tests)
-#   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant (~1 h)
+#   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant and
+#                    # the served index's write path: write log, FAISS backend, index folder (~1 h)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

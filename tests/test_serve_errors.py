@@ -153,3 +153,9 @@ def test_token_counts_use_a_private_tokenizer_never_the_models():
     for t in threads:
         t.join()
     assert results == [5] * 8 and shared.calls == 0 and counter.tokenizer.clashes == 0
+
+
+def test_k_must_be_a_json_integer_not_a_boolean(client):
+    assert client.post("/search/text", json={"q": "pin", "k": True}).status_code == 422
+    assert client.post("/search/text", json={"q": "pin", "k": 2}).status_code == 200
+    assert client.get("/search/text", params={"q": "pin", "k": "true"}).status_code == 422

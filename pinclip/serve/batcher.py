@@ -66,7 +66,10 @@ class MicroBatcher:
             batch = self._collect()
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-256:]
             if self.on_batch is not None:
-                self.on_batch(len(batch))
+                try:
+                    self.on_batch(len(batch))
+                except Exception:  # noqa: BLE001 - a metrics hook must never stop the worker
+                    pass
             try:
                 results = self.fn([item for item, _ in batch])
                 for (_, future), result in zip(batch, results, strict=True):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, StringConstraints, create_model
 
 from pinclip.data.schema import LIST_FIELDS, STRING_FIELDS, TEXT_FIELDS
 from pinclip.serve.app import errors
@@ -45,7 +45,8 @@ def request_models(svc: PinService) -> tuple[type[BaseModel], type[BaseModel]]:
     text, limits = text_type(svc.limits), svc.limits
     texts_request = create_model("TextsRequest", texts=(list[text], Field(min_length=1, max_length=limits.max_texts)),
                                  dim=(dim_type(svc), None), int8=(StrictBool, False))
-    text_query = create_model("TextQuery", q=(text, ...), k=(int, Field(10, ge=1, le=limits.max_k)))
+    text_query = create_model("TextQuery", q=(text, ...),
+                              k=(StrictInt, Field(10, ge=1, le=limits.max_k)))  # JSON true is not a k
     return texts_request, text_query
 
 
