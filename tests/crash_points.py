@@ -5,7 +5,8 @@ Used by tests/test_serve_crash_points.py; prints the counts when run as a script
     PYTHONPATH=. python tests/crash_points.py
 
 `run_workload` drives the write path (open with recovery of a torn tail, add, replace, delete, a
-two-pin write, manual compaction, automatic compaction, close, `pinclip index add`) on a copy of a
+two-pin write, manual compaction with a write landing while its snapshot is written, automatic
+compaction, close, `pinclip index add`) on a copy of a
 template folder while `FaultInjector` counts every write, fsync, rename and truncate on files under
 that folder. With `at=k` the k-th of them fails, once:
   - "crash":  the process dies there (a write first lands half its bytes, a torn record); every file
@@ -195,19 +196,48 @@ def seed_ledger(embeddings: Path) -> Ledger:
     return ledger
 
 
-def _steps(embeddings: Path) -> list[tuple[str, list[str], list[str | None], Callable[[Any], Any]]]:
-    """(name, pins, titles, action on the open store) in order; None pins: not a pin write."""
-    def put(pins, titles, image=None):
-        return lambda s: s.put(pins, codes_for(titles), [{"title": t, "image": image} for t in titles], FAKE.version)
+def _put(pins: list[str], titles: list[str], image: bytes | None = None) -> Callable[[Any], Any]:
+    return lambda s: s.put(pins, codes_for(titles), [{"title": t, "image": image} for t in titles], FAKE.version)
 
-    steps = [("add a1", ["a1"], ["apple one"], put(["a1"], ["apple one"])),
-             ("add g1 g2", ["g1", "g2"], ["grape one", "grape two"], put(["g1", "g2"], ["grape one", "grape two"])),
-             ("replace a1", ["a1"], ["avocado one"], put(["a1"], ["avocado one"])),
+
+def compact_with_a_write_meanwhile(ledger: Ledger) -> Callable[[Any], Any]:
+    """Manual compaction during which another write (pin m1) lands, between the rotation and the new
+    snapshot: it goes to the new log and is replayed onto the new snapshot in memory."""
+    import pinclip.serve.faiss_backend as backend
+
+    def action(store: FaissBackend) -> Any:
+        real = backend.write_snapshot
+
+        def snapshot_after_a_write(*args: Any) -> Any:
+            try:
+                _put(["m1"], ["mango one"])(store)
+            except OSError:
+                ledger.fail("m1 during compaction", ["m1"], ["mango one"])
+            except Crash:
+                ledger.fail("m1 during compaction", ["m1"], ["mango one"])
+                raise
+            else:
+                ledger.ack(["m1"], ["mango one"])
+            return real(*args)
+
+        backend.write_snapshot = snapshot_after_a_write
+        try:
+            return store.compact()
+        finally:
+            backend.write_snapshot = real
+    return action
+
+
+def _steps(ledger: Ledger) -> list[tuple[str, list[str], list[str | None], Callable[[Any], Any]]]:
+    """(name, pins, titles, action on the open store) in order; no pins: not a pin write."""
+    steps = [("add a1", ["a1"], ["apple one"], _put(["a1"], ["apple one"])),
+             ("add g1 g2", ["g1", "g2"], ["grape one", "grape two"], _put(["g1", "g2"], ["grape one", "grape two"])),
+             ("replace a1", ["a1"], ["avocado one"], _put(["a1"], ["avocado one"])),
              ("delete s3", ["s3"], [None], lambda s: s.delete(["s3"])),
-             ("add a2 with image", ["a2"], ["apricot two"], put(["a2"], ["apricot two"], b"\x89PNG fake" * 20)),
-             ("compact", [], [], lambda s: s.compact())]
+             ("add a2 with image", ["a2"], ["apricot two"], _put(["a2"], ["apricot two"], b"\x89PNG fake" * 20)),
+             ("compact, m1 written meanwhile", [], [], compact_with_a_write_meanwhile(ledger))]
     for i in range(3, 9):  # past COMPACT_BYTES: automatic compaction
-        steps.append((f"add a{i}", [f"a{i}"], [f"almond {i}"], put([f"a{i}"], [f"almond {i}"])))
+        steps.append((f"add a{i}", [f"a{i}"], [f"almond {i}"], _put([f"a{i}"], [f"almond {i}"])))
     steps.append(("delete a2", ["a2"], [None], lambda s: s.delete(["a2"])))
     return steps
 
@@ -216,8 +246,10 @@ def run_workload(folder: Path, embeddings: Path, ledger: Ledger, injector: Fault
     """The write path under `injector`; False when the injected crash ended it."""
     from pinclip.cli import main
 
-    for step in _steps(embeddings):
+    steps = _steps(ledger)
+    for step in steps:
         ledger.codes.update({(p, t): codes_for([t])[0] for p, t in zip(step[1], step[2]) if t})
+    ledger.codes[("m1", "mango one")] = codes_for(["mango one"])[0]
     store = None
     try:
         with injected(injector):
@@ -228,7 +260,7 @@ def run_workload(folder: Path, embeddings: Path, ledger: Ledger, injector: Fault
                 except OSError:
                     ledger.failed_steps.append("open")
             store.compact_in_background = store._compact_quietly  # inline: deterministic
-            for name, pins, titles, action in _steps(embeddings):
+            for name, pins, titles, action in steps:
                 try:
                     action(store)
                 except OSError:
