@@ -159,3 +159,10 @@ def test_k_must_be_a_json_integer_not_a_boolean(client):
     assert client.post("/search/text", json={"q": "pin", "k": True}).status_code == 422
     assert client.post("/search/text", json={"q": "pin", "k": 2}).status_code == 200
     assert client.get("/search/text", params={"q": "pin", "k": "true"}).status_code == 422
+
+
+def test_pin_texts_have_the_one_limit_inside_the_texts_object_too(client):
+    for texts in ('{"title": "%s"}' % ("t" * 301), '{"queries": ["ok", "%s"]}' % ("q" * 301)):
+        response = client.post("/pins", data={"texts": texts}, headers=AUTH)
+        assert response.status_code == 422 and "the limit is 300" in response.json()["detail"]
+    assert client.post("/pins", data={"texts": '{"title": "%s"}' % ("t" * 300)}, headers=AUTH).status_code == 201

@@ -173,6 +173,12 @@ def pin_fields_from_form(texts: str | None, form: dict[str, str | None], limits:
         if fields.get(name) is not None and not isinstance(fields[name], str):
             raise ServiceError(422, f"{name} must be a string")
     fields.update({name: _list_value(name, fields.get(name)) for name in LIST_FIELDS})
+    for name in TEXT_FIELDS:  # the one limit of every text, inside the texts object too
+        values = fields.get(name) if name in LIST_FIELDS else [fields.get(name)]
+        longest = max((len(v) for v in values or [] if v is not None), default=0)
+        if longest > limits.max_text_chars:
+            raise ServiceError(422, f"{name} holds a text of {longest:,} characters; the limit is "
+                                    f"{limits.max_text_chars:,}")
     joined = pin_text(fields)
     if unicode_problem(joined):
         raise ServiceError(422, f"the pin's texts contain {unicode_problem(joined)}")
