@@ -148,7 +148,7 @@ FAKE_FRAME = b'\x10\x00\x00\x00\x00\x00\x00\x00{"op": "put"}'  # looks like a re
 def test_salvage_resumes_at_the_next_real_record_not_at_a_lookalike_inside_a_payload(tmp_path):
     log = WriteLog.create(tmp_path / "log.wal", {})
     starts = []
-    for i, image in enumerate([b"", b"png" + FAKE_FRAME + b"more", b""]):
+    for i, image in enumerate([b"", b"png" + FAKE_FRAME + b"more", b"", b""]):
         starts.append(log.size)
         log.sync(log.append(put_with_image(i, image)))
     log.close()
@@ -158,7 +158,7 @@ def test_salvage_resumes_at_the_next_real_record_not_at_a_lookalike_inside_a_pay
     path.write_bytes(bytes(data))
     scan = scan_log(path, salvage=True)
     assert scan.bad == [(starts[1], starts[2], "checksum mismatch")]
-    assert [op.pin_ids[0] for op in scan.ops] == ["p0", "p2"]
+    assert [op.pin_ids[0] for op in scan.ops] == ["p0", "p2", "p3"]  # the first good record after it, then on
 
 
 def test_a_torn_last_record_with_a_lookalike_inside_is_still_a_torn_tail(tmp_path):
