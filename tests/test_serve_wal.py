@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import errno
 import os
+import zlib
 
 import numpy as np
 import pytest
 
-from pinclip.serve.wal import FRAME, MAGIC, LogCorrupt, LogOp, WriteLog, encode_op, read_log, scan_log
+import pinclip.serve.wal as wal
+from pinclip.serve.wal import (
+    FRAME,
+    MAGIC,
+    LogCorrupt,
+    LogOp,
+    WriteLog,
+    decode_op,
+    encode_op,
+    read_log,
+    scan_log,
+)
 
 
 def put(i: int) -> bytes:
@@ -198,3 +210,79 @@ def test_tickets_tell_durable_pending_and_lost_writes_apart(tmp_path, monkeypatc
     log.close()
     assert log.epoch_ends == [first[1], first[1]]
     assert [op.pin_ids for op in read_log(tmp_path / "log.wal")[1]] == [["p0"], ["p3"]]
+
+
+def test_a_put_of_several_pins_with_images_and_any_text_round_trips():
+    codes = np.array([[1, -2, 3, 127], [-128, 0, 5, 6]], dtype=np.int64)  # converted to int8 when written
+    cards = [{"title": "caf\u00e9 \ud800 \U0001f600", "image": b"first image"}, {"title": None, "image": b"2nd"}]
+    op = decode_op(encode_op(LogOp("put", ["a", "b"], codes, cards)))
+    assert op.codes.dtype == np.int8 and op.codes.tolist() == codes.tolist()
+    assert op.cards == cards and op.pin_ids == ["a", "b"]
+    assert decode_op(encode_op(LogOp("delete", ["a"]))) == LogOp("delete", ["a"])
+
+
+def append_raw(path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_a_partial_frame_header_at_the_end_is_a_torn_tail(log_of_five):
+    path, _ = log_of_five
+    size = path.stat().st_size
+    append_raw(path, b"\x40\x00\x01")  # three bytes of a frame header
+    scan = scan_log(path)
+    assert scan.torn_tail and scan.bad == [(size, size + 3, "cut short")] and read_log(path)[2] == size
+
+
+def test_an_empty_frame_is_corruption_not_a_tail(log_of_five):
+    path, _ = log_of_five
+    size = path.stat().st_size
+    append_raw(path, b"\x00\x00\x00\x00\x01\x02\x03\x04")  # length 0, a checksum no empty payload has
+    with pytest.raises(LogCorrupt, match=f"byte {size:,} \\(checksum mismatch\\)"):
+        read_log(path)
+
+
+def test_a_record_whose_checksum_holds_but_whose_payload_is_not_an_op_is_corruption(log_of_five):
+    path, starts = log_of_five
+    garbage = b"not json at all"
+    data = path.read_bytes()
+    forged = FRAME.pack(len(garbage), zlib.crc32(garbage)) + garbage
+    path.write_bytes(data[: starts[2]] + forged + data[starts[2]:])
+    with pytest.raises(LogCorrupt, match=f"byte {starts[2]:,} \\(undecodable payload\\)"):
+        read_log(path)
+
+
+def test_reopening_closes_the_file_when_the_tail_cannot_be_cut(log_of_five, monkeypatch):
+    path, starts = log_of_five
+    append_raw(path, b"\x40\x00")
+    closed = []
+    real_close = os.close
+    monkeypatch.setattr(os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    monkeypatch.setattr(os, "close", lambda fd: (closed.append(fd), real_close(fd)))
+    with pytest.raises(OSError, match="EIO"):
+        WriteLog.open_existing(path, path.stat().st_size - 2)
+    assert len(closed) == 1
+
+
+def test_a_record_at_the_size_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(wal, "MAX_RECORD", 64)
+    log = WriteLog.create(tmp_path / "log.wal", {})
+    with pytest.raises(ValueError, match="64 bytes is too large"):
+        log.append(b"x" * 64)
+    log.sync(log.append(b"x" * 63))
+    log.close()
+
+
+def test_a_failed_write_also_fails_the_unsynced_writes_before_it(tmp_path, monkeypatch):
+    """After a write error the file's state is suspect: writes still waiting for their fsync fail too."""
+    log = WriteLog.create(tmp_path / "log.wal", {})
+    waiting = log.append(put(0))
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    with pytest.raises(OSError):
+        log.append(put(1))
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        log.sync(waiting)
+    log.sync(log.append(put(2)))
+    log.close()
+    assert [op.pin_ids for op in read_log(tmp_path / "log.wal")[1]] == [["p2"]]

@@ -127,7 +127,7 @@ def _record_at(data: bytes, at: int) -> tuple[LogOp | None, int, str]:
     if end > len(data):
         return None, end, "cut short"
     payload = data[at + FRAME.size : end]
-    if length == 0 or zlib.crc32(payload) != crc:
+    if zlib.crc32(payload) != crc:
         return None, end, "checksum mismatch"
     try:
         return decode_op(payload), end, ""
