@@ -119,8 +119,10 @@ def test_writes_resume_after_a_short_write(tmp_path, monkeypatch):
     log.sync(log.append(put(0)))
     real_write = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))  # the disk fills mid-record
-    with pytest.raises(OSError, match="short write"):
+    with pytest.raises(OSError) as short:
         log.append(put(1))
+    assert short.value.errno == errno.ENOSPC  # answered 507: the disk is full
+    assert str(short.value) == "[Errno 28] short write to the index's write log"
     monkeypatch.setattr(os, "write", real_write)  # space is free again
     log.sync(log.append(put(2)))
     log.close()
@@ -286,3 +288,26 @@ def test_a_failed_write_also_fails_the_unsynced_writes_before_it(tmp_path, monke
     log.sync(log.append(put(2)))
     log.close()
     assert [op.pin_ids for op in read_log(tmp_path / "log.wal")[1]] == [["p2"]]
+
+
+def test_a_new_log_is_the_magic_a_sorted_header_line_and_mode_644(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        log = WriteLog.create(tmp_path / "log.wal", {"model_version": "m", "dim": 4})
+    finally:
+        os.umask(old_umask)
+    log.close()
+    log.close()  # a second close does nothing
+    assert log.fd == -1
+    assert (tmp_path / "log.wal").read_bytes() == MAGIC + b'{"dim": 4, "model_version": "m"}\n'
+    assert (tmp_path / "log.wal").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_log_whose_creation_fails_is_closed_and_the_error_kept(tmp_path, monkeypatch):
+    closed = []
+    real_close = os.close
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    monkeypatch.setattr(os, "close", lambda fd: (closed.append(fd), real_close(fd)))
+    with pytest.raises(OSError, match="No space left"):
+        WriteLog.create(tmp_path / "log.wal", {})
+    assert len(closed) == 1
