@@ -195,3 +195,33 @@ def test_a_durable_write_is_applied_even_when_a_later_failure_cuts_the_log_first
     again = FaissBackend.open(folder)
     assert "a" in again and "b" not in again and "c" in again
     again.close()
+
+
+def test_each_time_the_log_outgrows_its_limit_a_new_background_compaction_runs(folder):
+    store = FaissBackend.open(folder, compact_bytes=500)
+    threads = []
+    for i in range(12):
+        store.put([f"n{i}"], codes_for([f"new {i}"]), [{"title": f"new {i}"}], FAKE.version)
+        if store.compactor is not None and store.compactor not in threads:
+            threads.append(store.compactor)
+            store.compactor.join()  # one at a time, so each overflow starts its own
+    assert len(threads) >= 3 and all(t.name == "index-compaction" and t.daemon for t in threads)
+    assert int(store.manifest["generation"]) == 1 + len(threads)
+    store.close()
+
+
+def test_log_bytes_counts_the_logs_the_manifest_names(folder):
+    store = FaissBackend.open(folder)
+    empty = store.log_bytes()
+    store.put(["a"], codes_for(["apple"]), [{"title": "apple"}], FAKE.version)
+    assert store.log_bytes() == store.log.size > empty > 0
+    store.close()
+    assert FaissBackend(store.index).log_bytes() == 0  # an index held in memory only
+
+
+def test_search_by_id_through_the_backend(folder):
+    store = FaissBackend.open(folder)
+    scores, ids = store.search_by_id("s4", 3)
+    assert len(ids) == 3 and "s4" not in ids and list(scores) == sorted(scores, reverse=True)
+    assert store.search_by_id("s4", 3, exclude_self=False)[1][0] == "s4"
+    store.close()

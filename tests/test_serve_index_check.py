@@ -133,3 +133,58 @@ def test_a_torn_tail_is_only_a_note(folder, capsys):
         f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"op\"")
     assert main(["index", "verify", "--index", str(folder)]) == 0
     assert "note: " in capsys.readouterr().err and "torn tail" in verify(folder).lines()[0]
+
+
+def set_logs(folder, logs: list[str]) -> None:
+    data = manifest(folder)
+    data["logs"] = logs
+    (folder / "index.json").write_text(json.dumps(data))
+
+
+def test_an_unreadable_log_is_damage_and_the_next_logs_are_still_read(folder):
+    log = manifest(folder)["logs"][0]
+    set_logs(folder, ["log-000009.wal", log, log])  # a missing log, then the same log twice
+    report = verify(folder)
+    assert report.lines()[0].startswith("DAMAGE: log-000009.wal: unreadable ([Errno 2] No such file")
+    assert report.records == 60 and report.damaged and len(report.findings) == 1
+
+
+def test_findings_read_as_documented(folder):
+    path = log_path(folder)
+    start = record_start(path, 5)
+    flip(path, start + FRAME.size + 4)
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00")
+    lines = verify(folder).lines()
+    assert lines[0].startswith(f"DAMAGE: {path.name} bytes {start:,}-")
+    assert lines[0].endswith(": corrupt records (checksum mismatch): dropped by repair")
+    flip(path, start + FRAME.size + 4)  # mended: only the torn tail is left
+    size = path.stat().st_size
+    assert verify(folder).lines() == [f"note: {path.name} bytes {size - 2:,}-{size:,}: torn tail (cut short): a "
+                                      "write never acknowledged, cut when the folder is next opened"]
+
+
+def test_a_record_that_does_not_apply_is_reported_and_dropped(folder, tmp_path):
+    from pinclip.serve.wal import LogOp, WriteLog, encode_op, read_log
+
+    path = log_path(folder)
+    log = WriteLog.open_existing(path, read_log(path)[2])
+    log.sync(log.append(encode_op(LogOp("put", ["wide"], np.zeros((1, 7), np.int8), [{"title": "w"}]))))
+    log.close()
+    report = verify(folder)
+    assert [f.where for f in report.findings] == [f"{path.name} record 30"]
+    assert report.findings[0].problem.startswith("does not apply (") and report.findings[0].damage
+    assert repair(folder, tmp_path / "fixed").pins == 40
+
+
+def test_unreadable_cards_and_vectors_are_reported_by_verify(folder):
+    data = manifest(folder)
+    data.pop("checksums")
+    (folder / "index.json").write_text(json.dumps(data))
+    (folder / data["snapshot"] / "cards.parquet").write_bytes(b"PAR1 broken")
+    (folder / data["snapshot"] / "index.faiss").write_bytes(b"broken")
+    report = verify(folder)
+    problems = [f.problem for f in report.findings]
+    assert problems[0].startswith("no checksums") and not report.findings[0].damage
+    assert problems[1].startswith("the vectors cannot be read") and "pin cards" in problems[2]
+    assert report.pins is None and report.records == 30

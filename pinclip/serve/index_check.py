@@ -77,9 +77,7 @@ def _scan_logs(folder: Path, manifest: dict, report: FolderReport, index: PinInd
                 report.findings.append(Finding(f"{name} bytes {start:,}-{end:,}", f"corrupt records ({why}): "
                                                "dropped by repair", True))
         report.records += len(scan.ops)
-        for i, op in enumerate(scan.ops):
-            if index is None:
-                continue
+        for i, op in enumerate(scan.ops if index is not None else []):
             try:
                 apply_op(index, cards, op)
             except PinIndexError as err:
