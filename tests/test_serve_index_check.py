@@ -99,6 +99,7 @@ def test_a_missing_cards_file_is_an_error_not_null_titles(folder, tmp_path):
     (folder / manifest(folder)["snapshot"] / "cards.parquet").unlink()
     with pytest.raises(PinIndexError, match="cards.parquet is missing"):
         FaissBackend.open(folder)
+    assert verify(folder).lines()[0] == f"DAMAGE: {manifest(folder)['snapshot']}/cards.parquet: missing"
     report = repair(folder, tmp_path / "fixed")
     assert report.pins == 40 and any("pin cards" in f.problem for f in report.findings)
     fixed = FaissBackend.open(tmp_path / "fixed")
@@ -184,7 +185,9 @@ def test_unreadable_cards_and_vectors_are_reported_by_verify(folder):
     (folder / data["snapshot"] / "cards.parquet").write_bytes(b"PAR1 broken")
     (folder / data["snapshot"] / "index.faiss").write_bytes(b"broken")
     report = verify(folder)
-    problems = [f.problem for f in report.findings]
-    assert problems[0].startswith("no checksums") and not report.findings[0].damage
-    assert problems[1].startswith("the vectors cannot be read") and "pin cards" in problems[2]
-    assert report.pins is None and report.records == 30
+    lines = report.lines()
+    assert lines[0] == "note: index.json: no checksums (written by an older version): the snapshot files cannot be checked"
+    assert lines[1].startswith(f"DAMAGE: {data['snapshot']}: the vectors cannot be read (")
+    assert lines[2] == (f"DAMAGE: {data['snapshot']}/cards.parquet: the pin cards (titles, images) cannot be read: "
+                        "repair leaves the snapshot's pins without them")
+    assert report.pins is None and report.records == 30 and len(lines) == 3
