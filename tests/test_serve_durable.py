@@ -225,3 +225,22 @@ def test_search_by_id_through_the_backend(folder):
     assert len(ids) == 3 and "s4" not in ids and list(scores) == sorted(scores, reverse=True)
     assert store.search_by_id("s4", 3, exclude_self=False)[1][0] == "s4"
     store.close()
+
+
+@pytest.mark.parametrize(("error", "reason"), [(OSError(28, "No space left on device", "/tmp/x"), "No space left on device"),
+                                               (PinIndexError("snapshot refused"), "PinIndexError")])
+def test_a_failed_background_compaction_is_one_line_without_paths(folder, monkeypatch, capsys, error, reason):
+    import pinclip.serve.faiss_backend as fb
+
+    store = FaissBackend.open(folder)
+    store.put(["a"], codes_for(["apple"]), [{"title": "apple"}], FAKE.version)
+
+    def broken(*args):
+        raise error
+
+    monkeypatch.setattr(fb, "write_snapshot", broken)
+    store._compact_quietly()
+    assert capsys.readouterr().err == f"pinclip: compaction of the index failed, writes go on in the log ({reason})\n"
+    store.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)  # writes go on
+    assert "a" in store and "b" in store
+    store.close()
