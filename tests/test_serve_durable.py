@@ -154,8 +154,12 @@ def test_a_compaction_that_fails_part_way_leaves_the_index_whole(folder, monkeyp
         raise OSError(5, "I/O error while writing the snapshot")
 
     monkeypatch.setattr(fb, "write_snapshot", broken)
+    before = json.loads((folder / "index.json").read_text())
     with pytest.raises(OSError):
         store.compact()
+    after = json.loads((folder / "index.json").read_text())  # the rotation's manifest: old snapshot, both logs
+    assert after["snapshot"] == before["snapshot"] and after["checksums"] == before["checksums"]
+    assert after["logs"] == [*before["logs"], store.log.path.name] and len(after["logs"]) == 2
     store.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)  # writes go on
     store.close()
     monkeypatch.undo()
@@ -244,3 +248,13 @@ def test_a_failed_background_compaction_is_one_line_without_paths(folder, monkey
     store.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)  # writes go on
     assert "a" in store and "b" in store
     store.close()
+
+
+def test_compact_returns_false_at_once_when_busy_or_in_memory(folder):
+    store = FaissBackend.open(folder)
+    store.compacting.acquire()  # a compaction is running
+    assert store.compact() is False
+    store.compacting.release()
+    assert store.compact() is True
+    store.close()
+    assert FaissBackend(store.index).compact() is False
