@@ -258,3 +258,36 @@ def test_compact_returns_false_at_once_when_busy_or_in_memory(folder):
     assert store.compact() is True
     store.close()
     assert FaissBackend(store.index).compact() is False
+
+
+def test_a_put_that_would_not_replay_is_refused_before_it_is_logged(folder):
+    store = FaissBackend.open(folder)
+    size = store.log.size
+    with pytest.raises(PinIndexError, match="codes of shape"):
+        store.put(["x"], np.zeros((1, 5), np.int8), [{"title": "x"}], FAKE.version)
+    with pytest.raises(PinIndexError, match="repeated within one write"):
+        store.put(["y", "y"], codes_for(["y", "y"]), [{}, {}], FAKE.version)
+    assert store.log.size == size and "x" not in store and "y" not in store
+    store.close()
+    FaissBackend.open(folder).close()  # the log still replays
+
+
+def test_an_index_held_in_memory_takes_writes_without_a_log():
+    index = PinIndex.build(codes_for(["one", "two"]), ["p1", "p2"], FAKE.quant, FAKE.version,
+                           config=IndexConfig(kind="flat"))
+    store = FaissBackend(index)
+    store.put(["p3"], codes_for(["three"]), [{"title": "three"}], FAKE.version)
+    assert store.delete(["p1"]) == 1 and "p3" in store and "p1" not in store and store.card("p3") == {"title": "three"}
+
+
+def test_compaction_starts_only_past_the_limit_not_at_it(folder):
+    from pinclip.serve.wal import FRAME, LogOp, encode_op
+
+    store = FaissBackend.open(folder)
+    op = LogOp("put", ["a"], codes_for(["apple"]), [{"title": "apple"}])
+    store.compact_bytes = store.log.size + FRAME.size + len(encode_op(op))  # exactly the size after this put
+    store.put(["a"], op.codes, op.cards, FAKE.version)
+    assert store.log.size == store.compact_bytes and store.compactor is None
+    store.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)
+    assert store.compactor is not None
+    store.close()
