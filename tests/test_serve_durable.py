@@ -291,3 +291,27 @@ def test_compaction_starts_only_past_the_limit_not_at_it(folder):
     store.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)
     assert store.compactor is not None
     store.close()
+
+
+def test_a_folder_of_the_older_layout_is_converted_on_open(tmp_path):
+    """A bare snapshot (index.faiss, ids.parquet, index.json at the top) becomes an index folder."""
+    PinIndex.build(codes_for(["one", "two"]), ["p1", "p2"], FAKE.quant, FAKE.version,
+                   config=IndexConfig(kind="flat")).save(tmp_path / "old")
+    store = FaissBackend.open(tmp_path / "old")
+    assert len(store) == 2 and store.manifest["snapshot"] == "snap-000001" and store.manifest["checksums"]
+    store.delete(["p1"])
+    assert store.card("p2") is None and "p1" not in store
+    store.close()
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["LOCK", "index.json", "log-000001.wal",
+                                                                  "snap-000001"]
+
+
+def test_a_deleted_pin_loses_its_card(folder):
+    store = FaissBackend.open(folder)
+    store.put(["a"], codes_for(["apple"]), [{"title": "apple"}], FAKE.version)
+    store.delete(["a"])
+    assert store.card("a") is None
+    store.close()
+    again = FaissBackend.open(folder)
+    assert again.card("a") is None and "a" not in again
+    again.close()

@@ -76,7 +76,7 @@ class FaissBackend:
         self.pending: list[LogOp] | None = None  # writes applied while a compaction runs
         self.unapplied: list[tuple[WriteLog, tuple[int, int], LogOp]] = []  # logged, waiting for their fsync
         self.compactor: threading.Thread | None = None
-        self.generation = int(self.manifest.get("generation", 0))  # the highest one used or seen
+        self.generation = 0  # the highest one used or seen (_next_generation)
 
     # ---- opening and creating ------------------------------------------------------------------
 
