@@ -315,3 +315,36 @@ def test_a_deleted_pin_loses_its_card(folder):
     again = FaissBackend.open(folder)
     assert again.card("a") is None and "a" not in again
     again.close()
+
+
+def test_create_makes_parent_folders_and_replaces_an_index_already_there(tmp_path):
+    first = PinIndex.build(codes_for(["one", "two"]), ["p1", "p2"], FAKE.quant, FAKE.version,
+                           config=IndexConfig(kind="flat"))
+    FaissBackend.create(tmp_path / "a" / "b" / "idx", first)
+    store = FaissBackend.open(tmp_path / "a" / "b" / "idx")
+    store.put(["p3"], codes_for(["three"]), [{"title": "three"}], FAKE.version)
+    store.delete(["p1"])
+    store.close()
+    second = PinIndex.build(codes_for(["four", "five", "six"]), ["p4", "p5", "p6"], FAKE.quant, FAKE.version,
+                            config=IndexConfig(kind="flat"))
+    second.delete(["p6"])  # a tombstone: the snapshot holds the live rows only
+    FaissBackend.create(tmp_path / "a" / "b" / "idx", second, {"p4": {"title": "four", "image": None}})
+    again = FaissBackend.open(tmp_path / "a" / "b" / "idx")
+    assert sorted(again.index.pin_ids) == ["p4", "p5"] and again.index.faiss_index.ntotal == 2
+    assert again.manifest["generation"] == 2 and again.card("p4") == {"title": "four", "image": None}
+    assert sorted(p.name for p in (tmp_path / "a" / "b" / "idx").iterdir()) == [
+        "LOCK", "index.json", "log-000002.wal", "snap-000002"]
+    again.close()
+
+
+def test_the_manifest_and_log_header_as_written(folder):
+    text = (folder / "index.json").read_text()
+    manifest = json.loads(text)
+    assert text == json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    assert set(manifest) == {"kind", "dim", "field", "model_version", "quant", "params", "format", "snapshot", "logs",
+                             "generation", "sources", "checksums"}
+    assert manifest["format"] == "pinclip-index/2" and manifest["sources"] == [] and manifest["generation"] == 1
+    assert sorted(manifest["checksums"]) == [f"snap-000001/{f}" for f in
+                                             ("cards.parquet", "ids.parquet", "index.faiss", "index.json")]
+    header = read_log(folder / manifest["logs"][0])[0]
+    assert header == {"model_version": FAKE.version, "dim": 32, "field": "pin"}

@@ -107,9 +107,8 @@ class FaissBackend:
         folder.mkdir(parents=True, exist_ok=True)
         lock_fd = lock_folder(folder)
         try:
-            old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
-            store = cls(index.compacted() if index.dead else index, cards, folder, old, None, lock_fd)
-            generation = store._next_generation()
+            store = cls(index, cards, folder)  # index.save writes only the live rows
+            generation = store._next_generation()  # above every snap-/log- name here: an old index is replaced
             sums = write_snapshot(store.index, store.cards, folder, snap_name(generation))
             store.log = store._new_log(generation)
             store._commit(snap_name(generation), [log_name(generation)], generation, sums)
@@ -121,9 +120,10 @@ class FaissBackend:
             os.close(lock_fd)
 
     def _next_generation(self) -> int:
-        """A generation above the manifest's and every snap-/log- name in the folder: never reused."""
+        """A generation above every snap-/log- name in the folder (the manifest names some of them) and
+        every one this process tried: never reused, even after a failed compaction."""
         on_disk = [int(m.group(1)) for p in self.folder.iterdir() if (m := GENERATION.match(p.name))]
-        self.generation = max([self.generation, int(self.manifest.get("generation", 0)), *on_disk]) + 1
+        self.generation = max([self.generation, *on_disk]) + 1
         return self.generation
 
     def _new_log(self, generation: int) -> WriteLog:
