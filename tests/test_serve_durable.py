@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -348,3 +349,21 @@ def test_the_manifest_and_log_header_as_written(folder):
                                              ("cards.parquet", "ids.parquet", "index.faiss", "index.json")]
     header = read_log(folder / manifest["logs"][0])[0]
     assert header == {"model_version": FAKE.version, "dim": 32, "field": "pin"}
+
+
+@pytest.mark.parametrize(("content", "named"), [(b"", "pid ?"), (b"\xff\xfe12\n", "pid \ufffd\ufffd12")])
+def test_the_lock_names_its_holder_as_well_as_it_can(folder, content, named):
+    import fcntl
+
+    from pinclip.serve.index_folder import lock_folder
+
+    holder = os.open(folder / "LOCK", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # held by a process that has not written (or garbled) its pid
+    os.ftruncate(holder, 0)
+    os.pwrite(holder, content, 0)
+    with pytest.raises(PinIndexError, match=re.escape(f"({named})")):
+        lock_folder(folder)
+    os.close(holder)
+    fd = lock_folder(folder)
+    assert (folder / "LOCK").read_text() == f"{os.getpid()}\n" and (folder / "LOCK").stat().st_mode & 0o777 == 0o644
+    os.close(fd)
