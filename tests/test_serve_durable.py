@@ -161,6 +161,7 @@ def test_a_compaction_that_fails_part_way_leaves_the_index_whole(folder, monkeyp
     after = json.loads((folder / "index.json").read_text())  # the rotation's manifest: old snapshot, both logs
     assert after["snapshot"] == before["snapshot"] and after["checksums"] == before["checksums"]
     assert after["logs"] == [*before["logs"], store.log.path.name] and len(after["logs"]) == 2
+    assert after["generation"] == 2 and store.log.path.name == "log-000002.wal"
     store.put(["b"], codes_for(["banana"]), [{"title": "banana"}], FAKE.version)  # writes go on
     store.close()
     monkeypatch.undo()
@@ -367,3 +368,37 @@ def test_the_lock_names_its_holder_as_well_as_it_can(folder, content, named):
     fd = lock_folder(folder)
     assert (folder / "LOCK").read_text() == f"{os.getpid()}\n" and (folder / "LOCK").stat().st_mode & 0o777 == 0o644
     os.close(fd)
+
+
+def test_a_folder_without_checksums_survives_a_failed_compaction(folder, monkeypatch):
+    """A manifest of an older version has no checksums; the rotation's manifest must stay readable."""
+    import pinclip.serve.faiss_backend as fb
+
+    data = json.loads((folder / "index.json").read_text())
+    data.pop("checksums")
+    (folder / "index.json").write_text(json.dumps(data))
+    store = FaissBackend.open(folder)
+    store.put(["a"], codes_for(["apple"]), [{"title": "apple"}], FAKE.version)
+    monkeypatch.setattr(fb, "write_snapshot", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError):
+        store.compact()
+    store.close()
+    again = FaissBackend.open(folder)
+    assert "a" in again and json.loads((folder / "index.json").read_text())["checksums"] == {}
+    again.close()
+
+
+def test_closing_twice_is_harmless_and_frees_the_lock(folder):
+    store = FaissBackend.open(folder)
+    store.close()
+    store.close()
+    assert store.lock_fd == -1 and store.log is None
+    FaissBackend.open(folder).close()
+
+
+@pytest.mark.parametrize("change", [{"logs": []}, {"snapshot": None}, {"logs": None}])
+def test_a_manifest_without_a_snapshot_or_a_log_is_refused(folder, change):
+    data = json.loads((folder / "index.json").read_text())
+    (folder / "index.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(PinIndexError, match="not a pinclip index folder"):
+        FaissBackend.open(folder)
