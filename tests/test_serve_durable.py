@@ -402,3 +402,33 @@ def test_a_manifest_without_a_snapshot_or_a_log_is_refused(folder, change):
     (folder / "index.json").write_text(json.dumps({**data, **change}))
     with pytest.raises(PinIndexError, match="not a pinclip index folder"):
         FaissBackend.open(folder)
+
+
+def test_images_and_titles_survive_compaction_in_typed_columns(folder):
+    import pyarrow.parquet as pq
+
+    store = FaissBackend.open(folder)
+    store.put(["a", "b"], codes_for(["apple", "banana"]), [{"title": "apple", "image": b"\x89PNG apple"},
+                                                          {"title": None, "image": None}], FAKE.version)
+    (folder / "snap-000002.tmp").mkdir()
+    (folder / "snap-000002.tmp" / "stale.bin").write_bytes(b"from a crash")  # a leftover of an earlier attempt
+    assert store.compact()
+    store.close()
+    snapshot = folder / json.loads((folder / "index.json").read_text())["snapshot"]
+    assert sorted(p.name for p in snapshot.iterdir()) == ["cards.parquet", "ids.parquet", "index.faiss", "index.json"]
+    schema = pq.read_schema(snapshot / "cards.parquet")
+    assert [str(schema.field(n).type) for n in ("pin_id", "title", "image")] == ["string", "string", "binary"]
+    again = FaissBackend.open(folder)
+    assert again.card("a") == {"title": "apple", "image": b"\x89PNG apple"}
+    assert again.card("b") == {"title": None, "image": None}
+    again.close()
+
+
+def test_a_snapshot_of_an_older_version_without_cards_opens_without_titles(folder):
+    data = json.loads((folder / "index.json").read_text())
+    data.pop("checksums")
+    (folder / "index.json").write_text(json.dumps(data))
+    (folder / data["snapshot"] / "cards.parquet").unlink()
+    store = FaissBackend.open(folder)
+    assert len(store) == 20 and store.card("s1") is None
+    store.close()

@@ -311,3 +311,9 @@ def test_a_log_whose_creation_fails_is_closed_and_the_error_kept(tmp_path, monke
     with pytest.raises(OSError, match="No space left"):
         WriteLog.create(tmp_path / "log.wal", {})
     assert len(closed) == 1
+
+
+def test_another_file_with_lines_is_not_a_log(tmp_path):
+    (tmp_path / "notes.txt").write_bytes(b"some notes\nwith lines\n")
+    with pytest.raises(ValueError, match="notes.txt: not a pinclip write log"):
+        read_log(tmp_path / "notes.txt")
