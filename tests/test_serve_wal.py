@@ -236,10 +236,11 @@ def test_a_partial_frame_header_at_the_end_is_a_torn_tail(log_of_five):
     assert scan.torn_tail and scan.bad == [(size, size + 3, "cut short")] and read_log(path)[2] == size
 
 
-def test_an_empty_frame_is_corruption_not_a_tail(log_of_five):
+@pytest.mark.parametrize("crc", [b"\x01\x02\x03\x04", b"XXXX"])
+def test_an_empty_frame_is_corruption_not_a_tail(log_of_five, crc):
     path, _ = log_of_five
     size = path.stat().st_size
-    append_raw(path, b"\x00\x00\x00\x00\x01\x02\x03\x04")  # length 0, a checksum no empty payload has
+    append_raw(path, b"\x00\x00\x00\x00" + crc)  # length 0, a checksum no empty payload has
     with pytest.raises(LogCorrupt, match=f"byte {size:,} \\(checksum mismatch\\)"):
         read_log(path)
 
