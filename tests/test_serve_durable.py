@@ -412,8 +412,9 @@ def test_images_and_titles_survive_compaction_in_typed_columns(folder):
                                                           {"title": None, "image": None}], FAKE.version)
     (folder / "snap-000002.tmp").mkdir()
     (folder / "snap-000002.tmp" / "stale.bin").write_bytes(b"from a crash")  # a leftover of an earlier attempt
-    assert store.compact()
+    assert store.compact()  # into a generation above the leftover's name, which is then removed
     store.close()
+    assert not (folder / "snap-000002.tmp").exists() and store.manifest["snapshot"] == "snap-000003"
     snapshot = folder / json.loads((folder / "index.json").read_text())["snapshot"]
     assert sorted(p.name for p in snapshot.iterdir()) == ["cards.parquet", "ids.parquet", "index.faiss", "index.json"]
     schema = pq.read_schema(snapshot / "cards.parquet")
