@@ -5,7 +5,8 @@
 #   make report      # the demo's evaluation against every baseline + scaling curve (~30 min more)
 #   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2 cores)
 #   make bench       # benchmarks against peer tools (long; not part of the tests)
-#   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant (~1 h)
+#   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant and
+#                    # the served index's write path: write log, FAISS backend, index folder (~1 h)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

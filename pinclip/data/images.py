@@ -44,13 +44,22 @@ def _open_lazy(src: ImageSource) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(fp)
     except Image.DecompressionBombError:
-        raise ImageError("image over Pillow's decompression-bomb limit") from None
+        raise ImageError("image too large: over Pillow's decompression-bomb limit") from None
     except UnidentifiedImageError:
         raise ImageError("not a recognized image format") from None
     except PermissionError:
         raise ImageError("file not readable (permission denied)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"corrupt image data ({err})") from None
+    except Exception as err:  # noqa: BLE001 - a format plugin may raise anything on hostile bytes
+        raise ImageError(decode_failure(err)) from None
+
+
+def decode_failure(err: Exception) -> str:
+    """Why bytes did not decode, in a few words: 'corrupt image data (…)' (no file path)."""
+    if isinstance(err, NotImplementedError):
+        return f"an image variant this server cannot decode ({str(err)[:200] or 'not implemented'})"
+    plain = isinstance(err, (OSError, SyntaxError, ValueError)) and not getattr(err, "filename", None)
+    text = str(err) if plain else f"{type(err).__name__}: {err}"
+    return f"corrupt image data ({text[:200]})"
 
 
 def _check_pixels(img: Image.Image, max_pixels: int) -> None:
@@ -94,8 +103,12 @@ def open_image(src: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side: i
                 img = img.convert("RGBA" if img.mode in ("P", "PA", "LA") else "RGB")
             img = img.reduce(factor)
         return composite_on_white(img)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"corrupt image data ({err})") from None
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError("image too large: over Pillow's decompression-bomb limit") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise assorted types on corrupt or unsupported data
+        raise ImageError(decode_failure(err)) from None
     finally:
         img.close()
 

@@ -13,6 +13,7 @@ layer 0 through `inputs_embeds`; their lower layers can still be frozen.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -46,6 +47,10 @@ def load_language_model(cfg: BackboneConfig) -> tuple[nn.Module, object, bool]:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         return AutoModel.from_pretrained(cfg.name), tokenizer, True
     raise ValueError(f"unknown backbone '{cfg.name}': use minilm, tiny-bert or a local folder")
+
+# A Hugging Face fast tokenizer keeps its truncation and padding settings as mutable state that each
+# call may change: every call that passes settings holds this lock (the server embeds from several threads).
+TOKENIZER_LOCK = threading.Lock()
 
 
 class Backbone(nn.Module):
@@ -84,8 +89,9 @@ class Backbone(nn.Module):
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids (B, L), mask (B, L) bool), truncated to max_field_tokens."""
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_field_tokens,
-                             return_tensors="pt")
+        with TOKENIZER_LOCK:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_field_tokens,
+                                 return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"].bool()
 
     @torch.no_grad()

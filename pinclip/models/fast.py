@@ -38,6 +38,7 @@ from PIL import Image
 from torch import nn
 
 from pinclip.data.schema import TEXT_FIELDS
+from pinclip.models.backbone import TOKENIZER_LOCK
 from pinclip.models.features import TowerRunner, pixels_batch
 from pinclip.models.pinclip import PinCLIP
 from pinclip.models.vision import grid_to_tokens
@@ -168,7 +169,8 @@ class FastTextEncoder:
     def _feeds(self, texts: list[str], field: str, rows_out: list | None = None) -> list[dict[str, np.ndarray]]:
         """Length-bucketed padded batches of token ids (positions of each batch appended to rows_out)."""
         texts = [t if t else " " for t in texts]
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"] if texts else []
+        with TOKENIZER_LOCK:  # the tokenizer is the backbone's, shared with other threads
+            encoded = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"] if texts else []
         pad = self.tokenizer.pad_token_id or 0
         feeds = []
         for rows in length_buckets([len(e) for e in encoded], self.batch_size):

@@ -11,15 +11,19 @@ Endpoints (JSON; OpenAPI at /openapi.json, docs at /docs):
     POST /pins  (Authorization: Bearer)   add or replace a pin (image + texts), durable before the answer
     DELETE /pins/{pin_id}  (Bearer)       remove a pin, durable before the answer
     GET  /pins/{pin_id}   GET /images/{pin_id}   metadata and image of a pin, for the page
-    POST /v1/embeddings   GET /v1/models  the OpenAI embeddings API (pinclip.serve.openai_api)
+    POST /v1/embeddings   GET /v1/models[/{id}]  the OpenAI embeddings API (pinclip.serve.openai_api)
+    GET  /metrics                         Prometheus text format (pinclip.serve.metrics)
 Errors are {"detail": message} (the /v1 routes answer in OpenAI's {"error": {...}} shape): 401
 missing or wrong token, 404 unknown pin, 409 another model version, 413 body over the limit, 422
-invalid input, 503 writes disabled or the embedding queue full. The limits (k, texts, dims,
-lengths) are in the OpenAPI schema.
+invalid input, 503 writes disabled, the embedding queue full or a write failed (Retry-After), 507
+a write refused because the index's disk is full (Retry-After; nothing was changed). The limits (k,
+texts, dims, lengths) are in the OpenAPI schema. No error body carries a file path or a Python repr
+(`scrub`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +56,20 @@ ERROR_TEXT = {
     413: "request body over the size limit, or an image over the pixel limit",
     422: "invalid input: a field's type, length or range, or an undecodable image",
     503: "adding pins is disabled (no token configured), a write failed, or the embedding queue is full",
+    507: "the index's disk is full: the write was refused, nothing changed; retry after Retry-After seconds",
 }
+REPR = re.compile(r"<[^<>]* at 0x[0-9a-f]+>|functools\.partial\([^()]*\)")
+ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+-]+/)+[\w.+-]*")  # two or more segments: /tmp/x, /work/a/b.png
+
+
+def scrub(message: str) -> str:
+    """An error message without Python reprs or filesystem paths (routes such as /v1/models stay)."""
+    message = REPR.sub("<internal>", message)
+    return ABS_PATH.sub(lambda m: m.group(0) if _is_route(m.group(0)) else "<path>", message)
+
+
+def _is_route(text: str) -> bool:
+    return text.split("/")[1] in ("v1", "pins", "images", "search", "embed", "related", "health", "metrics")
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -88,15 +105,19 @@ class BodySizeLimit:
         await self.app(scope, counted_receive, send)
 
 
+FIELD = re.compile(r"^[A-Za-z_][\w-]*$")
+
+
 def _loc(error: dict) -> str:
-    return ".".join(str(part) for part in error.get("loc", ()))
+    """body.input.0, leaving out pydantic's names for union members and validators."""
+    return ".".join(str(part) for part in error.get("loc", ()) if isinstance(part, int) or FIELD.match(str(part)))
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one readable line per problem, e.g. 'body.texts: Field required'."""
     lines = ["request body is not valid JSON" if e.get("type") == "json_invalid" else f"{_loc(e)}: {e.get('msg', 'invalid')}"
              for e in exc.errors()]
-    message = "; ".join(lines) or "invalid request"
+    message = scrub("; ".join(dict.fromkeys(lines)) or "invalid request")
     if request.url.path.startswith("/v1/"):
         from pinclip.serve.openai_api import openai_error
 
@@ -108,8 +129,8 @@ async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
     if request.url.path.startswith("/v1/"):
         from pinclip.serve.openai_api import openai_error
 
-        return openai_error(exc.status, exc.message, exc.headers)
-    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+        return openai_error(exc.status, scrub(exc.message), exc.headers)
+    return JSONResponse({"detail": scrub(exc.message)}, status_code=exc.status, headers=exc.headers)
 
 
 async def method_not_allowed(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -150,6 +171,7 @@ def create_app(embedder: Any, index: Any, pins_meta: dict[str, dict], token: str
     from pinclip import __version__
     from pinclip.serve.faiss_backend import FaissBackend
     from pinclip.serve.index import PinIndex
+    from pinclip.serve.metrics import RequestMetrics, ServeMetrics, metrics_route
     from pinclip.serve.openai_api import openai_routes
     from pinclip.serve.routes import embed_routes, pin_routes, search_routes
 
@@ -159,7 +181,10 @@ def create_app(embedder: Any, index: Any, pins_meta: dict[str, dict], token: str
     app = FastAPI(title="PinCLIP", version=__version__,
                   description="Multimodal pin embeddings: embed, search, related pins, cold-start adds.")
     app.state.service = svc
+    metrics = ServeMetrics(svc)
+    svc.on_batch = metrics.observe_batch
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s of the size limit too
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RecursionError, too_deep)
@@ -168,6 +193,7 @@ def create_app(embedder: Any, index: Any, pins_meta: dict[str, dict], token: str
     search_routes(app, svc)
     pin_routes(app, svc, token)
     openai_routes(app, svc)
+    metrics_route(app, metrics)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -26,8 +26,9 @@ class QueueFull(Exception):
 
 class MicroBatcher:
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, name: str = "batcher") -> None:
+                 max_queue: int = 256, name: str = "batcher", on_batch: Callable[[int], None] | None = None) -> None:
         self.fn, self.max_batch, self.max_wait = fn, max(1, max_batch), max_wait_ms / 1000.0
+        self.on_batch = on_batch  # told each batch's size (the /metrics histogram)
         self.items: queue.Queue[tuple[Any, Future]] = queue.Queue(maxsize=max(1, max_queue))
         self.batch_sizes: list[int] = []  # recent batch sizes, for /health and tests
         self.worker = threading.Thread(target=self._run, name=name, daemon=True)
@@ -64,6 +65,11 @@ class MicroBatcher:
         while True:
             batch = self._collect()
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-256:]
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(len(batch))
+                except Exception:  # noqa: BLE001 - a metrics hook must never stop the worker
+                    pass
             try:
                 results = self.fn([item for item, _ in batch])
                 for (_, future), result in zip(batch, results, strict=True):

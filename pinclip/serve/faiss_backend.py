@@ -6,130 +6,59 @@
     pinclip serve --index runs/demo/index ...                                    # POST/DELETE /pins
 
 On disk, INDEX/ holds
-    index.json        the manifest: which snapshot and which logs make the index (replaced atomically)
+    index.json        the manifest: which snapshot and which logs make the index, and the sha256 of
+                      every snapshot file (replaced atomically; pinclip.serve.index_folder)
     snap-000003/      index.faiss, ids.parquet, index.json (PinIndex.save) and cards.parquet
     log-000003.wal    writes since that snapshot (pinclip.serve.wal), fsynced before acknowledgement
     LOCK              flock'ed by the one process that has the folder open for writing
-A write appends one record to the newest log and is applied in memory, then fsynced (group commit)
-before `put`/`delete` return. Compaction (`compact`, and automatically once the log passes
-`compact_bytes`) rotates to a new log, writes the state as of the rotation to a new snapshot folder
-aside, then commits both with one rename of index.json; writes go on meanwhile and are replayed
-onto the new snapshot. A kill -9 at any moment leaves the previous manifest or the new one, and
-every file it names complete; leftovers are removed the next time the folder is opened.
+A write appends one record to the newest log, waits for the fsync that covers it (group commit),
+and only then is applied in memory, in log order, before `put`/`delete` return: searches never see
+a write that a failed fsync may have lost. A failed write or fsync (ENOSPC, EIO) fails that write
+and the others not yet synced; the log is cut back to its last synced record before the next write,
+so writes resume once space is free. Compaction (`compact`, and automatically once the log passes
+`compact_bytes`) syncs the log, creates a new one and commits a manifest naming the old logs and the
+new one *before* writing to the new log; it then writes the state as of the rotation to a new
+snapshot folder aside and commits it with one rename of index.json. Nothing a manifest might name
+is deleted until a manifest that does not name it is durable. The manifest holds the sha256 of
+every snapshot file, checked when the folder is opened (and by `pinclip index verify`). A kill -9,
+a full disk or an I/O error at any write, fsync, rename or truncate leaves the previous manifest or
+the new one, with every file it names complete (tests/test_serve_crash_points.py enumerates them);
+leftovers are removed the next time the folder is opened.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
+import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pinclip.serve.backend import check_version
 from pinclip.serve.embed import atomic_write_bytes
 from pinclip.serve.index import IDS_FILE, INDEX_FILE, META_FILE, IndexMeta, PinIndex, PinIndexError
-from pinclip.serve.wal import LogOp, WriteLog, encode_op, fsync_dir, read_log
+from pinclip.serve.index_folder import (
+    FORMAT,
+    GENERATION,
+    LOCK_FILE,
+    apply_op,
+    load_state,
+    lock_folder,
+    log_name,
+    read_index,
+    read_manifest,
+    snap_name,
+    write_snapshot,
+)
+from pinclip.serve.wal import LogOp, WriteLog, encode_op, fsync_dir
 
-FORMAT = "pinclip-index/2"
-CARDS_FILE, LOCK_FILE = "cards.parquet", "LOCK"
+__all__ = ["FaissBackend", "read_index"]
 COMPACT_BYTES = 64 << 20
-
-
-def snap_name(generation: int) -> str:
-    return f"snap-{generation:06d}"
-
-
-def log_name(generation: int) -> str:
-    return f"log-{generation:06d}.wal"
-
-
-def lock_folder(folder: Path) -> int:
-    """An exclusive flock on folder/LOCK, or PinIndexError naming the process that holds it."""
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise PinIndexError(f"{folder} is open in another process (pid {holder}): stop that server or command "
-                            "first, or send writes to it over HTTP") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / META_FILE).read_text())
-        if not manifest["logs"] or not isinstance(manifest["snapshot"], str):
-            raise ValueError("no snapshot or no write log named")
-        return manifest
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise PinIndexError(f"{folder}: not a pinclip index folder ({err}); build one with `pinclip index build`") from None
-
-
-def write_snapshot(index: PinIndex, cards: dict[str, dict], folder: Path, name: str) -> None:
-    """index + cards to folder/name, written aside (name.tmp) and renamed when complete."""
-    tmp = folder / f"{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    index.save(tmp)
-    live = [p for p in cards if p in index]
-    table = pa.table({"pin_id": pa.array(live, pa.string()),
-                      "title": pa.array([cards[p].get("title") for p in live], pa.string()),
-                      "image": pa.array([cards[p].get("image") for p in live], pa.binary())})
-    pq.write_table(table, tmp / CARDS_FILE)
-    for path in (tmp / CARDS_FILE, tmp):
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    os.replace(tmp, folder / name)
-    fsync_dir(folder)
-
-
-def read_cards(snapshot: Path) -> dict[str, dict]:
-    if not (snapshot / CARDS_FILE).is_file():
-        return {}
-    rows = pq.read_table(snapshot / CARDS_FILE).to_pylist()
-    return {r["pin_id"]: {"title": r["title"], "image": r["image"]} for r in rows}
-
-
-def apply_op(index: PinIndex, cards: dict[str, dict], op: LogOp) -> None:
-    if op.kind == "put":
-        index.put(op.codes, op.pin_ids)
-        cards.update(zip(op.pin_ids, op.cards))
-    else:
-        index.delete(op.pin_ids)
-        for pin_id in op.pin_ids:
-            cards.pop(pin_id, None)
-
-
-def load_state(folder: Path, manifest: dict[str, Any]) -> tuple[PinIndex, dict[str, dict], int]:
-    """Snapshot + every log replayed: (index, cards, good end of the last log)."""
-    snapshot = folder / manifest["snapshot"]
-    index, cards = PinIndex.load_snapshot(snapshot), read_cards(snapshot)
-    good_end = 0
-    for name in manifest["logs"]:
-        try:
-            _, ops, good_end = read_log(folder / name)
-        except (OSError, ValueError) as err:
-            raise PinIndexError(f"{folder / name}: unreadable write log ({err})") from None
-        for op in ops:
-            apply_op(index, cards, op)
-    return index, cards, good_end
-
-
-def read_index(folder: str | Path) -> PinIndex:
-    """The current index of a folder, read-only (no lock taken; the pin cards are not loaded)."""
-    folder = Path(folder)
-    return load_state(folder, read_manifest(folder))[0]
 
 
 class FaissBackend:
@@ -144,8 +73,10 @@ class FaissBackend:
         self.manifest, self.log, self.lock_fd, self.compact_bytes = manifest or {}, log, lock_fd, compact_bytes
         self.lock = threading.Lock()  # the in-memory index, cards, manifest and current log
         self.compacting = threading.Lock()
-        self.pending: list[LogOp] | None = None  # writes made while a compaction runs
+        self.pending: list[LogOp] | None = None  # writes applied while a compaction runs
+        self.unapplied: list[tuple[WriteLog, tuple[int, int], LogOp]] = []  # logged, waiting for their fsync
         self.compactor: threading.Thread | None = None
+        self.generation = 0  # the highest one used or seen (_next_generation)
 
     # ---- opening and creating ------------------------------------------------------------------
 
@@ -170,18 +101,17 @@ class FaissBackend:
             raise
 
     @classmethod
-    def create(cls, folder: str | Path, index: PinIndex) -> None:
-        """Write `index` as a new index folder (or replace the index in one, atomically)."""
+    def create(cls, folder: str | Path, index: PinIndex, cards: dict[str, dict] | None = None) -> None:
+        """Write `index` (and its pin cards) as a new index folder, or replace the index in one atomically."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         lock_fd = lock_folder(folder)
         try:
-            old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
-            generation = int(old.get("generation", 0)) + 1
-            store = cls(index.compacted() if index.dead else index, {}, folder, old, None, lock_fd)
-            write_snapshot(store.index, {}, folder, snap_name(generation))
+            store = cls(index, cards, folder)  # index.save writes only the live rows
+            generation = store._next_generation()  # above every snap-/log- name here: an old index is replaced
+            sums = write_snapshot(store.index, store.cards, folder, snap_name(generation))
             store.log = store._new_log(generation)
-            store._commit(snap_name(generation), [log_name(generation)], generation)
+            store._commit(snap_name(generation), [log_name(generation)], generation, sums)
             store._remove_leftovers()
             store.log.close()
             for name in (INDEX_FILE, IDS_FILE):  # the layout of older versions
@@ -189,19 +119,29 @@ class FaissBackend:
         finally:
             os.close(lock_fd)
 
-    def _new_log(self, generation: int) -> WriteLog:
-        path = self.folder / log_name(generation)
-        path.unlink(missing_ok=True)  # an uncommitted leftover of a crash
-        return WriteLog.create(path, {"model_version": self.meta.model_version, "dim": self.meta.dim,
-                                      "field": self.meta.field})
+    def _next_generation(self) -> int:
+        """A generation above every snap-/log- name in the folder (the manifest names some of them) and
+        every one this process tried: never reused, even after a failed compaction."""
+        on_disk = [int(m.group(1)) for p in self.folder.iterdir() if (m := GENERATION.match(p.name))]
+        self.generation = max([self.generation, *on_disk]) + 1
+        return self.generation
 
-    def _commit(self, snapshot: str, logs: list[str], generation: int) -> None:
-        """Point index.json at a snapshot and logs: one atomic rename, then the folder fsynced."""
+    def _new_log(self, generation: int) -> WriteLog:
+        return WriteLog.create(self.folder / log_name(generation), {
+            "model_version": self.meta.model_version, "dim": self.meta.dim, "field": self.meta.field})
+
+    def _commit(self, snapshot: str, logs: list[str], generation: int, checksums: dict[str, str]) -> None:
+        """Point index.json at a snapshot and logs: one atomic rename, then the folder fsynced.
+
+        self.manifest changes only once the new manifest is durable; when this raises, the manifest on
+        disk may be the old one or the new one, so the caller keeps every file that either names.
+        """
         meta = {k: v for k, v in asdict(self.meta).items() if k not in ("size", "sources")}
-        self.manifest = {**meta, "format": FORMAT, "snapshot": snapshot, "logs": logs, "generation": generation,
-                         "sources": list(self.meta.sources)}
-        atomic_write_bytes(self.folder / META_FILE, (json.dumps(self.manifest, indent=1, sort_keys=True) + "\n").encode())
+        manifest = {**meta, "format": FORMAT, "snapshot": snapshot, "logs": logs, "generation": generation,
+                    "sources": list(self.meta.sources), "checksums": checksums}
+        atomic_write_bytes(self.folder / META_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
         fsync_dir(self.folder)
+        self.manifest = manifest
 
     def _remove_leftovers(self) -> None:
         """Snapshots, logs and temp files that the manifest does not name (a crash's or a compaction's)."""
@@ -223,6 +163,13 @@ class FaissBackend:
 
     def __contains__(self, pin_id: object) -> bool:
         return pin_id in self.index
+
+    def log_bytes(self) -> int:
+        """Bytes in the write logs the manifest names (0 for an index held in memory only)."""
+        if self.folder is None:
+            return 0
+        return sum((self.folder / name).stat().st_size for name in self.manifest.get("logs", [])
+                   if (self.folder / name).is_file())
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         with self.lock:
@@ -252,19 +199,38 @@ class FaissBackend:
         return len(present)
 
     def _write(self, op: LogOp) -> None:
-        """Log, apply, then wait for the fsync that makes the write durable."""
+        """Log, wait for the fsync that makes the write durable, then apply it (in log order)."""
         with self.lock:
             if op.kind == "put":  # validate before logging: a logged record must replay
                 _check_put(self.index, op)
             log = self.log
-            end = log.append(encode_op(op)) if log is not None else 0
-            apply_op(self.index, self.cards, op)
-            if self.pending is not None:
-                self.pending.append(op)
-        if log is not None:
-            log.sync(end)
-            if log.size > self.compact_bytes:
-                self.compact_in_background()
+            if log is None:
+                self._apply(op)
+                return
+            ticket = log.append(encode_op(op))  # an OSError here: nothing was logged or applied
+            self.unapplied.append((log, ticket, op))
+        try:
+            log.sync(ticket)
+        finally:
+            with self.lock:
+                self._apply_synced()
+        if log.size > self.compact_bytes:
+            self.compact_in_background()
+
+    def _apply(self, op: LogOp) -> None:
+        apply_op(self.index, self.cards, op)
+        if self.pending is not None:
+            self.pending.append(op)
+
+    def _apply_synced(self) -> None:
+        """Apply the logged writes that are durable now, in log order; drop those a failure cut off."""
+        while self.unapplied:
+            log, ticket, op = self.unapplied[0]
+            if log.is_durable(ticket):
+                self._apply(op)
+            elif not log.is_lost(ticket):
+                return
+            self.unapplied.pop(0)
 
     # ---- compaction ----------------------------------------------------------------------------
 
@@ -274,21 +240,16 @@ class FaissBackend:
             return False
         try:
             with self.lock:
-                generation = int(self.manifest["generation"]) + 1  # never reused, even after a failure
-                old_log, old_logs, old_snapshot = self.log, list(self.manifest["logs"]), self.manifest["snapshot"]
-                self.log = self._new_log(generation)
-                self._commit(old_snapshot, old_logs + [self.log.path.name], generation)
+                self._rotate()
                 frozen = PinIndex(_clone(self.index.faiss_index), _copy_meta(self.meta), self.index.pin_ids,
                                   self.index.dead)
-                frozen_cards, self.pending = dict(self.cards), []
-            old_log.sync(old_log.size)  # writers still waiting on it return at once from now on
-            old_log.close()
+                frozen_cards, self.pending, generation = dict(self.cards), [], self.generation
             frozen = frozen.compacted()
-            write_snapshot(frozen, frozen_cards, self.folder, snap_name(generation))
+            sums = write_snapshot(frozen, frozen_cards, self.folder, snap_name(generation))
             with self.lock:
                 for op in self.pending:
                     apply_op(frozen, frozen_cards, op)
-                self._commit(snap_name(generation), [self.log.path.name], generation)
+                self._commit(snap_name(generation), [self.log.path.name], generation, sums)
                 self.index, self.cards, self.pending = frozen, frozen_cards, None
                 self._remove_leftovers()
             return True
@@ -298,10 +259,37 @@ class FaissBackend:
         finally:
             self.compacting.release()
 
+    def _rotate(self) -> None:
+        """Under self.lock: sync and apply every write of the current log, then commit a manifest naming a
+        new log beside the old ones, and only then switch writes to it."""
+        old = self.log
+        old.heal()  # a failed write's bytes are cut first
+        old.sync((old.epoch, old.written))
+        self._apply_synced()
+        generation = self._next_generation()
+        new = self._new_log(generation)
+        try:
+            self._commit(self.manifest["snapshot"], [*self.manifest["logs"], new.path.name], generation,
+                         self.manifest.get("checksums", {}))
+        except BaseException:  # writes go on in the old log, which both manifests name
+            new.close()
+            raise
+        self.log = new
+        old.close()
+
     def compact_in_background(self) -> None:
         if self.compactor is None or not self.compactor.is_alive():
-            self.compactor = threading.Thread(target=self.compact, name="index-compaction", daemon=True)
+            self.compactor = threading.Thread(target=self._compact_quietly, name="index-compaction", daemon=True)
             self.compactor.start()
+
+    def _compact_quietly(self) -> None:
+        """compact() for the background thread: a failure (a full disk) is one line on stderr; the next write
+        past compact_bytes tries again."""
+        try:
+            self.compact()
+        except (OSError, PinIndexError) as err:
+            print(f"pinclip: compaction of the index failed, writes go on in the log ({_reason(err)})",
+                  file=sys.stderr)
 
     def close(self) -> None:
         if self.compactor is not None:
@@ -312,6 +300,13 @@ class FaissBackend:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+
+
+def _reason(err: BaseException) -> str:
+    """An error in a few words, without file paths: 'No space left on device'."""
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno)
+    return type(err).__name__
 
 
 def _check_put(index: PinIndex, op: LogOp) -> None:

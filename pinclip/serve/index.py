@@ -25,8 +25,8 @@ model version, quantization params, size, sources). The durable index folder tha
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,21 +308,20 @@ class PinIndex:
         meta.size = len(live)
         return PinIndex(fresh, meta, [self.pin_ids[r] for r in live])
 
-    def save(self, path: str | Path) -> None:
-        """Write index.faiss, ids.parquet and index.json (live rows only) to a folder, each atomically."""
+    def save(self, path: str | Path) -> dict[str, str]:
+        """Write index.faiss, ids.parquet and index.json (live rows only) to a folder, each atomically;
+        returns the sha256 of each file written."""
         import faiss
 
         index = self.compacted() if self.dead else self
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / INDEX_FILE, faiss.serialize_index(index.faiss_index).tobytes())
-        sidecar = pa.table({"pin_id": pa.array(index.pin_ids, type=pa.string())})
-        tmp = path / f".{IDS_FILE}.tmp-{os.getpid()}"
-        pq.write_table(sidecar, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path / IDS_FILE)
-        atomic_write_bytes(path / META_FILE, (json.dumps(asdict(index.meta), indent=1, sort_keys=True) + "\n").encode())
+        files = {INDEX_FILE: faiss.serialize_index(index.faiss_index).tobytes(),
+                 IDS_FILE: parquet_bytes(pa.table({"pin_id": pa.array(index.pin_ids, type=pa.string())})),
+                 META_FILE: (json.dumps(asdict(index.meta), indent=1, sort_keys=True) + "\n").encode()}
+        for name, data in files.items():
+            atomic_write_bytes(path / name, data)
+        return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
     @classmethod
     def load(cls, path: str | Path) -> PinIndex:
@@ -352,6 +351,13 @@ class PinIndex:
             if name in meta.params:
                 set_search_param(faiss_index, meta.kind, meta.params[name])
         return cls(faiss_index, meta, pin_ids)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as Parquet file bytes (written to disk by the caller, through os.write)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def _is_store(path: Path) -> bool:

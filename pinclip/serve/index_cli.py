@@ -4,10 +4,14 @@
     pinclip index build --embeddings runs/demo/embeddings --backend milvus --uri runs/demo/pins.db
     pinclip index add --index runs/demo/index --embeddings runs/demo/fresh_embeddings
     pinclip index compact --index runs/demo/index
+    pinclip index verify --index runs/demo/index
+    pinclip index repair --index runs/demo/index --out runs/demo/index-repaired
 
 `add` writes one record to the index folder's write log (all the new pins or none of them; a pin
 already in the index is replaced), the same log the server's POST /pins writes to; `compact` folds
-the log into a new snapshot. Both refuse a folder that a running server holds open.
+the log into a new snapshot. Both refuse a folder that a running server holds open. `verify` checks
+every checksum (exit 1 on damage) and `repair` salvages a damaged folder into a new one
+(pinclip.serve.index_check).
 """
 
 from __future__ import annotations
@@ -102,10 +106,34 @@ def compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify(args: argparse.Namespace) -> int:
+    from pinclip.serve.index_check import verify as verify_folder
+
+    report = verify_folder(args.index)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    pins = f"{report.pins} pins" if report.pins is not None else "pins unknown (snapshot unreadable)"
+    print(f"{'DAMAGED' if report.damaged else 'ok'}: {args.index}: {report.records} log records, {pins}",
+          file=sys.stderr)
+    return 1 if report.damaged else 0
+
+
+def repair(args: argparse.Namespace) -> int:
+    from pinclip.serve.index_check import repair as repair_folder
+
+    report = repair_folder(args.index, args.out)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    dropped = [f for f in report.findings if f.damage]
+    print(f"repaired {args.index} into {args.out}: {report.pins} pins from the snapshot and {report.records} "
+          f"log records; {len(dropped)} problem(s) dropped (listed above)", file=sys.stderr)
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("index", help="build or extend the FAISS index of pin embeddings",
                               description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="index_command", metavar="{build,add,compact}", required=True)
+    sub = p.add_subparsers(dest="index_command", metavar="{build,add,compact,verify,repair}", required=True)
     b = sub.add_parser("build", help="index the int8 codes of an embedding run")
     b.add_argument("--embeddings", required=True, help="folder written by `pinclip embed`")
     b.add_argument("--out", help="index folder to write (faiss backend)")
@@ -129,3 +157,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compact", help="fold the index folder's write log into a new snapshot")
     c.add_argument("--index", required=True, help="index folder")
     c.set_defaults(func=compact)
+    v = sub.add_parser("verify", help="check every checksum of an index folder (snapshot files, log records)")
+    v.add_argument("--index", required=True, help="index folder")
+    v.set_defaults(func=verify)
+    r = sub.add_parser("repair", help="salvage what is readable of a damaged index folder into a new one")
+    r.add_argument("--index", required=True, help="the damaged index folder (left as it is)")
+    r.add_argument("--out", required=True, help="the new index folder to write")
+    r.set_defaults(func=repair)

@@ -1,4 +1,4 @@
-"""The OpenAI embeddings API over PinCLIP: POST /v1/embeddings and GET /v1/models.
+"""The OpenAI embeddings API over PinCLIP: POST /v1/embeddings, GET /v1/models and GET /v1/models/{id}.
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
@@ -11,12 +11,17 @@ with `image` as a data URI and the text fields title, description, caption, quer
 `dimensions` must be one of the model's Matryoshka dims (400 otherwise); the prefix is
 renormalized. `encoding_format: "int8"` (PinCLIP) returns the global-affine int8 codes, with the
 scale and zero-point under `pinclip` in the response: x ≈ scale · (code − zero_point).
-Errors come in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+Every text (a text input, a pin's title, each query) has the one character limit of every route
+(`max_text_chars`, 2,000 by default); only image data: URIs may be longer, up to the body limit.
+Token counts in `usage` come from a private copy of the model's tokenizer, never the one the
+embedding batches use. Errors come in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 
 import base64
 import binascii
+import copy
 import re
+import threading
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -58,24 +63,28 @@ def v1_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def request_model(svc: PinService) -> type[BaseModel]:
     limits = svc.limits
-    text = Annotated[str, BeforeValidator(valid_unicode), StringConstraints(min_length=1, max_length=limits.max_body_bytes)]
+    text = Annotated[str, BeforeValidator(valid_unicode),
+                     StringConstraints(min_length=1, max_length=limits.max_text_chars, pattern=r"\S")]
+    text_or_uri = Annotated[str, BeforeValidator(valid_unicode), StringConstraints(
+        min_length=1, max_length=limits.max_body_bytes, pattern=r"\S")]
 
     class PinInput(BaseModel):
-        image: text | None = Field(None, description="a data: URI of the pin's image")
+        image: text_or_uri | None = Field(None, description="a data: URI of the pin's image")
         title: text | None = None
         description: text | None = None
         caption: text | None = None
-        queries: list[text] | None = None
-        annotations: list[text] | None = None
+        queries: list[text] | None = Field(None, max_length=limits.max_texts)
+        annotations: list[text] | None = Field(None, max_length=limits.max_texts)
 
     class EmbeddingsRequest(BaseModel):
-        input: text | list[text] | list[PinInput] = Field(..., description="strings (texts or image data: URIs) "
-                                                                           "or, with modality pin, pin objects")
-        model: str
+        input: text_or_uri | list[text_or_uri] | list[PinInput] = Field(
+            ..., description=f"strings (texts of at most {limits.max_text_chars} characters, or image data: URIs) "
+                             "or, with modality pin, pin objects")
+        model: str = Field(..., max_length=200)
         dimensions: Literal[tuple(svc.allowed_dims())] | None = None  # type: ignore[valid-type]
         encoding_format: Literal["float", "base64", "int8"] = "float"
         modality: Literal["text", "image", "pin"] = "text"
-        user: str | None = None
+        user: str | None = Field(None, max_length=limits.max_text_chars)
 
     return EmbeddingsRequest
 
@@ -100,6 +109,10 @@ def embed_inputs(svc: PinService, body: Any) -> np.ndarray:
     if (body.modality == "pin") != (len(pins) == len(items)):
         raise ServiceError(400, "with modality 'pin' every input is a pin object, otherwise a string")
     if body.modality == "text":
+        for i, item in enumerate(items):
+            if len(item) > svc.limits.max_text_chars:
+                raise ServiceError(400, f"input[{i}] is {len(item):,} characters; the limit for a text is "
+                                        f"{svc.limits.max_text_chars:,} (as on every route)")
         return svc.embed("text", items)
     if body.modality == "image":
         return svc.embed("image", [decode_data_uri(svc, uri, f"input[{i}]") for i, uri in enumerate(items)])
@@ -113,20 +126,42 @@ def embed_inputs(svc: PinService, body: Any) -> np.ndarray:
     return svc.embed("pin", dicts)
 
 
-def count_tokens(svc: PinService, texts: list[str]) -> int:
-    tokenizer = getattr(getattr(getattr(svc.embedder, "model", None), "backbone", None), "tokenizer", None)
-    return sum(len(ids) for ids in tokenizer(texts)["input_ids"]) if tokenizer and texts else 0
+class TokenCounter:
+    """Prompt tokens of texts, counted with a private copy of the model's tokenizer under its own lock.
+
+    A fast tokenizer's truncation and padding settings are state that each call may change; the
+    embedding batches rely on theirs, so request threads never call the model's tokenizer.
+    """
+
+    def __init__(self, embedder: Any) -> None:
+        backbone = getattr(getattr(embedder, "model", None), "backbone", None)
+        shared = getattr(backbone, "tokenizer", None)
+        self.tokenizer = copy.deepcopy(shared) if shared is not None else None
+        self.lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> int:
+        if self.tokenizer is None or not texts:
+            return 0
+        with self.lock:
+            return sum(len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"])
 
 
 def openai_routes(app: FastAPI, svc: PinService) -> None:
     embeddings_request = request_model(svc)
     model_id = str(svc.embedder.version)
+    count_tokens = TokenCounter(svc.embedder)
+    model_card = {"id": model_id, "object": "model", "created": 0, "owned_by": "pinclip",
+                  "pinclip": {"dims": svc.allowed_dims(), "modalities": ["text", "image", "pin"]}}
 
     @app.get("/v1/models")
     def models() -> dict:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "pinclip",
-                                            "pinclip": {"dims": svc.allowed_dims(),
-                                                        "modalities": ["text", "image", "pin"]}}]}
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model}", responses=v1_errors(404))
+    def model(model: str) -> dict:
+        if model not in (model_id, "pinclip"):
+            raise ServiceError(404, f"model {model!r} is not served here; GET /v1/models lists {model_id!r}")
+        return model_card
 
     @app.post("/v1/embeddings", responses=v1_errors(400, 404, 413, 503))
     def embeddings(body: embeddings_request) -> dict:  # type: ignore[valid-type]
@@ -137,7 +172,7 @@ def openai_routes(app: FastAPI, svc: PinService) -> None:
         if body.encoding_format == "base64":
             rows = [base64.b64encode(np.asarray(r, dtype="<f4").tobytes()).decode() for r in rows]
         texts = [body.input] if isinstance(body.input, str) else body.input
-        tokens = count_tokens(svc, texts) if body.modality == "text" else 0
+        tokens = count_tokens(texts) if body.modality == "text" else 0
         extension = {"model_version": shaped["model_version"], "dim": shaped["dim"]}
         if body.encoding_format == "int8":
             extension |= {"scale": shaped["scale"], "zero_point": shaped["zero_point"]}

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, StringConstraints, create_model
 
 from pinclip.data.schema import LIST_FIELDS, STRING_FIELDS, TEXT_FIELDS
 from pinclip.serve.app import errors
@@ -45,7 +45,8 @@ def request_models(svc: PinService) -> tuple[type[BaseModel], type[BaseModel]]:
     text, limits = text_type(svc.limits), svc.limits
     texts_request = create_model("TextsRequest", texts=(list[text], Field(min_length=1, max_length=limits.max_texts)),
                                  dim=(dim_type(svc), None), int8=(StrictBool, False))
-    text_query = create_model("TextQuery", q=(text, ...), k=(int, Field(10, ge=1, le=limits.max_k)))
+    text_query = create_model("TextQuery", q=(text, ...),
+                              k=(StrictInt, Field(10, ge=1, le=limits.max_k)))  # JSON true is not a k
     return texts_request, text_query
 
 
@@ -172,6 +173,12 @@ def pin_fields_from_form(texts: str | None, form: dict[str, str | None], limits:
         if fields.get(name) is not None and not isinstance(fields[name], str):
             raise ServiceError(422, f"{name} must be a string")
     fields.update({name: _list_value(name, fields.get(name)) for name in LIST_FIELDS})
+    for name in TEXT_FIELDS:  # the one limit of every text, inside the texts object too
+        values = fields.get(name) if name in LIST_FIELDS else [fields.get(name)]
+        longest = max((len(v) for v in values or [] if v is not None), default=0)
+        if longest > limits.max_text_chars:
+            raise ServiceError(422, f"{name} holds a text of {longest:,} characters; the limit is "
+                                    f"{limits.max_text_chars:,}")
     joined = pin_text(fields)
     if unicode_problem(joined):
         raise ServiceError(422, f"the pin's texts contain {unicode_problem(joined)}")
@@ -200,11 +207,12 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
         return Form(None, max_length=max_length, description=description)
 
     pin_id_form = Form(None, min_length=1, max_length=limits.max_pin_id_chars, pattern=PIN_ID_PATTERN,
-                       description="optional; a fresh id is made when absent; an id already there is replaced")
+                       description="optional; a fresh id is made when absent; an id already there is replaced; "
+                                   "no '.' or '..' path segment (422: URL-normalizing clients could not reach it)")
     auth = [Depends(token_checker(token))]
 
     @app.post("/pins", status_code=201, dependencies=auth, response_model=PinWritten,
-              responses=errors(400, 401, 409, 413, 422, 503))
+              responses=errors(400, 401, 409, 413, 422, 503, 507))
     def add_pin(
         image: UploadFile | None = File(None),
         texts: str | None = text_form("JSON object: title, description, caption, queries, annotations",
@@ -220,6 +228,9 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
     ) -> dict:
         form = {"title": title, "description": description, "caption": caption, "queries": queries,
                 "annotations": annotations}
+        if pin_id is not None and {".", ".."} & set(pin_id.split("/")):
+            raise ServiceError(422, "pin_id must not have a '.' or '..' path segment: clients that normalize "
+                                    "URLs could not reach /pins/{pin_id}")
         fields = pin_fields_from_form(texts, form, limits)
         picture = None
         if image is not None and image.filename:
@@ -227,7 +238,7 @@ def pin_routes(app: FastAPI, svc: PinService, token: str | None) -> None:
         return svc.put_pin(pin_id, fields, picture, model_version)
 
     @app.delete("/pins/{pin_id:path}", dependencies=auth, response_model=PinDeleted,
-                responses=errors(401, 404, 503))
+                responses=errors(401, 404, 503, 507))
     def delete_pin(pin_id: str) -> dict:
         return svc.delete_pin(pin_id)
 

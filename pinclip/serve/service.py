@@ -7,6 +7,7 @@ app turns into {"detail": message} responses.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 import urllib.parse
@@ -96,6 +97,7 @@ class PinService:
         self.decodes = threading.BoundedSemaphore(limits.max_decodes)
         self.batchers: dict[tuple[str, str], MicroBatcher] = {}
         self.batchers_lock = threading.Lock()
+        self.on_batch: Callable[[str, int], None] | None = None  # (kind, items in one model call), for /metrics
 
     # ---- embedding, through one micro-batcher per (kind, field) ---------------------------------
 
@@ -109,8 +111,10 @@ class PinService:
                 }[kind]
                 size = self.limits.batch_size if kind == "text" else min(self.limits.batch_size,
                                                                           self.limits.image_batch_size)
-                self.batchers[(kind, field)] = MicroBatcher(fn, size, self.limits.batch_wait_ms,
-                                                            self.limits.max_queue, f"embed-{kind}-{field}")
+                observe = self.on_batch
+                self.batchers[(kind, field)] = MicroBatcher(
+                    fn, size, self.limits.batch_wait_ms, self.limits.max_queue, f"embed-{kind}-{field}",
+                    (lambda n: observe(kind, n)) if observe else None)
             return self.batchers[(kind, field)]
 
     def embed(self, kind: str, items: list[Any], field: str = "title") -> np.ndarray:
@@ -217,7 +221,7 @@ class PinService:
         except VersionConflict as err:
             raise ServiceError(409, str(err)) from None
         except (PinIndexError, OSError) as err:
-            raise ServiceError(503, f"the pin could not be written ({err})") from None
+            raise write_failed("written", err) from None
         return {"pin_id": pin_id, "replaced": replaced, "index_size": len(self.backend),
                 "model_version": self.embedder.version}
 
@@ -225,10 +229,20 @@ class PinService:
         try:
             removed = self.backend.delete([pin_id])
         except (PinIndexError, OSError) as err:
-            raise ServiceError(503, f"the pin could not be deleted ({err})") from None
+            raise write_failed("deleted", err) from None
         if not removed:
             raise ServiceError(404, f"pin {pin_id!r} is not in the index")
         return {"pin_id": pin_id, "deleted": True, "index_size": len(self.backend)}
+
+
+def write_failed(done: str, err: Exception) -> ServiceError:
+    """507 when the index's disk is full, else 503; both retryable, neither naming a file."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ServiceError(507, f"the pin could not be {done}: the index's disk is full; nothing was changed, "
+                                 "retry once space is free", {"Retry-After": "10"})
+    why = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else "the index refused the write"
+    return ServiceError(503, f"the pin could not be {done} ({why}); nothing was changed, retry",
+                        {"Retry-After": "1"})
 
 
 def image_roots_of(pins_path: str | Path | None, extra: list[str] | None = None) -> list[str]:
