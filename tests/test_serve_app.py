@@ -244,3 +244,29 @@ def test_related_and_embed_on_the_real_model(real_service):
     assert [h["score"] for h in related] == pytest.approx(scores.tolist(), abs=1e-5)
     vectors = np.array(client.post("/embed/text", json={"texts": ["red circle"]}).json()["embeddings"])
     np.testing.assert_allclose(vectors, embedder.embed_texts(["red circle"]), atol=1e-6)
+
+
+def test_a_tower_mix_is_served_like_any_checkpoint(tiny_checkpoint, catalog, tmp_path):
+    """A mix folder (pinclip mix's served model): embedded, indexed and searched over HTTP as one wide vector."""
+    from pinclip.eval.ensemble import calibrate_mixed
+    from pinclip.models.embedder import Embedder
+    from pinclip.models.tower_mix import MixedEmbedder, create_mixed
+    from pinclip.serve.embed import embed_pins_table
+    from pinclip.serve.index import PinIndex
+    from pinclip.train.dataset import load_dataset
+
+    folder = create_mixed(tiny_checkpoint, 0.5, tmp_path / "mixed")
+    calibrate_mixed(folder, load_dataset(catalog["pins"], catalog["boards"], None))
+    embedder = Embedder.from_checkpoint(folder)
+    assert isinstance(embedder, MixedEmbedder) and embedder.dim > Embedder.from_checkpoint(tiny_checkpoint).dim
+    embed_pins_table(embedder, catalog["pins"], tmp_path / "emb", shard_size=32, progress=False)
+    index = PinIndex.from_embeddings(tmp_path / "emb")
+    assert index.meta.dim == embedder.dim and index.meta.model_version == embedder.version
+    app = create_app(embedder, index, load_pins_meta(catalog["pins"]), TOKEN, ServeLimits())
+    with TestClient(app) as client:
+        expected_scores, expected_ids = index.search(embedder.embed_texts(["red circle"], field="queries"), 5)
+        body = client.get("/search/text", params={"q": "red circle", "k": 5}).json()
+        assert [h["pin_id"] for h in body["results"]] == expected_ids[0]
+        vectors = client.post("/v1/embeddings", json={"model": embedder.version, "input": ["red circle"],
+                                                      "encoding_format": "float"}).json()["data"]
+        assert len(vectors[0]["embedding"]) == embedder.dim
