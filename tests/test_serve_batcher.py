@@ -45,7 +45,10 @@ def test_a_full_queue_is_refused_at_once():
     batcher = MicroBatcher(lambda items: release.wait() and items, max_batch=1, max_queue=2)
     pool = ThreadPoolExecutor(3)
     running = [pool.submit(batcher.submit, i) for i in range(3)]  # one in the model, two waiting
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30  # a loaded machine may take a while to start the three callers
+    while batcher.items.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.items.qsize() == 2, "the two waiting requests never reached the queue"
     with pytest.raises(QueueFull, match="2 requests are already waiting"):
         batcher.submit(99)
     release.set()
