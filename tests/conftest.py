@@ -57,3 +57,16 @@ def tiny_vlm(tmp_path_factory):
         return built[family]
 
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_run(catalog, tmp_path_factory) -> Path:
+    """A run folder (train/final, cache) of a tiny-preset model trained a few steps on the synthetic catalog."""
+    from pinclip.config import load_config
+    from pinclip.train.trainer import train
+
+    run = tmp_path_factory.mktemp("run")
+    train(load_config(preset="tiny", overrides=[f"train.data_dir={catalog['pins'].parent}",
+                                                 f"train.out_dir={run / 'train'}", f"train.cache_dir={run / 'cache'}",
+                                                 "train.steps=4"]), progress=False)
+    return run

@@ -10,19 +10,6 @@ from pinclip.eval.mix_cli import choose_weight, served_checkpoint
 from pinclip.eval.selection import selection_score
 
 
-@pytest.fixture(scope="module")
-def tiny_run(catalog, tmp_path_factory):
-    """A run folder: a tiny-preset model trained a few steps on the synthetic catalog (code paths only)."""
-    from pinclip.config import load_config
-    from pinclip.train.trainer import train
-
-    run = tmp_path_factory.mktemp("run")
-    train(load_config(preset="tiny", overrides=[f"train.data_dir={catalog['pins'].parent}",
-                                                 f"train.out_dir={run / 'train'}", f"train.cache_dir={run / 'cache'}",
-                                                 "train.steps=4"]), progress=False)
-    return run
-
-
 def test_choose_weight_takes_the_best_and_ties_go_to_the_smaller():
     assert choose_weight({0.0: 0.30, 0.25: 0.34, 0.5: 0.33}) == 0.25
     assert choose_weight({0.0: 0.30, 0.5: 0.30}) == 0.0

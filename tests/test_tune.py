@@ -49,17 +49,6 @@ def test_committed_tuned_overrides_reach_the_baselines_training_config(tmp_path,
     assert model_config(base, tmp_path, "lit", 0, tuned=False).train.lr == base.train.lr
 
 
-@pytest.fixture(scope="module")
-def tiny_run(catalog, tmp_path_factory):
-    from pinclip.train.trainer import train
-
-    run = tmp_path_factory.mktemp("tune-run")
-    train(load_config(preset="tiny", overrides=[f"train.data_dir={catalog['pins'].parent}",
-                                                 f"train.out_dir={run / 'train'}", f"train.cache_dir={run / 'cache'}",
-                                                 "train.steps=2"]), progress=False)
-    return run
-
-
 def test_tune_trains_every_point_judges_it_on_validation_and_writes_the_choice(tiny_run):
     from pinclip.cli import main
 
