@@ -264,7 +264,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ValueError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
     cfg = _merge(Config(), copy.deepcopy(PRESETS[preset]), "")
     cfg = _merge(cfg, data, "")
-    return _merge(cfg, parse_overrides(overrides or []), "")
+    given = parse_overrides(overrides or [])
+    cfg = _merge(cfg, given, "")
+    asked = {**(data.get("model") or {}), **(given.get("model") or {})}
+    if cfg.model.vlm.path and "pin_mode" not in asked:  # a VLM fuses in one pass: the towers' pin forms do not apply
+        cfg.model.pin_mode, cfg.model.pool_balance = "fused", False
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
