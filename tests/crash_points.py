@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serve_fakes import FakeEmbedder
+from serve_fakes import FakeEmbedder, codes_for
 
-from pinclip.quant import quantize
 from pinclip.serve.faiss_backend import FaissBackend
 from pinclip.serve.index import IndexConfig, PinIndex, load_embeddings
 from pinclip.serve.index_cli import titles_of
@@ -49,9 +48,6 @@ COMPACT_BYTES = 600  # small enough that the workload's writes trigger automatic
 class Crash(BaseException):
     """The process dies here (not an Exception: nothing in the write path may catch it)."""
 
-
-def codes_for(texts: list[str]) -> np.ndarray:
-    return quantize(FAKE.embed_texts(texts), FAKE.quant)  # (N, D) int8
 
 
 @dataclass

@@ -206,3 +206,11 @@ def embedded_index(folder: Path, n: int = 30, embedder: FakeEmbedder | None = No
     pins_path = write_pins_parquet(synthetic_pins(folder, n), folder / "pins.parquet")
     embed_pins_table(embedder or FakeEmbedder(), pins_path, folder / "emb", shard_size=16, progress=False)
     return pins_path, PinIndex.from_embeddings(folder / "emb")
+
+
+def codes_for(texts: list[str]) -> np.ndarray:
+    """(N, D) int8 codes of texts as the fake model embeds and quantizes them (index folder tests)."""
+    from pinclip.quant import quantize
+
+    fake = FakeEmbedder()
+    return quantize(fake.embed_texts(texts), fake.quant)

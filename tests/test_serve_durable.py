@@ -9,10 +9,9 @@ import re
 import numpy as np
 import pytest
 from durability import kill_loop
-from serve_fakes import FakeEmbedder, synthetic_pins, write_pins_parquet
+from serve_fakes import FakeEmbedder, codes_for, synthetic_pins, write_pins_parquet
 
 from pinclip.cli import main
-from pinclip.quant import quantize
 from pinclip.serve.backend import VersionConflict
 from pinclip.serve.embed import embed_pins_table
 from pinclip.serve.faiss_backend import FaissBackend
@@ -21,9 +20,6 @@ from pinclip.serve.wal import read_log
 
 FAKE = FakeEmbedder()
 
-
-def codes_for(texts: list[str]) -> np.ndarray:
-    return quantize(FAKE.embed_texts(texts), FAKE.quant)
 
 
 @pytest.fixture

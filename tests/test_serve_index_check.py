@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from serve_fakes import FakeEmbedder
+from serve_fakes import FakeEmbedder, codes_for
 
 from pinclip.cli import main
-from pinclip.quant import quantize
 from pinclip.serve.faiss_backend import FaissBackend
 from pinclip.serve.index import IndexConfig, PinIndex, PinIndexError
 from pinclip.serve.index_check import repair, verify
@@ -17,9 +16,6 @@ from pinclip.serve.wal import FRAME, MAGIC
 
 FAKE = FakeEmbedder()
 
-
-def codes_for(texts: list[str]) -> np.ndarray:
-    return quantize(FAKE.embed_texts(texts), FAKE.quant)
 
 
 @pytest.fixture
