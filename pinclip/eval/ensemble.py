@@ -19,7 +19,7 @@ import numpy as np
 
 from pinclip.eval.encoders import ModelEncoder, TaskVectors, unit
 from pinclip.eval.tasks import TaskSpec
-from pinclip.models.tower_mix import tower_mix
+from pinclip.models.tower_mix import image_half, text_half, tower_mix
 
 _SHARED: dict[tuple, Any] = {}
 
@@ -58,14 +58,12 @@ class EnsembleEncoder:
             if getattr(part, "prepared_for", None) is not pins:
                 part.prepare(pins, cache_dir, progress)
                 part.prepared_for = pins
-        c, w = self.towers.image.shape[1], self.towers.fields_text.shape[2]
-        self._zero_image, self._zero_text = np.zeros((1, c), np.float32), np.zeros((1, w), np.float32)
 
     def _image(self, pins: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.towers.image[pins], np.repeat(self._zero_text, len(pins), 0)], axis=1)
+        return image_half(self.towers.image[pins], self.towers.fields_text.shape[2])
 
     def _text(self, text: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.repeat(self._zero_image, len(text), 0), unit(text)], axis=1)
+        return text_half(text, self.towers.image.shape[1])
 
     def _pins(self, regime: str) -> np.ndarray:
         return unit(np.concatenate([self.towers.image, self.towers.text_half(regime)], axis=1))

@@ -44,6 +44,16 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def text_half(text: np.ndarray, image_width: int) -> np.ndarray:
+    """(N, C + W) [0 ; unit text]: a text in the towers' [image | text] coordinates."""
+    return np.concatenate([np.zeros((len(text), image_width), np.float32), unit(text)], axis=1)
+
+
+def image_half(image: np.ndarray, text_width: int) -> np.ndarray:
+    """(N, C + W) [image ; 0] of unit (or zero) image rows."""
+    return np.concatenate([image, np.zeros((len(image), text_width), np.float32)], axis=1)
+
+
 class Towers:
     """The untrained towers of a PinCLIP config: the text tower with every layer pretrained (mean-pooled,
     the sentence-embedding recipe) and the vision tower's global pooled feature."""
@@ -68,12 +78,12 @@ class Towers:
 
     def text_rows(self, text: np.ndarray) -> np.ndarray:
         """(N, C + W) [0 ; unit text]."""
-        return np.concatenate([np.zeros((len(text), self.image_width), np.float32), unit(text)], axis=1)
+        return text_half(text, self.image_width)
 
     def image_rows(self, global_features: np.ndarray, has_image: np.ndarray) -> np.ndarray:
         """(N, C + W) [unit image ; 0]; zero rows for pins without an image."""
         image = unit(global_features.astype(np.float32)) * np.asarray(has_image, bool)[:, None]
-        return np.concatenate([image, np.zeros((len(image), self.text_width), np.float32)], axis=1)
+        return image_half(image, self.text_width)
 
     def pin_rows(self, global_features: np.ndarray, has_image: np.ndarray, fields: np.ndarray) -> np.ndarray:
         """(N, C + W) unit([unit image ; unit(sum of the present fields' unit embeddings)])."""
