@@ -5,6 +5,8 @@ Stages, each a public `pinclip` command, each skipped or resumed when its output
     train  pinclip train (demo preset)  -> <out>/train  (checkpoints, metrics.jsonl)
     mix    pinclip mix --run            -> <out>/mix.json, <out>/mixed (the untrained towers' weight, chosen
                                            on validation; the served model when a weight above 0 wins)
+    mix-domain  (--full-eval only)      -> the same choice made again counting the domain-shift split's
+                                           validation cells (pinclip mix --domain-shift)
     eval-val  (--full-eval only)        -> <out>/eval-val (every model on validation: the test report's "best
                                            other" is chosen there)
     eval   pinclip eval --run           -> <out>/eval   (metrics.json, report.md, plots, TREC files;
@@ -72,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         extent = ["--baselines", "all", "--seeds", "3", "--scaling"] if args.full_eval else ["--baselines", "bm25,frozen"]
         if args.full_eval and (data / "splits_domain.json").is_file():
             extent.append("--domain-shift")
+            # choose the towers' weight again, counting the domain-shift validation cells: a weight that wins in
+            # domain by forgetting is not served
+            timings.stage("mix-domain", lambda: main(["mix", "--run", str(out), "--domain-shift"]),
+                          done=mix_done(out, final, domain=True))
         elif args.full_eval:
             print(f"no {data / 'splits_domain.json'}: the domain-shift experiment is skipped "
                   "(make one with `pinclip data split --domain-column COLUMN`)")

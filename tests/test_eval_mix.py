@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,35 @@ def test_mix_chooses_on_validation_and_writes_the_served_model(tiny_run):
         assert served == tiny_run / "mixed" and Embedder.from_checkpoint(served).quant is not None
     else:
         assert served == tiny_run / "train" / "final"
+
+
+def test_mix_with_the_domain_shift_split_counts_its_validation_cells(catalog, tmp_path):
+    """--domain-shift trains PinCLIP on the domain-shift split, mixes it at each weight and scores each weight by
+    the selection score over both validation documents (in-domain cells and "domain/" cells)."""
+    import shutil
+
+    from pinclip.cli import main
+    from pinclip.config import load_config
+    from pinclip.experiments import model_dir
+    from pinclip.train.trainer import train
+
+    data = tmp_path / "data"
+    shutil.copytree(catalog["pins"].parent, data)
+    assert main(["data", "split", "--pins", str(data / "pins.parquet"), "--boards", str(data / "boards.parquet"),
+                 "--out", str(data / "splits_domain.json"), "--domain-column", "domain", "--domain-frac", "0.3"]) == 0
+    run = tmp_path / "run"
+    train(load_config(preset="tiny", overrides=[f"train.data_dir={data}", f"train.out_dir={run / 'train'}",
+                                                 f"train.cache_dir={run / 'cache'}", "train.steps=4"]), progress=False)
+    assert main(["mix", "--run", str(run), "--weights", "0.5", "--domain-shift", "--quiet"]) == 0
+    record = json.loads((run / "mix.json").read_text())
+    assert record["domain"] is True
+    assert (Path(model_dir(run / "domain", "pinclip", 0)) / "final" / "meta.json").is_file()  # trained on that split
+    in_domain = json.loads((run / "eval-mix-val" / "metrics.json").read_text())
+    domain = json.loads((run / "eval-mix-domain-val" / "metrics.json").read_text())
+    for w, name in (("0", "pinclip"), ("0.5", "pinclip+towers@0.5")):
+        both = selection_score(in_domain, domain, model=name)
+        assert any(c.startswith("domain/") for c in both["cells"]) and not both["missing"]
+        assert record["scores"][w] == pytest.approx(both["score"])
+        assert record["in_domain_scores"][w] == pytest.approx(selection_score(in_domain, model=name)["score"])
+    assert record["weight"] == choose_weight({float(w): s for w, s in record["scores"].items()})
+    assert served_checkpoint(run) == (run / "mixed" if record["weight"] > 0 else run / "train" / "final")

@@ -3,10 +3,14 @@ served model.
 
     pinclip mix --run runs/demo                        # weights 0, 0.25, 0.5, 0.75 on the validation partition
     pinclip mix --run runs/demo --weights 0,0.5        # -> runs/demo/mixed/ (when a weight above 0 wins), mix.json
+    pinclip mix --run runs/demo --domain-shift         # the score also counts the domain-shift validation cells
 
 Each weight w > 0 is PinCLIP (<run>/train/final) mixed with its own towers (pinclip.models.tower_mix), judged
 with PinCLIP itself (w = 0) on the validation partition (validation pins and boards, never test) by the
-selection score (pinclip.eval.selection). The best weight is written to <run>/mix.json with every weight's
+selection score (pinclip.eval.selection). With --domain-shift the score also counts the domain-shift
+split's validation cells: PinCLIP trained on that split (whole top-level categories held out; trained under
+<run>/domain when missing) is mixed at each weight and judged on the held-out domains' validation pins and
+boards, so a weight that wins in domain by forgetting what the towers knew is not chosen. The best weight is written to <run>/mix.json with every weight's
 score; when it is above 0, <run>/mixed/ holds the served model (its int8 parameters fitted on mixed vectors),
 which `pinclip embed`, `index` and `serve` take as a checkpoint. Ties go to the smaller weight.
 """
@@ -31,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weights of the towers to try, in [0, 1] (0 = PinCLIP)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the run's training data)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the run's)")
+    p.add_argument("--domain-shift", action="store_true", help="count the domain-shift split's validation cells too "
+                   "(trains PinCLIP on that split when missing; needs the data folder's splits_domain.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -68,14 +74,15 @@ def with_chosen_mix(run_dir: str | Path, models: dict[str, list[Path]], mixes_di
     return {"pinclip": mixed, "pinclip_no_mix": models["pinclip"], **{k: v for k, v in models.items() if k != "pinclip"}}
 
 
-def mix_done(run_dir: str | Path, final: Path) -> bool:
-    """`pinclip mix` has chosen for this very checkpoint (its version)."""
+def mix_done(run_dir: str | Path, final: Path, domain: bool = False) -> bool:
+    """`pinclip mix` has chosen for this very checkpoint (its version); with `domain`, counting the domain-shift
+    validation cells."""
     try:
         record = json.loads((Path(run_dir) / "mix.json").read_text())
         version = json.loads((final / "meta.json").read_text())["version"]
     except (OSError, ValueError, KeyError):
         return False
-    return record.get("version") == version
+    return record.get("version") == version and (not domain or bool(record.get("domain")))
 
 
 def choose_weight(scores: dict[float, float]) -> float:
@@ -87,8 +94,9 @@ def choose_weight(scores: dict[float, float]) -> float:
 
 
 def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None = None, cache_dir: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """Judge each weight on validation, write <run>/mix.json (and <run>/mixed/ for a weight above 0)."""
+            progress: bool = True, domain: bool = False) -> dict[str, Any]:
+    """Judge each weight on validation (with `domain`, also on the domain-shift split's validation partition),
+    write <run>/mix.json (and <run>/mixed/ for a weight above 0)."""
     from pinclip.eval.cli import EvalOptions, evaluate_models, run_config
     from pinclip.eval.ensemble import calibrate_mixed
     from pinclip.eval.selection import selection_score
@@ -115,10 +123,14 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     options = EvalOptions(partition="val", quantization=False, ann=False, trec=False, progress=progress)
     paths = evaluate_models(models, dataset, run_dir / "eval-mix-val", cfg.train.cache_dir, options)
     doc = json.loads(Path(paths["metrics"]).read_text())
-    scores = {w: selection_score(doc, model=names[w])["score"] for w in weights}
+    domain_doc, domain_report = (_domain_validation(run_dir, cfg, names, options) if domain else (None, None))
+    scores = {w: selection_score(doc, domain_doc, model=names[w])["score"] for w in weights}
     chosen = choose_weight(scores)
     record = {"weight": chosen, "version": version, "scores": {f"{w:g}": s for w, s in scores.items()}, "partition": "val",
-              "report": str(paths["report"]), "checkpoint": str(final)}
+              "report": str(paths["report"]), "checkpoint": str(final), "domain": domain_doc is not None}
+    if domain_doc is not None:
+        record["in_domain_scores"] = {f"{w:g}": selection_score(doc, model=names[w])["score"] for w in weights}
+        record["domain_report"] = str(domain_report)
     if chosen > 0:
         folder = create_mixed(final, chosen, run_dir / "mixed")
         calibrate_mixed(folder, dataset, cfg.train.cache_dir, progress=progress)
@@ -126,6 +138,29 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     else:  # PinCLIP alone: a mix of an earlier choice is not served
         shutil.rmtree(run_dir / "mixed", ignore_errors=True)
     return _write_record(run_dir, record)
+
+
+def _domain_validation(run_dir: Path, cfg: Any, names: dict[float, str], options: Any
+                       ) -> tuple[dict[str, Any], Path]:
+    """(metrics document, report) of PinCLIP trained on the domain-shift split, mixed at each weight, on that
+    split's validation partition (<run>/eval-mix-domain-val)."""
+    from pinclip.cli import UserError
+    from pinclip.eval.cli import evaluate_models
+    from pinclip.experiments import domain_shift_models
+    from pinclip.models.tower_mix import create_mixed
+    from pinclip.train.dataset import load_dataset_dir
+
+    folder, trained = domain_shift_models(cfg, run_dir, options.progress, trained=("pinclip",))
+    dataset = load_dataset_dir(folder)
+    if not dataset.splits.get("val_pins") and not dataset.splits.get("val_boards"):
+        raise UserError(f"{folder / 'splits.json'} has no validation pins or boards: rebuild the domain-shift split "
+                        "(pinclip data split --domain-column ...) to choose the weight on it")
+    final = trained["pinclip"][0]
+    mixes = run_dir / "domain" / "mixes"
+    models = {name: [final if w == 0 else create_mixed(final, w, mixes / f"pinclip-seed0-w{w:g}")]
+              for w, name in names.items()}
+    paths = evaluate_models(models, dataset, run_dir / "eval-mix-domain-val", cfg.train.cache_dir, options)
+    return json.loads(Path(paths["metrics"]).read_text()), Path(paths["report"])
 
 
 def _write_record(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +174,12 @@ def run(args: argparse.Namespace) -> int:
     from pinclip.eval.cli import _weights
 
     weights = sorted(set([0.0, *_weights(args.weights)]))
-    record = mix_run(args.run, weights, args.data_dir, args.cache_dir, not args.quiet)
+    record = mix_run(args.run, weights, args.data_dir, args.cache_dir, not args.quiet, args.domain_shift)
+    in_domain = record.get("in_domain_scores", {})
     for w, s in record["scores"].items():
-        print(f"  towers weight {w:>5}: selection score {s:.4f}" + ("  <- chosen" if float(w) == record["weight"] else ""))
+        alone = f" (in domain alone {in_domain[w]:.4f})" if w in in_domain else ""
+        print(f"  towers weight {w:>5}: selection score {s:.4f}{alone}"
+              + ("  <- chosen" if float(w) == record["weight"] else ""))
     where = f" (validation report: {record['report']})" if record.get("report") else ""
     print(f"served model: {record.get('served', record['checkpoint'])}{where}")
     return 0
