@@ -51,6 +51,8 @@ class BenchResult:
     markdown: list[str] = field(default_factory=list)  # free paragraphs after the notes
     seconds: float = 0.0
     load_before: float = 0.0  # 1-minute load average when it started
+    load_after: float = 0.0  # 1-minute load average when it ended
+    busy_before: list[str] = field(default_factory=list)  # other processes using CPU when it started
     error: str | None = None
 
 
@@ -81,6 +83,23 @@ def interleaved_times(calls: dict[str, Callable[[], Any]], repeats: int, warmup:
 def paired_ratio(times: dict[str, list[float]], baseline: str, candidate: str) -> float:
     """Median over rounds of baseline_time / candidate_time (a speed-up > 1 favours the candidate)."""
     return median([b / c for b, c in zip(times[baseline], times[candidate])])
+
+
+MIN_ROUNDS = 10  # a ratio is the median of at least this many alternating rounds
+
+
+def ratio_stats(times: dict[str, list[float]], baseline: str, candidate: str) -> dict[str, float]:
+    """{"median", "min", "max", "rounds"} of baseline_time / candidate_time over the rounds of
+    `interleaved_times` (> 1 favours the candidate). A ratio quoted anywhere carries its min-max."""
+    ratios = [b / c for b, c in zip(times[baseline], times[candidate])]
+    if not ratios:
+        raise ValueError(f"no rounds timed for {baseline!r} / {candidate!r}")
+    return {"median": median(ratios), "min": float(min(ratios)), "max": float(max(ratios)), "rounds": len(ratios)}
+
+
+def fmt_ratio(stats: dict[str, float]) -> str:
+    """'1.42x (1.30-1.55x over 10 rounds)'."""
+    return f"{stats['median']:.2f}x ({stats['min']:.2f}-{stats['max']:.2f}x over {stats['rounds']} rounds)"
 
 
 def cpu_model() -> str:

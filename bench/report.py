@@ -38,7 +38,9 @@ def section(result: BenchResult) -> list[str]:
     if result.table:
         lines += [*markdown_table(result.table), ""]
     lines += [f"- {note}" for note in result.notes]
-    lines += [f"- ran {result.seconds:.0f} s, 1-min load average {result.load_before:.1f} at its start", ""]
+    busy = f"; other busy processes at its start: {', '.join(result.busy_before)}" if result.busy_before else ""
+    lines += [f"- ran {result.seconds:.0f} s, 1-min load average {result.load_before:.1f} at its start, "
+              f"{result.load_after:.1f} at its end{busy}", ""]
     if result.markdown:
         lines += [*result.markdown, ""]
     return lines

@@ -26,6 +26,7 @@ from bench.common import (  # noqa: E402
     BenchContext,
     BenchResult,
     atomic_write_text,
+    busy_processes,
     load_previous,
     machine_info,
     result_from_json,
@@ -46,14 +47,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_one(name: str, ctx: BenchContext) -> BenchResult:
     """One benchmark module's run(ctx); a failure becomes a result with its error, not a crash."""
-    start, load = time.perf_counter(), os.getloadavg()[0]
+    start, load, busy = time.perf_counter(), os.getloadavg()[0], busy_processes()
     print(f"\n=== {name} ===", flush=True)
     try:
         result = importlib.import_module(f"bench.{name}").run(ctx)
     except Exception as err:  # noqa: BLE001 - one failing benchmark must not lose the others
         traceback.print_exc()
         result = BenchResult(name, name, error=f"{type(err).__name__}: {err}")
-    result.seconds, result.load_before = time.perf_counter() - start, load
+    result.seconds, result.load_before, result.load_after = time.perf_counter() - start, load, os.getloadavg()[0]
+    result.busy_before = busy
     for target in result.targets:
         print(f"  {target.name}: {target.value} (target {target.goal})", flush=True)
     return result
