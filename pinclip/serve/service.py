@@ -104,10 +104,11 @@ class PinService:
     def _batcher(self, kind: str, field: str) -> MicroBatcher:
         with self.batchers_lock:
             if (kind, field) not in self.batchers:
+                embedder = self.embedder  # only the method of this kind is looked up (a text-only embedder serves text)
                 fn: Callable[[list], Any] = {
-                    "text": lambda texts: self.embedder.embed_texts(texts, field=field),
-                    "image": self.embedder.embed_images,
-                    "pin": self.embedder.embed_pins,
+                    "text": lambda texts: embedder.embed_texts(texts, field=field),
+                    "image": lambda images: embedder.embed_images(images),
+                    "pin": lambda pins: embedder.embed_pins(pins),
                 }[kind]
                 size = self.limits.batch_size if kind == "text" else min(self.limits.batch_size,
                                                                           self.limits.image_batch_size)
