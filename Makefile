@@ -4,7 +4,7 @@
 #   make test        # venv + installs + demo data, then the test suite
 #   make report      # the demo's evaluation against every baseline + scaling curve (~30 min more)
 #   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2 cores)
-#   make bench       # benchmarks against peer tools (long; not part of the tests)
+#   make bench       # benchmarks against peer tools (long; not part of the tests); ITEMS='text_embed serve_load' for some
 #   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant and
 #                    # the served index's write path: write log, FAISS backend, index folder (~1 h)
 PYTHON ?= python3
@@ -12,6 +12,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SERVE ?= 1
 RUN ?= runs/demo
+ITEMS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: demo report tune test bench mutants lint install data-deps clean
@@ -45,7 +46,7 @@ lint: install
 
 bench: install data-deps
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) bench/run.py --out bench
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) bench/run.py --out bench $(if $(ITEMS),--only $(ITEMS))
 
 # a fresh run each time (mutmut would keep results of tests that have changed since); MUTANTS='pinclip.quant*'
 # checks only the mutants whose names match
