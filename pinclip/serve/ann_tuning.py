@@ -40,21 +40,30 @@ def _ann_top_k(index: Any, queries: np.ndarray, k: int, self_ids: np.ndarray | N
     return np.stack([[i for i in row if i != s][:k] for row, s in zip(ids.tolist(), self_ids)])
 
 
-def tune_search(index: Any, kind: str, vectors: np.ndarray, config: Any, k: int = 10) -> dict[str, Any]:
+def tune_search(index: Any, kind: str, vectors: np.ndarray, config: Any, k: int = 10,
+                queries: np.ndarray | None = None) -> dict[str, Any]:
     """Smallest efSearch (HNSW) / nprobe (IVF) whose recall@k vs exact search reaches the target.
 
     `config` (an IndexConfig) gives target_recall, tune_queries and seed. Two query sets must both
-    reach the target: stored vectors with themselves excluded (related pins) and random unit
-    directions, a hard stand-in for text or image queries that lie off the pins.
+    reach the target: stored vectors with themselves excluded (related pins) and off-index queries:
+    a sample of `queries` (the same pins' text and image embeddings: what a text or image search
+    sends) or, without them, random unit directions, a harder stand-in that lies off every pin and
+    so asks for more lists or a wider beam than real queries need.
     """
     if kind == "flat" or len(vectors) <= k + 1:
         return {}
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(len(vectors), size=min(config.tune_queries, len(vectors)), replace=False)
-    directions = rng.standard_normal((len(sample), vectors.shape[1])).astype(np.float32)  # (Q, D)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    if queries is not None and len(queries):
+        off = np.asarray(queries, dtype=np.float32)[rng.choice(len(queries), size=min(config.tune_queries, len(queries)),
+                                                               replace=False)]  # (Q, D)
+        off_kind = "text and image embeddings"
+    else:
+        off = rng.standard_normal((len(sample), vectors.shape[1])).astype(np.float32)  # (Q, D)
+        off_kind = "random directions"
+    off /= np.maximum(np.linalg.norm(off, axis=1, keepdims=True), 1e-12)
     truth_stored = exact_top_k(vectors[sample], vectors, k, exclude=sample)  # (Q, k)
-    truth_random = exact_top_k(directions, vectors, k)  # (Q, k)
+    truth_off = exact_top_k(off, vectors, k)  # (Q, k)
     if kind == "hnsw":
         name, steps = "ef_search", EF_SEARCH_STEPS
     else:
@@ -63,10 +72,11 @@ def tune_search(index: Any, kind: str, vectors: np.ndarray, config: Any, k: int 
     for value in steps:
         set_search_param(index, kind, value)
         recall = min(recall_at_k(_ann_top_k(index, vectors[sample], k, sample), truth_stored),
-                     recall_at_k(_ann_top_k(index, directions, k), truth_random))
+                     recall_at_k(_ann_top_k(index, off, k), truth_off))
         if recall >= config.target_recall:
             break
-    return {name: value, f"tuned_recall_at_{k}": round(recall, 4), "tune_queries": 2 * len(sample)}
+    return {name: value, f"tuned_recall_at_{k}": round(recall, 4), "tune_queries": len(sample) + len(off),
+            "tune_off_index_queries": off_kind}
 
 
 def set_search_param(index: Any, kind: str, value: int) -> None:

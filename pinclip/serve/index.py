@@ -12,7 +12,8 @@ graph links (M=32: 256 bytes a vector) double the memory of the codes, where IVF
 (bench/results.md, search at scale). HNSW (M=32, efConstruction=80) stays a choice. HNSW's
 efSearch and IVF's nprobe are tuned at build time to the smallest value reaching recall@10 >= 0.95
 against exact search, both for a sample of stored vectors as queries (self excluded, as for related
-pins) and for random directions (off-distribution, like text queries).
+pins) and for the same pins' text and image embeddings (off the pin vectors, as text and image searches
+are; random directions, a harder stand-in, when the run has no other field).
 Ids: FAISS id i is row i of the sidecar ids.parquet (pin_id). Pins are mutable: `put` replaces a
 pin_id already present and `delete` removes one; both tombstone the old row, which searches skip
 (an id selector) until `compacted()`. `load_embeddings` reads one field's codes back from the
@@ -94,6 +95,25 @@ def load_embeddings(out_dir: str | Path, field: str = "pin") -> EmbeddingSet:
                         quant_from_json(manifest.quant), str(out_dir.resolve()), missing)
 
 
+def off_field_queries(embeddings_dir: str | Path, field: str, size: int, config: IndexConfig | None = None
+                      ) -> np.ndarray | None:
+    """The run's other fields' vectors (for a pin index: the same pins' text and image embeddings, what a
+    text or image search sends), dequantized, to tune the index's search parameters on; None for an index
+    that needs no tuning (flat) or when the run holds no other field."""
+    config = config or IndexConfig()
+    if choose_kind(size, config) == "flat":
+        return None
+    parts = []
+    for other in (f for f in EMBEDDING_FIELDS if f != field):
+        try:
+            emb = load_embeddings(embeddings_dir, other)
+        except (UserError, KeyError, ValueError):  # a run without that field: tune on the others
+            continue
+        if len(emb.codes):
+            parts.append(dequantize(emb.codes, emb.quant))
+    return np.concatenate(parts) if parts else None
+
+
 class PinIndexError(UserError):
     """An index operation refused: mixed model versions or quantization, duplicate ids, bad files."""
 
@@ -173,8 +193,10 @@ class PinIndex:
 
     @classmethod
     def build(cls, codes: np.ndarray, pin_ids: list[str], quant: GlobalAffine, model_version: str,
-              field: str = "pin", config: IndexConfig | None = None, sources: tuple[str, ...] = ()) -> PinIndex:
-        """An index over int8 codes (N, D) whose kind and search parameters follow `config`."""
+              field: str = "pin", config: IndexConfig | None = None, sources: tuple[str, ...] = (),
+              tune_queries: np.ndarray | None = None) -> PinIndex:
+        """An index over int8 codes (N, D) whose kind and search parameters follow `config`; `tune_queries`
+        (Q, D): the off-index queries the search parameters are tuned on (pinclip.serve.ann_tuning)."""
         config = config or IndexConfig()
         codes = np.asarray(codes, dtype=np.int8)
         if codes.ndim != 2 or len(codes) == 0:
@@ -186,13 +208,14 @@ class PinIndex:
                          params, sources=list(sources))
         index = cls(faiss_index, meta, [])
         index.put(codes, list(pin_ids), replace=False)
-        index.meta.params.update(tune_search(faiss_index, kind, vectors, config))
+        index.meta.params.update(tune_search(faiss_index, kind, vectors, config, queries=tune_queries))
         return index
 
     @classmethod
     def from_embeddings(cls, embeddings_dir: str | Path, field: str = "pin", config: IndexConfig | None = None) -> PinIndex:
         emb = load_embeddings(embeddings_dir, field)
-        return cls.build(emb.codes, emb.pin_ids, emb.quant, emb.model_version, field, config, (emb.source,))
+        return cls.build(emb.codes, emb.pin_ids, emb.quant, emb.model_version, field, config, (emb.source,),
+                         off_field_queries(embeddings_dir, field, len(emb.codes), config))
 
     def check_compatible(self, model_version: str, quant: GlobalAffine, dim: int) -> None:
         """PinIndexError unless vectors of this model version, quantization and dim belong here."""

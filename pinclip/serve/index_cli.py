@@ -28,7 +28,7 @@ FIELDS = ("pin", "image", "text")  # the embeddings of `pinclip embed` (pinclip.
 
 def build(args: argparse.Namespace) -> int:
     from pinclip.serve.faiss_backend import FaissBackend
-    from pinclip.serve.index import IndexConfig, PinIndex, load_embeddings
+    from pinclip.serve.index import IndexConfig, PinIndex, load_embeddings, off_field_queries
 
     if args.backend == "milvus":
         return build_milvus(args)
@@ -38,7 +38,8 @@ def build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = IndexConfig(kind=args.kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
                          target_recall=args.target_recall)
-    index = PinIndex.build(emb.codes, emb.pin_ids, emb.quant, emb.model_version, args.field, config, (emb.source,))
+    index = PinIndex.build(emb.codes, emb.pin_ids, emb.quant, emb.model_version, args.field, config, (emb.source,),
+                           off_field_queries(args.embeddings, args.field, len(emb.codes), config))
     FaissBackend.create(args.out, index)
     missing = f"; {emb.missing} pins without a {args.field} embedding left out" if emb.missing else ""
     print(f"built a {index.meta.kind} index of {len(index)} {args.field} embeddings (dim {index.meta.dim}, "
