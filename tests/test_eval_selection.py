@@ -50,6 +50,17 @@ def test_domain_shift_validation_cells_join_the_mean_and_a_test_document_is_refu
         selection_score(document(), {**domain, "partition": "test"})
 
 
+def test_a_cell_with_fewer_than_20_queries_is_left_out_and_listed():
+    domain = {"partition": "val", "models": {"pinclip": {
+        "related": {"cold": {"full": {"ndcg@10": 0.05, "queries": 78}}},
+        "search": {"cold": {"full": {"ndcg@10": 0.9, "queries": 5}, "title": {"ndcg@10": 0.8, "queries": 20}}}}}}
+    s = selection_score(document(), domain)
+    assert s["too_few"] == ["domain/search/cold/full"]
+    assert s["cells"][-2:] == ["domain/related/cold/full", "domain/search/cold/title"]
+    assert s["score"] == pytest.approx((0.3 + 0.4 + 0.2 + 0.1 + 0.6 + 0.05 + 0.8) / 7)  # the 5-query 0.9 is out
+    assert "1 cells left out with fewer than 20 queries" in selection_line(s)
+
+
 def test_the_printed_line_warns_on_a_test_document():
     assert "for the record only" in selection_line(selection_score(document("test")))
     line = selection_line(selection_score(document()))

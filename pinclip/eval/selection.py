@@ -10,7 +10,9 @@ It is the mean nDCG@10 over these cells of one model, every text regime:
 - the warm cells of Related Pins and Search;
 - when a domain-shift evaluation on its validation partition is given, the same cells of it.
 Warm PinText is never part of it: the model trained on exactly those image-text pairs, so it measures
-how well training fitted them, not what the model learned. Cells are weighted alike. A model that cannot
+how well training fitted them, not what the model learned. Nor is a cell with fewer than MIN_QUERIES (20)
+queries (pinclip.eval.stats: too few to call any difference; a domain-shift validation split can leave a
+handful of Search queries, whose noise would otherwise steer the choice). Cells are weighted alike. A model that cannot
 score a cell (BM25 on PinText) gets the mean of the cells it scores, and the cells it misses are listed:
 compare scores only over the same cells.
 """
@@ -22,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pinclip.eval.stats import MIN_QUERIES
 from pinclip.eval.tasks import PINTEXT, REGIMES, SPLITS, TASKS
 
 SELECTION_METRIC = "ndcg@10"
@@ -53,13 +56,15 @@ def default_model(doc: dict) -> str:
 
 
 def selection_score(metrics_doc: dict, domain_doc: dict | None = None, model: str | None = None) -> dict[str, Any]:
-    """{"model", "metric", "score", "cells", "missing", "partition", "domain"}: the mean nDCG@10 of `model` (the
-    document's default model) over the selection cells (module docstring); "cells" name "task/split/regime",
-    prefixed "domain/" for the domain-shift document's; "score" is None when no cell is scored."""
+    """{"model", "metric", "score", "cells", "missing", "too_few", "partition", "domain"}: the mean nDCG@10 of
+    `model` (the document's default model) over the selection cells (module docstring); "cells" name
+    "task/split/regime", prefixed "domain/" for the domain-shift document's; "too_few": cells left out for having
+    fewer than MIN_QUERIES queries; "score" is None when no cell is scored."""
     model = model or default_model(metrics_doc)
     values: list[float] = []
     cells: list[str] = []
     missing: list[str] = []
+    too_few: list[str] = []
     docs = [("", metrics_doc)]
     if domain_doc is not None:
         if domain_doc.get("partition") != "val":
@@ -73,10 +78,13 @@ def selection_score(metrics_doc: dict, domain_doc: dict | None = None, model: st
             if cell is None or cell.get(SELECTION_METRIC) is None:
                 missing.append(label)
                 continue
+            if int(cell.get("queries", MIN_QUERIES)) < MIN_QUERIES:
+                too_few.append(label)
+                continue
             values.append(float(cell[SELECTION_METRIC]))
             cells.append(label)
     return {"model": model, "metric": SELECTION_METRIC, "score": sum(values) / len(values) if values else None,
-            "cells": cells, "missing": missing, "partition": metrics_doc.get("partition"),
+            "cells": cells, "missing": missing, "too_few": too_few, "partition": metrics_doc.get("partition"),
             "domain": domain_doc is not None}
 
 
@@ -87,6 +95,8 @@ def selection_line(selection: dict[str, Any]) -> str:
         f" ({selection['partition']} partition: for the record only; choose settings on --partition val)"
     domain = ", with the domain-shift validation cells" if selection["domain"] else ""
     missing = f"; {len(selection['missing'])} cells it cannot score" if selection["missing"] else ""
+    if selection.get("too_few"):
+        missing += f"; {len(selection['too_few'])} cells left out with fewer than {MIN_QUERIES} queries"
     return (f"selection score ({selection['model']}): {score} = mean {selection['metric']} over "
             f"{len(selection['cells'])} cells{domain}{missing}{where}")
 
