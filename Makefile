@@ -34,6 +34,7 @@ demo: install data-deps
 
 report: install data-deps
 	$(VENV)/bin/pinclip demo --out $(RUN) --serve 0 --full-eval
+	$(PY) scripts/collect_results.py --run $(RUN) --out results/demo
 
 tune: install data-deps
 	$(VENV)/bin/pinclip tune --run $(RUN)
