@@ -59,6 +59,8 @@ def test_a_cell_with_fewer_than_20_queries_is_left_out_and_listed():
     assert s["cells"][-2:] == ["domain/related/cold/full", "domain/search/cold/title"]
     assert s["score"] == pytest.approx((0.3 + 0.4 + 0.2 + 0.1 + 0.6 + 0.05 + 0.8) / 7)  # the 5-query 0.9 is out
     assert "1 cells left out with fewer than 20 queries" in selection_line(s)
+    small = {"partition": "val", "models": {"pinclip": {"search": {"cold": {"full": {"ndcg@10": 0.9, "queries": 5}}}}}}
+    assert selection_score(small)["score"] == 0.9 and not selection_score(small)["too_few"]  # no cell has 20: all count
 
 
 def test_the_printed_line_warns_on_a_test_document():

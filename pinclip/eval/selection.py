@@ -12,7 +12,8 @@ It is the mean nDCG@10 over these cells of one model, every text regime:
 Warm PinText is never part of it: the model trained on exactly those image-text pairs, so it measures
 how well training fitted them, not what the model learned. Nor is a cell with fewer than MIN_QUERIES (20)
 queries (pinclip.eval.stats: too few to call any difference; a domain-shift validation split can leave a
-handful of Search queries, whose noise would otherwise steer the choice). Cells are weighted alike. A model that cannot
+handful of Search queries, whose noise would otherwise steer the choice), unless no cell of its document
+has 20 (a small catalog: then every cell counts). Cells are weighted alike. A model that cannot
 score a cell (BM25 on PinText) gets the mean of the cells it scores, and the cells it misses are listed:
 compare scores only over the same cells.
 """
@@ -37,6 +38,13 @@ def counts_for_selection(task: str, split: str) -> bool:
 
 def _cell(doc: dict, model: str, task: str, split: str, regime: str) -> dict | None:
     return ((((doc.get("models") or {}).get(model) or {}).get(task) or {}).get(split) or {}).get(regime)
+
+
+def _queries(doc: dict, task: str, split: str, regime: str) -> int:
+    """The most queries any model of the document has in a cell (models share a cell's queries)."""
+    counts = [int(c.get("queries", 0)) for m in (doc.get("models") or {})
+              if (c := _cell(doc, m, task, split, regime))]
+    return max(counts, default=0)
 
 
 def _present_cells(doc: dict) -> list[tuple[str, str, str]]:
@@ -72,13 +80,15 @@ def selection_score(metrics_doc: dict, domain_doc: dict | None = None, model: st
                              f"(got {domain_doc.get('partition')!r}): settings are never chosen on test")
         docs.append(("domain/", domain_doc))
     for prefix, doc in docs:  # a model the domain-shift evaluation lacks misses its cells
-        for task, split, regime in _present_cells(doc):
+        present = _present_cells(doc)
+        sized = any(_queries(doc, t, s, r) >= MIN_QUERIES for t, s, r in present)  # else: a small catalog, keep all
+        for task, split, regime in present:
             label = f"{prefix}{task}/{split}/{regime}"
             cell = _cell(doc, model, task, split, regime)
             if cell is None or cell.get(SELECTION_METRIC) is None:
                 missing.append(label)
                 continue
-            if int(cell.get("queries", MIN_QUERIES)) < MIN_QUERIES:
+            if sized and _queries(doc, task, split, regime) < MIN_QUERIES:
                 too_few.append(label)
                 continue
             values.append(float(cell[SELECTION_METRIC]))
