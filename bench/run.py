@@ -1,4 +1,4 @@
-"""Benchmarks of PinCLIP against the tools users would otherwise pick (issue 6).
+"""Benchmarks of PinCLIP against the tools users would otherwise pick.
 
     python bench/run.py --out bench                      # everything (`make bench`), about an hour on 2 cores
     python bench/run.py --out bench --quick              # small sizes, checks the code in < 2 min
