@@ -44,8 +44,11 @@ def test_a_full_queue_is_refused_at_once():
     release = threading.Event()
     batcher = MicroBatcher(lambda items: release.wait() and items, max_batch=1, max_queue=2)
     pool = ThreadPoolExecutor(3)
-    running = [pool.submit(batcher.submit, i) for i in range(3)]  # one in the model, two waiting
-    deadline = time.monotonic() + 30  # a loaded machine may take a while to start the three callers
+    running = [pool.submit(batcher.submit, 0)]
+    deadline = time.monotonic() + 30  # a loaded machine may take a while to start the callers
+    while not batcher.batch_sizes and time.monotonic() < deadline:  # the worker has taken it into the model
+        time.sleep(0.01)
+    running += [pool.submit(batcher.submit, i) for i in (1, 2)]  # two waiting
     while batcher.items.qsize() < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert batcher.items.qsize() == 2, "the two waiting requests never reached the queue"
