@@ -3,8 +3,8 @@
     python scripts/collect_results.py --run runs/demo --out results/demo     # `make report` runs this last
 
 Copies, when present: eval/report.md and metrics.json (the test partition), eval-val/report.md (every model
-on validation, where "best other" is chosen), eval-domain/report.md (the domain-shift split), mix.json (the
-towers' weight and every weight's selection score), timings.json (stage wall times) and the headline and
+on validation, where "best other" is chosen), eval-domain/report.md (the domain-shift split), the validation
+reports the towers' weight was chosen on and mix.json (that weight and every weight's selection score), timings.json (stage wall times) and the headline and
 scaling plots into docs/. Each file is written atomically; a missing one is reported, not an error.
 """
 
@@ -21,6 +21,8 @@ FILES = {  # run-relative source -> name under --out
     "eval/metrics.json": "metrics.json",
     "eval-val/report.md": "report-val.md",
     "eval-domain/report.md": "report-domain.md",
+    "eval-mix-val/report.md": "report-mix-val.md",
+    "eval-mix-domain-val/report.md": "report-mix-domain-val.md",
     "mix.json": "mix.json",
     "timings.json": "timings.json",
 }
