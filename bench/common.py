@@ -85,6 +85,19 @@ def paired_ratio(times: dict[str, list[float]], baseline: str, candidate: str) -
     return median([b / c for b, c in zip(times[baseline], times[candidate])])
 
 
+def timed_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Wall seconds of every call in each of `rounds` alternating rounds (after one untimed round), and the
+    1-minute load average at each round's start."""
+    interleaved_times(calls, repeats=0, warmup=1)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    loads = []
+    for _ in range(rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        for name, seconds in interleaved_times(calls, repeats=1, warmup=0).items():
+            times[name] += seconds
+    return times, loads
+
+
 MIN_ROUNDS = 10  # a ratio is the median of at least this many alternating rounds
 
 

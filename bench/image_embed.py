@@ -26,7 +26,6 @@ average is recorded at each round's start.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -45,6 +44,7 @@ from bench.common import (
     median,
     ratio_stats,
 )
+from bench.common import timed_rounds as common_timed_rounds
 from bench.report import markdown_table
 
 SPEEDUP_TARGET = 1.5
@@ -133,13 +133,7 @@ def timed_rounds(calls: dict[str, Callable], images: list[Image.Image], rounds: 
     of each, and the 1-minute load average at each round's start."""
     outputs: dict[str, np.ndarray] = {}
     store = {k: (lambda k=k, f=f: outputs.__setitem__(k, f(images))) for k, f in calls.items()}
-    interleaved_times(store, repeats=0, warmup=1)
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    loads = []
-    for _ in range(rounds):
-        loads.append(round(os.getloadavg()[0], 2))
-        for k, seconds in interleaved_times(store, repeats=1, warmup=0).items():
-            times[k] += seconds
+    times, loads = common_timed_rounds(store, rounds)
     return times, outputs, loads
 
 

@@ -57,10 +57,10 @@ from bench.common import (
     demo_title_keyword_pairs,
     fmt,
     fmt_ratio,
-    interleaved_times,
     load_model,
     median,
     ratio_stats,
+    timed_rounds,
 )
 
 if TYPE_CHECKING:
@@ -272,19 +272,6 @@ def calibration_titles(ctx: BenchContext, timed: list[str], n: int = 300) -> lis
     from bench.common import synthetic_texts
 
     return synthetic_texts(np.random.default_rng(1), n, 5)
-
-
-def timed_rounds(calls: dict[str, Callable], rounds: int) -> tuple[dict[str, list[float]], list[float]]:
-    """Wall seconds of every call in each of `rounds` rounds (after one untimed round), and the
-    1-minute load average at each round's start."""
-    interleaved_times(calls, repeats=0, warmup=1)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    loads = []
-    for _ in range(rounds):
-        loads.append(round(os.getloadavg()[0], 2))
-        for name, seconds in interleaved_times(calls, repeats=1, warmup=0).items():
-            times[name] += seconds
-    return times, loads
 
 
 def path_figures(times: dict[str, list[float]], vectors: dict[str, tuple[np.ndarray, np.ndarray]],

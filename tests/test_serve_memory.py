@@ -8,25 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 from durability import start_server
-from PIL import Image, ImageDraw
+from PIL import Image
 from serve_fakes import FakeEmbedder
 
+from bench.image_burst import big_png  # noqa: E402  the same 4400x4400 PNG as the benchmark
 from pinclip.quant import quantize
 from pinclip.serve.faiss_backend import FaissBackend
 from pinclip.serve.index import PinIndex
 
 BURST = 16
-
-
-def big_png(side: int = 4400) -> bytes:
-    """A 4400x4400 RGBA PNG of a few flat shapes: about 60 KB on disk, 77 MB of pixels decoded."""
-    image = Image.new("RGBA", (side, side), (0, 0, 0, 0))  # clip art: shapes on a transparent canvas
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((600, 600, 3800, 3800), fill=(30, 60, 220, 255))
-    draw.rectangle((1800, 200, 2600, 4200), fill=(220, 30, 30, 200))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
 
 
 def memory_mb(pid: int) -> dict[str, float]:
