@@ -2,7 +2,8 @@
 #   make demo        # venv + installs + demo data, then the whole pipeline on the demo corpus
 #   make demo SERVE=0  # same, without starting the server at the end (ends by itself)
 #   make test        # venv + installs + demo data, then the test suite
-#   make report      # the demo's evaluation against every baseline + scaling curve (~30 min more)
+#   make report      # the demo's evaluation against every baseline, 3 seeds, in domain and under domain shift
+#                    # (after make demo; SCALING=1 adds the dataset-scaling curves, six more trainings)
 #   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2 cores)
 #   make bench       # benchmarks against peer tools (long; not part of the tests); ITEMS='text_embed serve_load' for some
 #   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant and
@@ -13,6 +14,7 @@ PY := $(VENV)/bin/python
 SERVE ?= 1
 RUN ?= runs/demo
 ITEMS ?=
+SCALING ?= 0
 STAMP := $(VENV)/.installed
 
 .PHONY: demo report tune test bench mutants lint install data-deps clean
@@ -33,7 +35,7 @@ demo: install data-deps
 	$(VENV)/bin/pinclip demo --out $(RUN) --serve $(SERVE)
 
 report: install data-deps
-	$(VENV)/bin/pinclip demo --out $(RUN) --serve 0 --full-eval
+	$(VENV)/bin/pinclip demo --out $(RUN) --serve 0 --full-eval $(if $(filter 1,$(SCALING)),--scaling)
 	$(PY) scripts/collect_results.py --run $(RUN) --out results/demo
 
 tune: install data-deps

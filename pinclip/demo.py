@@ -11,8 +11,8 @@ Stages, each a public `pinclip` command, each skipped or resumed when its output
                                            other" is chosen there)
     eval   pinclip eval --run           -> <out>/eval   (metrics.json, report.md, plots, TREC files;
            beside the untrained baselines bm25 and frozen; with --full-eval (`make report`) every
-           trained baseline, 3 seeds of each trained model, the dataset-scaling curves and the
-           domain-shift experiment)
+           trained baseline, 3 seeds of each trained model and the domain-shift experiment; with --scaling
+           also the dataset-scaling curves)
     embed  pinclip embed                -> <out>/embed  (int8 parquet shards + manifest; skipped when complete)
     index  pinclip index build          -> <out>/index  (FAISS index over the int8 codes; skipped when built)
     serve  pinclip serve                   http://127.0.0.1:8000 (skipped with --serve 0)
@@ -40,8 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="use this dataset folder (pins.parquet, boards.parquet, "
                    "splits.json) instead of building the demo corpus")
     p.add_argument("--skip-eval", action="store_true", help="skip the evaluation and its report")
-    p.add_argument("--full-eval", action="store_true", help="evaluate against every baseline with 3 seeds and "
-                   "the scaling curves, training what is missing (`make report`)")
+    p.add_argument("--full-eval", action="store_true", help="evaluate against every baseline with 3 seeds, in "
+                   "domain and on the domain-shift split, training what is missing (`make report`)")
+    p.add_argument("--scaling", action="store_true", help="with --full-eval: add the dataset-scaling curves (six "
+                   "more trainings; `make report SCALING=1`)")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training config overrides (repeatable)")
     p.set_defaults(func=run)
@@ -71,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     timings.split_features(final)
     if not args.skip_eval:  # how much of the untrained towers to mix in, chosen on validation
         timings.stage("mix", lambda: main(["mix", "--run", str(out)]), done=mix_done(out, final))
-        extent = ["--baselines", "all", "--seeds", "3", "--scaling"] if args.full_eval else ["--baselines", "bm25,frozen"]
+        extent = ["--baselines", "all", "--seeds", "3"] if args.full_eval else ["--baselines", "bm25,frozen"]
+        if args.full_eval and args.scaling:
+            extent.append("--scaling")
         if args.full_eval and (data / "splits_domain.json").is_file():
             extent.append("--domain-shift")
             # choose the towers' weight again, counting the domain-shift validation cells: a weight that wins in

@@ -79,7 +79,7 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     argv = ["demo", "--out", str(out), "--preset", "tiny", "--data", str(data), "--serve", "0", "--steps", "4"]
     assert main(argv) == 0
     trained = (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns
-    assert main([*argv, "--full-eval"]) == 0
+    assert main([*argv, "--full-eval", "--scaling"]) == 0
     assert (out / "train" / "final" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
     assert json.loads((out / "timings.json").read_text())["skipped"] == ["data", "train", "mix", "embed", "index"]
     assert json.loads((out / "eval-val" / "metrics.json").read_text())["partition"] == "val"
