@@ -61,7 +61,10 @@ def test_mix_with_the_domain_shift_split_counts_its_validation_cells(catalog, tm
     run = tmp_path / "run"
     train(load_config(preset="tiny", overrides=[f"train.data_dir={data}", f"train.out_dir={run / 'train'}",
                                                  f"train.cache_dir={run / 'cache'}", "train.steps=4"]), progress=False)
+    assert main(["mix", "--run", str(run), "--weights", "0.5", "--quiet"]) == 0  # what `make demo` ran
+    judged = (run / "eval-mix-val" / "metrics.json").stat().st_mtime_ns
     assert main(["mix", "--run", str(run), "--weights", "0.5", "--domain-shift", "--quiet"]) == 0
+    assert (run / "eval-mix-val" / "metrics.json").stat().st_mtime_ns == judged  # the same models: not judged again
     record = json.loads((run / "mix.json").read_text())
     assert record["domain"] is True
     assert (Path(model_dir(run / "domain", "pinclip", 0)) / "final" / "meta.json").is_file()  # trained on that split
@@ -74,3 +77,20 @@ def test_mix_with_the_domain_shift_split_counts_its_validation_cells(catalog, tm
         assert record["in_domain_scores"][w] == pytest.approx(selection_score(in_domain, model=name)["score"])
     assert record["weight"] == choose_weight({float(w): s for w, s in record["scores"].items()})
     assert served_checkpoint(run) == (run / "mixed" if record["weight"] > 0 else run / "train" / "final")
+
+
+def test_mix_judges_again_when_the_models_differ(tiny_run, tmp_path):
+    """The earlier in-domain validation document is reused only for exactly the same models."""
+    import shutil
+
+    from pinclip.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "train", run / "train")
+    shutil.copytree(tiny_run / "cache", run / "cache")
+    assert main(["mix", "--run", str(run), "--weights", "0.5", "--quiet"]) == 0
+    first = json.loads((run / "eval-mix-val" / "metrics.json").read_text())
+    assert main(["mix", "--run", str(run), "--weights", "0.25", "--quiet"]) == 0
+    second = json.loads((run / "eval-mix-val" / "metrics.json").read_text())
+    assert set(first["models"]) == {"pinclip", "pinclip+towers@0.5"}
+    assert set(second["models"]) == {"pinclip", "pinclip+towers@0.25"}

@@ -121,7 +121,11 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     models = {names[w]: [final if w == 0 else create_mixed(final, w, run_dir / "mixes" / f"pinclip-seed0-w{w:g}")]
               for w in weights}
     options = EvalOptions(partition="val", quantization=False, ann=False, trec=False, progress=progress)
-    paths = evaluate_models(models, dataset, run_dir / "eval-mix-val", cfg.train.cache_dir, options)
+    paths = _reusable_validation(run_dir / "eval-mix-val", models)
+    if paths is None:
+        paths = evaluate_models(models, dataset, run_dir / "eval-mix-val", cfg.train.cache_dir, options)
+    else:  # `make report` after `make demo`: the in-domain cells of these very models are already judged
+        print(f"in-domain validation of the same models: {paths['metrics']} (kept)")
     doc = json.loads(Path(paths["metrics"]).read_text())
     domain_doc, domain_report = (_domain_validation(run_dir, cfg, names, options) if domain else (None, None))
     scores = {w: selection_score(doc, domain_doc, model=names[w])["score"] for w in weights}
@@ -138,6 +142,21 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     else:  # PinCLIP alone: a mix of an earlier choice is not served
         shutil.rmtree(run_dir / "mixed", ignore_errors=True)
     return _write_record(run_dir, record)
+
+
+def _reusable_validation(folder: Path, models: dict[str, list[Path]]) -> dict[str, Path] | None:
+    """The paths of an earlier validation evaluation in `folder` when it judged exactly these models (every name
+    with the same model version, read from each folder's meta.json); None otherwise."""
+    try:
+        doc = json.loads((folder / "metrics.json").read_text())
+        judged = {name: info["version"] for name, info in doc["meta"]["models"].items()}
+        wanted = {name: json.loads((Path(paths[0]) / "meta.json").read_text())["version"]
+                  for name, paths in models.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if doc.get("partition") != "val" or judged != wanted or not (folder / "report.md").is_file():
+        return None
+    return {"metrics": folder / "metrics.json", "report": folder / "report.md"}
 
 
 def _domain_validation(run_dir: Path, cfg: Any, names: dict[float, str], options: Any
