@@ -112,10 +112,31 @@ def index_done(index_dir: Path, version: str | None) -> bool:
     return version is not None and _read_json(index_dir / "index.json").get("model_version") == version
 
 
+def retire_stale(folder: Path, record: str, version: str | None) -> Path | None:
+    """Move aside a run's embed or index folder that holds another model version's output (its `record` file,
+    manifest.json or index.json, names it), to <folder>-<that version>: the run now serves another model (e.g.
+    `make report` chose another towers' weight than `make demo`), and the old vectors are kept, not overwritten.
+    A folder of this version, or one without such a record, is left as it is. Returns the new place, or None."""
+    old = _read_json(folder / record).get("model_version")
+    if version is None or not old or old == version:
+        return None
+    target = folder.with_name(f"{folder.name}-{old}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}-{old}-{n}")
+    folder.rename(target)
+    print(f"{folder} held the output of {old}; the run now serves {version}: moved to {target}")
+    return target
+
+
 def embed_and_index(timings: Timings, out: Path, final: Path, pins: Path, cache: Path) -> None:
-    """The embed and index stages over `pins` with the model at `final`."""
+    """The embed and index stages over `pins` with the model at `final` (the output of a model the run no longer
+    serves is moved aside first, retire_stale)."""
     version = model_version(final)
     embed, index = out / "embed", out / "index"
+    retire_stale(embed, "manifest.json", version)
+    retire_stale(index, "index.json", version)
     timings.stage("embed", lambda: main(["embed", "--checkpoint", str(final), "--pins", str(pins), "--out", str(embed),
                                          "--cache-dir", str(cache)]), done=embeddings_done(embed, version))
     timings.stage("index", lambda: main(["index", "build", "--embeddings", str(embed), "--out", str(index)]),
