@@ -50,10 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pinclip.baselines import BASELINES
     from pinclip.cli import main
     from pinclip.eval.mix_cli import mix_done, served_checkpoint
     from pinclip.model_card import write_model_card
-    from pinclip.pipeline import Timings, embed_and_index, serve
+    from pinclip.pipeline import Timings, embed_and_index, eval_done, model_version, serve
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,10 +86,20 @@ def run(args: argparse.Namespace) -> int:
         elif args.full_eval:
             print(f"no {data / 'splits_domain.json'}: the domain-shift experiment is skipped "
                   "(make one with `pinclip data split --domain-column COLUMN`)")
+        # an evaluation that already judged the served model beside these models is not run again (resumed runs)
+        version = model_version(served_checkpoint(out))
+        names = ["pinclip", *BASELINES] if args.full_eval else ["pinclip", "frozen", "bm25"]
+        seeds = 3 if args.full_eval else 1
         if args.full_eval:  # every model on validation first: the test report's "best other" is chosen there
             timings.stage("eval-val", lambda: main(["eval", "--run", str(out), "--baselines", "all", "--seeds", "3",
-                                                    "--partition", "val", "--no-quant", "--no-trec"]))
-        timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]))
+                                                    "--partition", "val", "--no-quant", "--no-trec"]),
+                          done=eval_done(out / "eval-val", version, names, seeds, "val"))
+        done = eval_done(out / "eval", version, names, seeds, "test", scaling="--scaling" in extent)
+        if "--domain-shift" in extent:  # its report too, written after the weight was chosen
+            domain = out / "eval-domain" / "metrics.json"
+            done = done and domain.is_file() and domain.stat().st_mtime >= (out / "mix.json").stat().st_mtime \
+                and eval_done(out / "eval-domain", _domain_pinclip(domain), names, 1, "test")
+        timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]), done=done)
     timings.record_training(final)
     write_model_card(out, final)
     served = served_checkpoint(out)
@@ -97,3 +108,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"outputs under {out}/: data/ (dataset.md, contact_sheet.png), train/ (metrics.jsonl, final/), "
           f"eval/ (report.md, metrics.json), embed/, index/; stage times in {out}/timings.json")
     return serve(out, served, cache, args.port) if args.serve else 0
+
+
+def _domain_pinclip(metrics: Path) -> str | None:
+    """The version the domain-shift report judged as "pinclip" (that experiment's own model, mixed or not)."""
+    import json
+
+    try:
+        return json.loads(metrics.read_text())["meta"]["models"]["pinclip"]["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+

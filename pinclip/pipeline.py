@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pinclip.cli import UserError, main
@@ -110,6 +110,23 @@ def embeddings_done(embed_dir: Path, version: str | None) -> bool:
 def index_done(index_dir: Path, version: str | None) -> bool:
     """An index over this model version's embeddings is in index_dir (index.json is written last)."""
     return version is not None and _read_json(index_dir / "index.json").get("model_version") == version
+
+
+def eval_done(folder: Path, served: str | None, names: Sequence[str], seeds: int = 1, partition: str = "test",
+              scaling: bool = False) -> bool:
+    """An evaluation in `folder` (metrics.json) already judged the served model (version `served`, as "pinclip")
+    on `partition` beside every model of `names`, the trained ones with at least `seeds` seeds (and, with
+    `scaling`, the scaling curve): a resumed `make report` does not judge them all again."""
+    from pinclip.baselines import BASELINES
+
+    doc = _read_json(folder / "metrics.json")
+    models = (doc.get("meta") or {}).get("models") or {}
+    if served is None or doc.get("partition") != partition or (models.get("pinclip") or {}).get("version") != served:
+        return False
+    if scaling and not (doc.get("scaling") or {}).get("points"):
+        return False
+    trained = {n for n in names if n == "pinclip" or (n in BASELINES and BASELINES[n].trained)}
+    return all(n in models and int(models[n].get("seeds") or 0) >= (seeds if n in trained else 1) for n in names)
 
 
 def retire_stale(folder: Path, record: str, version: str | None) -> Path | None:

@@ -99,3 +99,9 @@ def test_demo_full_eval_resumes_the_run_and_adds_every_baseline(catalog, tmp_pat
     assert set(domain["models"]) == {"pinclip", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25",
                                      *unmixed}
     assert (out / "domain" / "baselines" / "lit_neighbor" / "final" / "meta.json").is_file()
+    # run again: every evaluation already judged the served model beside these models, so nothing is judged twice
+    report_written = (out / "eval" / "metrics.json").stat().st_mtime_ns
+    assert main([*argv, "--full-eval", "--scaling"]) == 0
+    assert json.loads((out / "timings.json").read_text())["skipped"] == [
+        "data", "train", "mix", "mix-domain", "eval-val", "eval", "embed", "index"]
+    assert (out / "eval" / "metrics.json").stat().st_mtime_ns == report_written
