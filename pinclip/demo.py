@@ -95,10 +95,8 @@ def run(args: argparse.Namespace) -> int:
                                                     "--partition", "val", "--no-quant", "--no-trec"]),
                           done=eval_done(out / "eval-val", version, names, seeds, "val"))
         done = eval_done(out / "eval", version, names, seeds, "test", scaling="--scaling" in extent)
-        if "--domain-shift" in extent:  # its report too, written after the weight was chosen
-            domain = out / "eval-domain" / "metrics.json"
-            done = done and domain.is_file() and domain.stat().st_mtime >= (out / "mix.json").stat().st_mtime \
-                and eval_done(out / "eval-domain", _domain_pinclip(domain), names, 1, "test")
+        if "--domain-shift" in extent:  # its report too, of that experiment's model mixed at the chosen weight
+            done = done and eval_done(out / "eval-domain", model_version(_domain_served(out)), names, 1, "test")
         timings.stage("eval", lambda: main(["eval", "--run", str(out), *extent]), done=done)
     timings.record_training(final)
     write_model_card(out, final)
@@ -110,12 +108,14 @@ def run(args: argparse.Namespace) -> int:
     return serve(out, served, cache, args.port) if args.serve else 0
 
 
-def _domain_pinclip(metrics: Path) -> str | None:
-    """The version the domain-shift report judged as "pinclip" (that experiment's own model, mixed or not)."""
-    import json
 
-    try:
-        return json.loads(metrics.read_text())["meta"]["models"]["pinclip"]["version"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def _domain_served(out: Path) -> Path:
+    """The domain-shift experiment's PinCLIP as its report judges it: mixed at the run's chosen weight (where
+    pinclip.eval.cli.evaluate_domain_shift writes the mix), or alone."""
+    from pinclip.eval.mix_cli import chosen_weight
+    from pinclip.experiments import model_dir
 
+    weight = chosen_weight(out)
+    if weight > 0:
+        return out / "domain" / "mixes" / f"pinclip-seed0-w{weight:g}"
+    return Path(model_dir(out / "domain", "pinclip", 0)) / "final"
