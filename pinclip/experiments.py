@@ -56,10 +56,65 @@ def model_dir(run_dir: str | Path, name: str, seed: int) -> Path:
 Trainer = Callable[[Config], Path]  # trains (or plans) one config; returns its final checkpoint folder
 
 
+# Where a training reads and writes, and how it runs, not what it learns: a folder trained under other values is reused.
+RUNTIME_KEYS: tuple[str, ...] = ("out_dir", "cache_dir", "data_dir", "pins", "boards", "splits", "device", "num_threads",
+                                 "parallel")
+
+
+def recipe_changes(cfg: Config, out_dir: str | Path) -> list[str]:
+    """The settings (dotted names) where the training in out_dir (its final or last checkpoint's config.yaml)
+    differs from cfg; [] when they agree or when out_dir holds no checkpoint yet."""
+    import yaml
+
+    saved = next((Path(out_dir) / sub / "config.yaml" for sub in ("final", "last")
+                  if (Path(out_dir) / sub / "config.yaml").is_file()), None)
+    if saved is None:
+        return []
+    try:
+        old = config_to_dict(config_from_dict(yaml.safe_load(saved.read_text()) or {}))
+    except Exception as exc:  # an unreadable config cannot vouch for the folder
+        return [f"{saved}: {exc}"]
+    new = config_to_dict(cfg)
+    for part in (old, new):
+        for key in RUNTIME_KEYS:
+            part["train"].pop(key, None)
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+        elif a != b:
+            out.append(f"{where}: {a!r} -> {b!r}")
+
+    walk(old, new, "")
+    return out
+
+
+def retire_other_recipe(cfg: Config) -> Path | None:
+    """Move aside cfg's out_dir when it holds a training of another recipe (e.g. configs/tuned.yaml chose another
+    point since it was trained), to <out_dir>-old[-N], so that it is trained anew and not silently reused."""
+    out_dir = Path(cfg.train.out_dir)
+    changes = recipe_changes(cfg, out_dir)
+    if not changes:
+        return None
+    target = out_dir.with_name(f"{out_dir.name}-old")
+    n = 1
+    while target.exists():
+        n += 1
+        target = out_dir.with_name(f"{out_dir.name}-old-{n}")
+    out_dir.rename(target)
+    shown = "; ".join(changes[:4]) + (f"; ... ({len(changes)} in all)" if len(changes) > 4 else "")
+    print(f"{out_dir} was trained with another recipe ({shown}): moved to {target}, training anew")
+    return target
+
+
 def train_once(cfg: Config, progress: bool = True) -> Path:
-    """The final checkpoint of cfg's run, trained (or resumed) only when it is not there yet."""
+    """The final checkpoint of cfg's run, trained (or resumed) only when it is not there yet. A folder trained
+    (or begun) with another recipe is moved aside first (retire_other_recipe)."""
     from pinclip.train.trainer import train
 
+    retire_other_recipe(cfg)
     final = Path(cfg.train.out_dir) / "final"
     if (final / "meta.json").is_file():
         return final
@@ -88,6 +143,8 @@ class TrainingQueue:
 
     def add(self, cfg: Config) -> Path:
         final = Path(cfg.train.out_dir) / "final"
+        if (final / "meta.json").is_file() and recipe_changes(cfg, cfg.train.out_dir):
+            retire_other_recipe(cfg)
         if not (final / "meta.json").is_file():
             self.configs.setdefault(str(Path(cfg.train.out_dir).resolve()), cfg)
         return final

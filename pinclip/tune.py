@@ -11,6 +11,8 @@ partition (never test) and scored by the selection score (pinclip.eval.selection
 model is written to <run>/tune/chosen.json beside every row (tune.md). `pinclip eval --run` trains the
 baselines with their chosen point when configs/tuned.yaml (the committed choice) names one. Folders:
     <run>/tune/<model>/<point>/final        a trained model (resumes; skipped when there)
+    <run>/train, <run>/baselines/<model>    the `base` point: the model's seed-0 training, shared with the report
+                                            (moved aside and trained anew there if another point is chosen)
     <run>/tune/eval-val/                    the validation evaluation of every trained point
 """
 
@@ -73,7 +75,8 @@ def plan(base_cfg: Any, run_dir: str | Path, models: Sequence[str], points: Sequ
             if not applies(point, recipe):
                 continue
             cfg = with_overrides(recipe, point.overrides)
-            cfg.train.out_dir = str(Path(run_dir) / "tune" / name / point.name)
+            if point.overrides:  # the base point is the model's seed-0 training of the report (shared)
+                cfg.train.out_dir = str(Path(run_dir) / "tune" / name / point.name)
             out[(name, point.name)] = cfg
     return out
 

@@ -6,7 +6,7 @@ import pytest
 
 from pinclip.cli import UserError
 from pinclip.config import load_config
-from pinclip.experiments import TrainingQueue, make_models, model_dir
+from pinclip.experiments import TrainingQueue, make_models, model_dir, recipe_changes, train_once
 
 
 def _cfg(catalog, out):
@@ -27,6 +27,25 @@ def test_the_queue_plans_only_what_is_missing_then_trains_it_two_at_a_time(catal
     again = TrainingQueue()
     make_models(base, tmp_path / "run", ["pinclip", "lit"], seeds=2, trainer=again.add)
     assert not again.configs  # everything is there: nothing to train
+
+
+def test_a_folder_trained_with_another_recipe_is_moved_aside_and_trained_anew(catalog, tmp_path):
+    cfg = _cfg(catalog, tmp_path / "lit")
+    first = train_once(cfg, progress=False)
+    version = (first / "meta.json").read_text()
+    same = _cfg(catalog, tmp_path / "lit")
+    same.train.num_threads = 1  # how it runs, not what it learns
+    assert recipe_changes(same, tmp_path / "lit") == []
+    assert TrainingQueue().add(same) == first and (first / "meta.json").read_text() == version  # reused
+    other = _cfg(catalog, tmp_path / "lit")
+    other.train.lr = cfg.train.lr / 2  # e.g. configs/tuned.yaml chose another point since
+    assert recipe_changes(other, tmp_path / "lit") == [f"train.lr: {cfg.train.lr!r} -> {cfg.train.lr / 2!r}"]
+    queue = TrainingQueue()
+    queue.add(other)
+    assert len(queue.configs) == 1 and not first.exists()  # planned anew, the old training kept aside
+    assert (tmp_path / "lit-old" / "final" / "meta.json").read_text() == version
+    queue.run(jobs=1, progress=False)
+    assert (first / "meta.json").read_text() != version and recipe_changes(other, tmp_path / "lit") == []
 
 
 def test_a_failed_training_names_its_folder_and_log(catalog, tmp_path):

@@ -24,7 +24,10 @@ def test_the_plan_skips_points_a_recipe_does_not_have(tmp_path):
     lit = configs[("lit", "lr-half")]
     assert lit.model.pin_mode == "late" and lit.train.lr == 2.5e-4 and lit.train.backbone_lr == 2.5e-5
     assert configs[("pinclip", "neighbor-2")].loss.neighbor_weight == 2.0
-    assert configs[("pinclip", "base")].train.out_dir == str(tmp_path / "tune" / "pinclip" / "base")
+    assert configs[("pinclip", "lr-half")].train.out_dir == str(tmp_path / "tune" / "pinclip" / "lr-half")
+    # the base point is each model's seed-0 training of the report: trained once, not twice
+    assert configs[("pinclip", "base")].train.out_dir == str(tmp_path / "train")
+    assert configs[("lit", "base")].train.out_dir == str(tmp_path / "baselines" / "lit")
 
 
 def test_choose_takes_each_models_best_point_and_ties_go_to_the_earlier_point():
@@ -65,6 +68,8 @@ def test_tune_trains_every_point_judges_it_on_validation_and_writes_the_choice(t
     assert metrics["partition"] == "val" and set(metrics["models"]) == {"pinclip@base", "pinclip@lr-half",
                                                                         "pinclip@neighbor-2", "lit@base", "lit@lr-half"}
     assert (tiny_run / "tune" / "lit" / "lr-half" / "final" / "meta.json").is_file()
+    assert not (tiny_run / "tune" / "pinclip" / "base").exists()  # the run's own model is the base point
+    assert (tiny_run / "baselines" / "lit" / "final" / "meta.json").is_file()
     assert "**" in (tiny_run / "tune" / "tune.md").read_text()
     with pytest.raises(SystemExit):
         main(["tune"])  # --run is required
