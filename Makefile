@@ -4,7 +4,8 @@
 #   make test        # venv + installs + demo data, then the test suite
 #   make report      # the demo's evaluation against every baseline, 3 seeds, in domain and under domain shift
 #                    # (after make demo; SCALING=1 adds the dataset-scaling curves, six more trainings)
-#   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2 cores)
+#   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2
+#                    # cores); writes configs/tuned.yaml (the baselines' points) and results/demo/tune.md
 #   make bench       # benchmarks against peer tools (long; not part of the tests); ITEMS='text_embed serve_load' for some
 #   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant and
 #                    # the served index's write path: write log, FAISS backend, index folder (~1 h)
@@ -40,6 +41,8 @@ report: install data-deps
 
 tune: install data-deps
 	$(VENV)/bin/pinclip tune --run $(RUN)
+	cp $(RUN)/tune/tuned.yaml configs/tuned.yaml
+	mkdir -p results/demo && cp $(RUN)/tune/tune.md results/demo/tune.md
 
 test: install data-deps
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -121,7 +121,22 @@ def tune_run(run_dir: str | Path, models: Sequence[str], points: Sequence[TunePo
               "report": str(paths["report"])}
     _write(run_dir / "tune" / "chosen.json", json.dumps(record, indent=2))
     _write(run_dir / "tune" / "tune.md", tune_table(chosen, seconds))
+    _write(run_dir / "tune" / "tuned.yaml", tuned_yaml(chosen))
     return record
+
+
+def tuned_yaml(chosen: dict[str, dict[str, Any]]) -> str:
+    """configs/tuned.yaml's text for a choice: each trained baseline's point, its overrides and its validation
+    score. PinCLIP's point is reported but not written: its choice is its preset (configs/demo.yaml)."""
+    import yaml
+
+    entries = {model: {"point": e["point"], "score": None if e["score"] is None else round(float(e["score"]), 4),
+                       "overrides": e.get("overrides") or {}}
+               for model, e in chosen.items() if model != "pinclip" and e["point"] is not None}
+    head = ("# Tuned points of the trained baselines (pinclip tune, validation partition): model -> {point, score,\n"
+            "# overrides}. Written by `make tune` from <run>/tune/tuned.yaml; `pinclip eval --run` (make report)\n"
+            "# trains each baseline with its overrides. Every row of the sweep: results/demo/tune.md.\n")
+    return head + yaml.safe_dump(entries, sort_keys=True)
 
 
 def tune_table(chosen: dict[str, dict[str, Any]], seconds: dict[str, float | None]) -> str:

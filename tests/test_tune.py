@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from pinclip.config import load_config
 from pinclip.tune import TUNE_GRID, choose, plan, tune_table, tuned_overrides
@@ -68,6 +69,10 @@ def test_tune_trains_every_point_judges_it_on_validation_and_writes_the_choice(t
     assert metrics["partition"] == "val" and set(metrics["models"]) == {"pinclip@base", "pinclip@lr-half",
                                                                         "pinclip@neighbor-2", "lit@base", "lit@lr-half"}
     assert (tiny_run / "tune" / "lit" / "lr-half" / "final" / "meta.json").is_file()
+    written = tiny_run / "tune" / "tuned.yaml"  # what make tune commits as configs/tuned.yaml
+    assert set(yaml.safe_load(written.read_text())) == {"lit"}  # PinCLIP's choice is its preset
+    lit = record["chosen"]["lit"]
+    assert tuned_overrides("lit", written) == lit["overrides"] == POINTS[lit["point"]].overrides
     assert not (tiny_run / "tune" / "pinclip" / "base").exists()  # the run's own model is the base point
     assert (tiny_run / "baselines" / "lit" / "final" / "meta.json").is_file()
     assert "**" in (tiny_run / "tune" / "tune.md").read_text()
