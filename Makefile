@@ -5,7 +5,8 @@
 #   make report      # the demo's evaluation against every baseline, 3 seeds, in domain and under domain shift
 #                    # (after make demo; SCALING=1 adds the dataset-scaling curves, six more trainings)
 #   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2
-#                    # cores); writes configs/tuned.yaml (the baselines' points) and results/demo/tune.md
+#                    # cores); writes configs/tuned.yaml (the baselines' points) and results/demo/tune.md;
+#                    # POINTS=base,lr-half,... runs part of the grid
 #   make bench       # benchmarks against peer tools (long; not part of the tests); ITEMS='text_embed serve_load' for some
 #   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant and
 #                    # the served index's write path: write log, FAISS backend, index folder (~1 h)
@@ -15,6 +16,7 @@ PY := $(VENV)/bin/python
 SERVE ?= 1
 RUN ?= runs/demo
 ITEMS ?=
+POINTS ?=
 SCALING ?= 0
 STAMP := $(VENV)/.installed
 
@@ -40,7 +42,7 @@ report: install data-deps
 	$(PY) scripts/collect_results.py --run $(RUN) --out results/demo
 
 tune: install data-deps
-	$(VENV)/bin/pinclip tune --run $(RUN)
+	$(VENV)/bin/pinclip tune --run $(RUN) $(if $(POINTS),--points $(POINTS))
 	cp $(RUN)/tune/tuned.yaml configs/tuned.yaml
 	mkdir -p results/demo && cp $(RUN)/tune/tune.md results/demo/tune.md
 
