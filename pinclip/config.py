@@ -32,6 +32,9 @@ class BackboneConfig:
     train_layers: int = 2  # top layers trained; -1 = all; 0 = frozen. Visual tokens enter below them.
     pooling: str = "mean"  # "mean" | "cls" | "last"
     max_field_tokens: int = 24  # per text field, [CLS]/[SEP] included
+    finetune: str = "full"  # the trained layers: "full" (every weight) | "lora" (low-rank adapters, weights kept)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
 
 
 @dataclass
@@ -118,6 +121,7 @@ class TrainConfig:
     scalar_lr: float = 1e-2  # contrastive temperatures and biases (own group, no weight decay)
     weight_decay: float = 0.05
     warmup_steps: int = 50
+    probe_steps: int = 0  # LP-FT: only the new layers train for this many steps, then the pretrained ones join
     grad_clip: float = 1.0
     seed: int = 0
     eval_every: int = 50  # validation (PinText Recall@10 on the validation pins) every this many steps

@@ -93,3 +93,21 @@ def test_bad_options_are_refused(embedder):
         FastImageEncoder(embedder.model, backend="openvino")
     with pytest.raises(ValueError, match="unknown field"):
         FastTextEncoder(embedder.model, backend="torch").embed(["a"], field="color")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_fast_text_of_a_lora_backbone_matches_reference(backend):
+    """A LoRA-finetuned backbone (adapters unmerged) takes the same fast paths as a fully finetuned one."""
+    import torch
+
+    cfg = load_config(preset="tiny", overrides=["model.backbone.finetune=lora", "model.backbone.lora_rank=4"])
+    torch.manual_seed(0)
+    model = PinCLIP(cfg.model).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)  # trained adapters, not the B = 0 of the start
+    embedder = Embedder(model, {"version": "tiny-lora", "dims": list(cfg.model.dims)})
+    ref = embedder.embed_texts(TEXTS, field="title")
+    fast = FastTextEncoder(model, backend=backend, batch_size=4).embed(TEXTS, field="title")
+    assert np.abs(fast - ref).max() < 2e-3

@@ -75,6 +75,43 @@ def test_gradients_reach_only_trained_parts():
         assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
 
 
+def test_lora_backbone_starts_as_the_pretrained_layers_and_trains_only_its_adapters(tmp_path):
+    """finetune=lora: at init (B = 0) the model computes exactly what the full-finetune model computes from the
+    same weights; gradients reach the adapters of the trained layers and no base weight; a checkpoint holds the
+    adapters and gives the trained model back."""
+    from pinclip.train.checkpoint import load_model, save_checkpoint, weight_names
+
+    torch.manual_seed(0)
+    full = tiny_model()
+    torch.manual_seed(0)
+    lora = tiny_model(**{"model.backbone.finetune": "lora", "model.backbone.lora_rank": 4})
+    lora.load_state_dict(full.state_dict(), strict=False)  # same base and head weights; adapters as they start
+    batch = tiny_batch(full)
+    with torch.no_grad():
+        a, b = full(batch), lora(batch)
+    assert torch.allclose(a["pin"], b["pin"], atol=1e-6) and torch.allclose(a["text"], b["text"], atol=1e-6)
+    out = lora(batch)
+    (out["image"].sum() + out["text"].sum() + out["pin"].sum()).backward()
+    backbone = {n: p for n, p in lora.named_parameters() if n.startswith("backbone.")}
+    adapters = [n for n, p in backbone.items() if p.requires_grad]
+    assert adapters and all(".layer.1." in n and "lora_" in n for n in adapters)  # only the trained layer's
+    assert any(backbone[n].grad is not None and backbone[n].grad.abs().sum() > 0 for n in adapters if "lora_B" in n)
+    assert all(p.grad is None for n, p in backbone.items() if "lora_" not in n)
+    with torch.no_grad():
+        for n in adapters:
+            backbone[n].add_(0.05)  # as if trained
+    cfg = load_config(preset="tiny", overrides=["model.backbone.finetune=lora", "model.backbone.lora_rank=4"])
+    save_checkpoint(tmp_path / "ck", lora, cfg, step=1)
+    assert set(adapters) <= set(weight_names(lora))
+    loaded, _, _ = load_model(tmp_path / "ck")
+    with torch.no_grad():
+        again, trained = loaded(batch), lora(batch)
+    assert torch.allclose(again["pin"], trained["pin"], atol=1e-6)
+    assert not torch.allclose(trained["pin"], a["pin"], atol=1e-4)  # the adapters did change the model
+    with pytest.raises(ValueError, match="finetune"):
+        tiny_model(**{"model.backbone.finetune": "adapters"})
+
+
 def test_length_buckets_equal_the_padded_batch():
     model = tiny_model()
     batch = tiny_batch(model)

@@ -34,6 +34,45 @@ def test_config_overrides_and_errors():
         load_config(preset="tiny", overrides=["train.steps=1.5"])
 
 
+def test_lp_ft_keeps_the_pretrained_layers_as_they_are_while_the_new_ones_fit_then_trains_both():
+    """train.probe_steps = 3: the backbone's trained layers get learning rate 0 (so no step and no weight decay)
+    for steps 0-2 while the heads move; from step 3 on both move, the backbone with its own warmup."""
+    import torch
+
+    from pinclip.models.build import build_model
+    from pinclip.train.trainer import build_optimizer
+
+    cfg = load_config(preset="tiny", overrides=["train.steps=10", "train.warmup_steps=2", "train.probe_steps=3"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    backbone = [n for n in trained if n.startswith("backbone.")]
+    heads = [n for n in trained if not n.startswith(("backbone.", "vision.")) and trained[n].ndim == 2]
+    assert backbone and heads
+    start = {n: p.detach().clone() for n, p in trained.items()}
+
+    def step() -> None:
+        for p in trained.values():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        scheduler.step()
+
+    for _ in range(3):
+        step()
+    assert all(torch.equal(trained[n], start[n]) for n in backbone)  # exactly pretrained
+    assert all(not torch.equal(trained[n], start[n]) for n in heads)
+    # step 3 is the first of the backbone's 2-step warmup: half its learning rate
+    assert any(lr == pytest.approx(cfg.train.backbone_lr / 2) for lr in scheduler.get_last_lr())
+    step()
+    assert all(not torch.equal(trained[n], start[n]) for n in backbone)
+    plain = load_config(preset="tiny", overrides=["train.steps=10", "train.warmup_steps=2"])
+    torch.manual_seed(0)
+    again = build_model(plain.model)
+    _, sched = build_optimizer(again, plain)
+    assert all(lr > 0 for lr in sched.get_last_lr())  # without probe_steps every group trains from step 0
+
+
 def test_training_counts_its_flops_on_the_first_steps(catalog, tmp_path):
     """train_flops = the mean FLOPs of the first steps (forward and backward) times the steps: twice the
     steps, twice the FLOPs (the counted steps are the same batches)."""
@@ -54,7 +93,8 @@ EVERYTHING = ["train.memory_size=24", "train.hard_negatives=true", "train.field_
               "loss.quant_aware=true"]
 
 
-HYBRID = ["model.pin_mode=hybrid", "model.pool_balance=true", "train.title_only=0.3", "train.text_dropout=0.2"]
+HYBRID = ["model.pin_mode=hybrid", "model.pool_balance=true", "train.title_only=0.3", "train.text_dropout=0.2",
+          "train.probe_steps=2"]  # LP-FT: the resumed run crosses the end of the probe
 
 
 @pytest.mark.parametrize("extra", [[], EVERYTHING, HYBRID], ids=["default", "everything", "hybrid"])

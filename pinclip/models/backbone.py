@@ -9,6 +9,10 @@ two-layer fusion transformer initialised from the language model's own top layer
 
 BERT-like encoders (MiniLM) split at any layer. Other Hugging Face models (Qwen2, ...) enter at
 layer 0 through `inputs_embeds`; their lower layers can still be frozen.
+
+The trained layers learn every weight (`finetune: full`) or only low-rank adapters beside their pretrained
+weights (`finetune: lora`, peft; B starts at 0, so the untrained model is the pretrained one): LoRA learns
+less and forgets less of what the language model knew.
 """
 
 from __future__ import annotations
@@ -77,6 +81,26 @@ class Backbone(nn.Module):
             if norm is not None:
                 for p in norm.parameters():
                     p.requires_grad_(True)
+        if cfg.finetune == "lora" and trained > 0:
+            self._add_lora(n - trained)
+        elif cfg.finetune not in ("full", "lora"):
+            raise ValueError(f"model.backbone.finetune must be 'full' or 'lora', got {cfg.finetune!r}")
+
+    def _add_lora(self, first: int) -> None:
+        """Rank-r adapters (peft) on every linear layer of the trained layers; all other weights frozen."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if self.cfg.lora_rank <= 0:
+            raise ValueError(f"model.backbone.lora_rank must be positive, got {self.cfg.lora_rank}")
+        inside = {id(m) for layer in self.layers[first:] for m in layer.modules() if isinstance(m, nn.Linear)}
+        targets = [name for name, m in self.model.named_modules() if id(m) in inside]
+        config = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, lora_dropout=0.0,
+                            target_modules=targets, bias="none")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model = inject_adapter_in_model(config, self.model)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_("lora_" in name)
 
     @property
     def layers(self) -> nn.ModuleList:

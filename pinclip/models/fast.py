@@ -69,7 +69,7 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
     from torch.ao.quantization import quantize_dynamic
 
     names = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)
-             and not (name.endswith("output.dense") and ".attention." not in name)  # BERT FFN out
+             and not (name.endswith(("output.dense", "output.dense.base_layer")) and ".attention." not in name)  # BERT FFN out (LoRA: its base)
              and not name.endswith("mlp.down_proj")}  # Qwen2 FFN out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

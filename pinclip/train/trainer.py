@@ -148,27 +148,42 @@ SCALARS = ("it_logit_scale", "it_logit_bias", "nb_logit_scale", "nb_logit_bias",
 
 def build_optimizer(model: PinCLIP, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with three learning rates: pretrained layers (backbone_lr), new layers (lr), and the
-    contrastive temperatures and biases (scalar_lr, no weight decay); warmup then cosine decay."""
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    contrastive temperatures and biases (scalar_lr, no weight decay); warmup then cosine decay.
+
+    With train.probe_steps = N (LP-FT: linear probe, then fine-tune), the pretrained layers stay exactly as
+    they are for the first N steps (learning rate 0, so no weight decay either) while the new layers fit
+    them; their own warmup and cosine decay then run over the remaining steps."""
+    groups: dict[tuple[float, float, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        pretrained = name.startswith(("backbone.", "vision."))
         if name in SCALARS:
-            lr = cfg.train.scalar_lr
+            lr, pretrained = cfg.train.scalar_lr, False
         else:
-            lr = cfg.train.backbone_lr if name.startswith(("backbone.", "vision.")) else cfg.train.lr
+            lr = cfg.train.backbone_lr if pretrained else cfg.train.lr
         decay = 0.0 if p.ndim < 2 or "logit" in name else cfg.train.weight_decay
-        groups.setdefault((lr, decay), []).append(p)
-    optimizer = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
+        groups.setdefault((lr, decay, pretrained), []).append(p)
+    optimizer = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd, _), ps in groups.items()],
                                   betas=(0.9, 0.98), eps=1e-6)
     warmup, total = max(cfg.train.warmup_steps, 1), max(cfg.train.steps, 1)
+    probe = max(0, min(cfg.train.probe_steps, total - 1))
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    def after_probe(step: int) -> float:
+        if step < probe:
+            return 0.0
+        step -= probe
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - probe - warmup, 1))))
+
+    lambdas = [after_probe if pretrained and probe else schedule for (_, _, pretrained) in groups]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def batch_config(cfg: Config) -> BatchConfig:
