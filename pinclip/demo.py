@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         train_args.append(f"train.steps={args.steps}")
 
     timings.stage("data", lambda: main(["data", "demo", "--out", str(data)]), done=(data / "splits.json").is_file())
+    _retire_other_recipe(args.preset, train_args[3:])  # the preset changed since (e.g. newly tuned): train anew
     timings.stage("train", lambda: main(train_args), done=(final / "meta.json").is_file())
     timings.split_features(final)
     if not args.skip_eval:  # how much of the untrained towers to mix in, chosen on validation
@@ -119,3 +120,17 @@ def _domain_served(out: Path) -> Path:
     if weight > 0:
         return out / "domain" / "mixes" / f"pinclip-seed0-w{weight:g}"
     return Path(model_dir(out / "domain", "pinclip", 0)) / "final"
+
+
+def _retire_other_recipe(preset: str, overrides: list[str]) -> None:
+    """Move aside <run>/train when it was trained with another recipe than the preset and overrides now give
+    (pinclip.experiments.retire_other_recipe), so that the train stage trains anew instead of keeping it."""
+    from pinclip.cli import UserError
+    from pinclip.config import load_config
+    from pinclip.experiments import retire_other_recipe
+
+    try:
+        cfg = load_config(None, overrides, preset=preset)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    retire_other_recipe(cfg)

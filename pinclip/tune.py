@@ -19,6 +19,7 @@ baselines with their chosen point when configs/tuned.yaml (the committed choice)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -34,13 +35,17 @@ class TunePoint:
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     needs: str = ""  # "graph": only models with graph terms; "fused": only models with a fused pass
+    scale: dict[str, float] = field(default_factory=dict)  # dotted setting -> factor on the recipe's value
 
 
-# One change each from a model's recipe: learning rates, loss weights, layers trained, steps.
+# One change each from a model's recipe: learning rates (relative to the recipe's), loss weights, layers
+# trained, steps.
+LR_KEYS = ("train.lr", "train.backbone_lr")
 TUNE_GRID: tuple[TunePoint, ...] = (
     TunePoint("base"),
-    TunePoint("lr-half", {"train": {"lr": 2.5e-4, "backbone_lr": 2.5e-5}}),
-    TunePoint("lr-double", {"train": {"lr": 1e-3, "backbone_lr": 1e-4}}),
+    TunePoint("lr-half", scale=dict.fromkeys(LR_KEYS, 0.5)),
+    TunePoint("lr-double", scale=dict.fromkeys(LR_KEYS, 2.0)),
+    TunePoint("lr-4x", scale=dict.fromkeys(LR_KEYS, 4.0)),  # the first sweep's best sat at lr-double, its edge
     TunePoint("layers-1", {"model": {"backbone": {"train_layers": 1}}}),
     TunePoint("layers-3", {"model": {"backbone": {"train_layers": 3}}}),
     TunePoint("steps-600", {"train": {"steps": 600}}),
@@ -63,6 +68,52 @@ def applies(point: TunePoint, cfg: Any) -> bool:
     return True
 
 
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 1e-3} -> {"train": {"lr": 1e-3}}."""
+    out: dict[str, Any] = {}
+    for dotted, value in values.items():
+        node = out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def _flat(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3} (field_weights stays one value)."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and key != "field_weights":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def point_overrides(point: TunePoint, recipe: Any) -> dict[str, Any]:
+    """The nested overrides a point applies to a recipe: its fixed values and its factors times the recipe's."""
+    scaled = {key: float(_get(recipe, key)) * factor for key, factor in point.scale.items()}
+    return _nested({**_flat(point.overrides), **scaled})
+
+
+def swept_keys(points: Sequence[TunePoint]) -> list[str]:
+    """Every setting (dotted) some point of the sweep changes."""
+    return sorted({key for pt in points for key in (*_flat(pt.overrides), *pt.scale)})
+
+
+def chosen_overrides(cfg: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """A model's committed choice: the value of every swept setting in its chosen point's config, so that the
+    choice holds (e.g. `base` keeps its learning rate) when the run's preset changes later."""
+    return _nested({key: copy.deepcopy(_get(cfg, key)) for key in keys})
+
+
 def plan(base_cfg: Any, run_dir: str | Path, models: Sequence[str], points: Sequence[TunePoint]
          ) -> dict[tuple[str, str], Any]:
     """{(model, point): training config} of every applicable pair (seed 0)."""
@@ -74,8 +125,8 @@ def plan(base_cfg: Any, run_dir: str | Path, models: Sequence[str], points: Sequ
         for point in points:
             if not applies(point, recipe):
                 continue
-            cfg = with_overrides(recipe, point.overrides)
-            if point.overrides:  # the base point is the model's seed-0 training of the report (shared)
+            cfg = with_overrides(recipe, point_overrides(point, recipe))
+            if point.overrides or point.scale:  # the base point is the model's seed-0 training of the report
                 cfg.train.out_dir = str(Path(run_dir) / "tune" / name / point.name)
             out[(name, point.name)] = cfg
     return out
@@ -115,8 +166,9 @@ def tune_run(run_dir: str | Path, models: Sequence[str], points: Sequence[TunePo
     scores = {(m, p): selection_score(doc, model=f"{m}@{p}")["score"] for m, p in finals}
     seconds = {f"{m}@{p}": json.loads((final / "meta.json").read_text()).get("seconds") for (m, p), final in finals.items()}
     chosen = choose(scores)
-    for entry in chosen.values():
-        entry["overrides"] = next((pt.overrides for pt in TUNE_GRID if pt.name == entry["point"]), {})
+    for model, entry in chosen.items():
+        keys = swept_keys([pt for pt in points if (model, pt.name) in configs])  # what this model's sweep changed
+        entry["overrides"] = chosen_overrides(configs[(model, entry["point"])], keys) if entry["point"] else {}
     record = {"partition": "val", "metric": "selection score", "chosen": chosen, "seconds": seconds,
               "report": str(paths["report"])}
     _write(run_dir / "tune" / "chosen.json", json.dumps(record, indent=2))
@@ -126,12 +178,13 @@ def tune_run(run_dir: str | Path, models: Sequence[str], points: Sequence[TunePo
 
 
 def tuned_yaml(chosen: dict[str, dict[str, Any]]) -> str:
-    """configs/tuned.yaml's text for a choice: each trained baseline's point, its overrides and its validation
-    score. PinCLIP's point is reported but not written: its choice is its preset (configs/demo.yaml)."""
+    """configs/tuned.yaml's text for a choice: each trained baseline's point, its overrides (the value of every
+    setting its sweep changed, at the chosen point) and its validation score. PinCLIP's point is reported but
+    not written: its choice is its preset (configs/demo.yaml)."""
     import yaml
 
     entries = {model: {"point": e["point"], "score": None if e["score"] is None else round(float(e["score"]), 4),
-                       "overrides": e.get("overrides") or {}}
+                       "overrides": json.loads(json.dumps(e.get("overrides") or {}))}  # a copy each: no YAML aliases
                for model, e in chosen.items() if model != "pinclip" and e["point"] is not None}
     head = ("# Tuned points of the trained baselines (pinclip tune, validation partition): model -> {point, score,\n"
             "# overrides}. Written by `make tune` from <run>/tune/tuned.yaml; `pinclip eval --run` (make report)\n"

@@ -89,3 +89,18 @@ def test_the_scaling_curve_judges_a_point_on_its_scaling_splits(tiny_checkpoint,
     trained = {dataset.pins.pin_ids[i] for i in training_subset(dataset.pins, dataset.splits, 0.5, 0)}
     assert not set(scaling_splits(dataset, 0.5, 0)["untrained_pins"]) & trained
     assert set(point["pintext_i2t"]) == {"warm", "cold"}
+
+
+def test_the_demo_trains_anew_when_its_preset_changed_since_its_model_was_trained(catalog, tmp_path):
+    """`pinclip demo` skips its train stage when <run>/train/final exists; a model of another recipe (the preset
+    retuned since) is moved aside first, and one of the same recipe is kept."""
+    from pinclip.demo import _retire_other_recipe
+
+    run = tmp_path / "run"
+    overrides = [f"train.data_dir={catalog['pins'].parent}", f"train.out_dir={run / 'train'}",
+                 f"train.cache_dir={run / 'cache'}", "train.steps=2"]
+    train_once(load_config(preset="tiny", overrides=overrides), progress=False)
+    _retire_other_recipe("tiny", overrides)
+    assert (run / "train" / "final" / "meta.json").is_file()  # same recipe: kept
+    _retire_other_recipe("tiny", [*overrides[:3], "train.steps=3"])
+    assert not (run / "train").exists() and (run / "train-old" / "final" / "meta.json").is_file()

@@ -25,6 +25,9 @@ def test_the_plan_skips_points_a_recipe_does_not_have(tmp_path):
     lit = configs[("lit", "lr-half")]
     assert lit.model.pin_mode == "late" and lit.train.lr == 2.5e-4 and lit.train.backbone_lr == 2.5e-5
     assert configs[("pinclip", "neighbor-2")].loss.neighbor_weight == 2.0
+    faster = load_config(preset="tiny", overrides=["train.lr=0.001", "train.backbone_lr=0.0001"])
+    doubled = plan(faster, tmp_path, ["lit"], [POINTS["lr-double"]])[("lit", "lr-double")]
+    assert (doubled.train.lr, doubled.train.backbone_lr) == (0.002, 0.0002)  # relative to the recipe's rates
     assert configs[("pinclip", "lr-half")].train.out_dir == str(tmp_path / "tune" / "pinclip" / "lr-half")
     # the base point is each model's seed-0 training of the report: trained once, not twice
     assert configs[("pinclip", "base")].train.out_dir == str(tmp_path / "train")
@@ -62,17 +65,24 @@ def test_tune_trains_every_point_judges_it_on_validation_and_writes_the_choice(t
     assert record["partition"] == "val"
     assert set(record["chosen"]["pinclip"]["scores"]) == {"base", "lr-half", "neighbor-2"}
     assert set(record["chosen"]["lit"]["scores"]) == {"base", "lr-half"}  # no graph terms in lit
-    for entry in record["chosen"].values():
+    from pinclip.eval.cli import run_config
+
+    base = run_config(tiny_run)
+    for model, entry in record["chosen"].items():
         assert entry["score"] == max(s for s in entry["scores"].values() if s is not None)
-        assert entry["overrides"] == POINTS[entry["point"]].overrides
+        # the value of every setting the model's sweep changed, at its chosen point (base: the recipe's own)
+        factor = {"base": 1.0, "lr-half": 0.5, "neighbor-2": 1.0}[entry["point"]]
+        expected = {"train": {"lr": base.train.lr * factor, "backbone_lr": base.train.backbone_lr * factor}}
+        if model == "pinclip":
+            expected["loss"] = {"neighbor_weight": 2.0 if entry["point"] == "neighbor-2" else base.loss.neighbor_weight}
+        assert entry["overrides"] == expected  # factors of 2: exact in floating point
     metrics = json.loads((tiny_run / "tune" / "eval-val" / "metrics.json").read_text())
     assert metrics["partition"] == "val" and set(metrics["models"]) == {"pinclip@base", "pinclip@lr-half",
                                                                         "pinclip@neighbor-2", "lit@base", "lit@lr-half"}
     assert (tiny_run / "tune" / "lit" / "lr-half" / "final" / "meta.json").is_file()
     written = tiny_run / "tune" / "tuned.yaml"  # what make tune commits as configs/tuned.yaml
     assert set(yaml.safe_load(written.read_text())) == {"lit"}  # PinCLIP's choice is its preset
-    lit = record["chosen"]["lit"]
-    assert tuned_overrides("lit", written) == lit["overrides"] == POINTS[lit["point"]].overrides
+    assert tuned_overrides("lit", written) == record["chosen"]["lit"]["overrides"]
     assert not (tiny_run / "tune" / "pinclip" / "base").exists()  # the run's own model is the base point
     assert (tiny_run / "baselines" / "lit" / "final" / "meta.json").is_file()
     assert "**" in (tiny_run / "tune" / "tune.md").read_text()
