@@ -168,11 +168,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Pretrained EfficientNet-Lite0 + MiniLM, top 2 layers trained: about 10 minutes on 2 CPU cores. The hybrid
     # pin (late fusion + gated fused correction), balanced pooling and fused-pass field dropout were chosen on
     # validation against pure early fusion (selection score 0.331 vs 0.315; docs/training.md).
-    # Its learning rates (twice the trainer's defaults) were chosen by `pinclip tune` on validation (selection
-    # score 0.344 vs 0.331 at the defaults and 0.312 at half; results/demo/tune.md).
+    # Its learning rates (four times the trainer's defaults) were chosen by `pinclip tune` on validation
+    # (selection score 0.352 vs 0.344 at twice, 0.331 at the defaults, 0.312 at half; results/demo/tune.md).
     "demo": {"model": {"pin_mode": "hybrid", "pool_balance": True},
-             "train": {"text_dropout": 0.25, "title_only": 0.25, "field_dropout": 0.2, "lr": 1e-3,
-                       "backbone_lr": 1e-4}},
+             "train": {"text_dropout": 0.25, "title_only": 0.25, "field_dropout": 0.2, "lr": 2e-3,
+                       "backbone_lr": 2e-4}},
     # A pretrained VLM (model.vlm.path, default ./models/vlm) fine-tuned with LoRA on GPUs: bf16,
     # gradient checkpointing, FSDP2 across ranks (one GPU: no sharding), Distributed Checkpoints.
     "gpu": {
