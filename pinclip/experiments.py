@@ -98,12 +98,9 @@ def retire_other_recipe(cfg: Config) -> Path | None:
     changes = recipe_changes(cfg, out_dir)
     if not changes:
         return None
-    target = out_dir.with_name(f"{out_dir.name}-old")
-    n = 1
-    while target.exists():
-        n += 1
-        target = out_dir.with_name(f"{out_dir.name}-old-{n}")
-    out_dir.rename(target)
+    from pinclip.pipeline import move_aside
+
+    target = move_aside(out_dir, "old")
     shown = "; ".join(changes[:4]) + (f"; ... ({len(changes)} in all)" if len(changes) > 4 else "")
     print(f"{out_dir} was trained with another recipe ({shown}): moved to {target}, training anew")
     return target

@@ -137,13 +137,19 @@ def retire_stale(folder: Path, record: str, version: str | None) -> Path | None:
     old = _read_json(folder / record).get("model_version")
     if version is None or not old or old == version:
         return None
-    target = folder.with_name(f"{folder.name}-{old}")
+    target = move_aside(folder, old)
+    print(f"{folder} held the output of {old}; the run now serves {version}: moved to {target}")
+    return target
+
+
+def move_aside(folder: Path, tag: str) -> Path:
+    """Rename folder to <folder>-<tag> (or <folder>-<tag>-N, the first free name), keeping what it holds."""
+    target = folder.with_name(f"{folder.name}-{tag}")
     n = 1
     while target.exists():
         n += 1
-        target = folder.with_name(f"{folder.name}-{old}-{n}")
+        target = folder.with_name(f"{folder.name}-{tag}-{n}")
     folder.rename(target)
-    print(f"{folder} held the output of {old}; the run now serves {version}: moved to {target}")
     return target
 
 
