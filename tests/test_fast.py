@@ -61,6 +61,18 @@ def test_openvino_text_paths_match_reference(embedder):
         FastTextEncoder(embedder.model, backend="openvino", precision="int8")
 
 
+def test_openvino_runner_keeps_batch_order_with_more_batches_than_requests(embedder):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    encoder = FastTextEncoder(embedder.model, backend="openvino", precision="fp32", batch_size=1)
+    one_by_one = encoder.embed(TEXTS, field="queries")
+    encoder.runner.requests = 2  # 6 batches through 2 requests: each request reused, waited for and read in turn
+    assert np.abs(encoder.embed(TEXTS, field="queries") - one_by_one).max() < 1e-6
+    encoder.runner.requests = 1
+    assert np.abs(encoder.embed(TEXTS, field="queries") - one_by_one).max() < 1e-6
+    assert len(set(np.round(one_by_one[:, 0], 6))) == len(TEXTS)  # distinct rows: a swap would show
+
+
 def test_fast_text_int8_and_bf16_stay_close(embedder):
     ref = embedder.embed_texts(TEXTS)
     for precision, floor in (("int8", 0.999), ("bf16", 0.99)):  # measured: int8 0.999998, bf16 0.9972

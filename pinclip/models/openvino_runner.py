@@ -6,7 +6,7 @@
 Precisions: "fp32" (f32 kernels throughout), "bf16" (OpenVINO's bf16 inference precision: AVX512-BF16
 or AMX kernels where the CPU has them, f32 where it does not), "int8" (post-training static
 quantization by NNCF on calibration batches, transformer preset, bf16 for what stays in float).
-Batches are run through an async queue on OpenVINO's throughput streams (one stream per core):
+Batches run on a pool of infer requests over OpenVINO's throughput streams (one stream per core):
 on a few cores, two small batches at once keep both cores busier than one batch split across them.
 Needs the `openvino` extra: pip install 'pinclip[openvino]' (openvino, nncf).
 """
@@ -60,17 +60,25 @@ class OpenVinoRunner:
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def run(self, batches: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """The graph's first output for every batch, in order."""
-        import openvino as ov
+        """The graph's first output for every batch, in order, `requests` batches in flight.
 
+        No Python callback runs on OpenVINO's worker threads: such a callback needs the GIL, and a compiled
+        model destroyed while one is still pending (its destructor joins those threads with the GIL held)
+        deadlocks the process. Each request is waited for and read on this thread instead."""
         outputs: list[np.ndarray | None] = [None] * len(batches)
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        requests = [self.compiled.create_infer_request() for _ in range(max(1, min(self.requests, len(batches))))]
+        pending: dict[int, int] = {}  # request slot -> index of the batch it runs
 
-        def done(request, index: int) -> None:
-            outputs[index] = request.get_output_tensor(0).data.copy()
+        def collect(slot: int) -> None:
+            requests[slot].wait()
+            outputs[pending.pop(slot)] = requests[slot].get_output_tensor(0).data.copy()
 
-        queue.set_callback(done)
         for index, batch in enumerate(batches):
-            queue.start_async(batch, index)
-        queue.wait_all()
+            slot = index % len(requests)
+            if slot in pending:
+                collect(slot)
+            requests[slot].start_async(batch)
+            pending[slot] = index
+        for slot in list(pending):
+            collect(slot)
         return outputs
