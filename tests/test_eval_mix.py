@@ -94,3 +94,28 @@ def test_mix_judges_again_when_the_models_differ(tiny_run, tmp_path):
     second = json.loads((run / "eval-mix-val" / "metrics.json").read_text())
     assert set(first["models"]) == {"pinclip", "pinclip+towers@0.5"}
     assert set(second["models"]) == {"pinclip", "pinclip+towers@0.25"}
+
+
+def test_mix_with_reduced_towers_records_its_dims_and_mixes_every_seed_so(tiny_run, tmp_path):
+    """--towers-dims: every judged mix has the reduced towers' half, mix.json says so (a full-size choice is not
+    taken for it), and the seeds `pinclip eval --run` mixes at the chosen weight are reduced the same way."""
+    import shutil
+
+    from pinclip.cli import main
+    from pinclip.eval.mix_cli import mix_done, with_chosen_mix
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "train", run / "train")
+    shutil.copytree(tiny_run / "cache", run / "cache")
+    final = run / "train" / "final"
+    assert main(["mix", "--run", str(run), "--weights", "0.5", "--towers-dims", "3,4", "--quiet"]) == 0
+    record = json.loads((run / "mix.json").read_text())
+    assert record["towers_dims"] == [3, 4]
+    judged = json.loads((run / "eval-mix-val" / "metrics.json").read_text())["meta"]["models"]
+    assert judged["pinclip+towers@0.5"]["version"].endswith("-r3x4")
+    assert mix_done(run, final, dims=(3, 4)) and not mix_done(run, final)
+    record["weight"] = 0.5  # as if 0.5 had won: the other seeds are mixed with the same reduction
+    (run / "mix.json").write_text(json.dumps(record))
+    models = with_chosen_mix(run, {"pinclip": [final, final]})
+    seed1 = json.loads((Path(models["pinclip"][1]) / "meta.json").read_text())
+    assert seed1["towers_dims"] == [3, 4] and seed1["weight"] == 0.5

@@ -200,6 +200,9 @@ def test_eval_command_end_to_end(tiny_checkpoint, catalog, tmp_path, capsys):
     (["--regimes", "full,nope"], "--regimes: unknown nope"),
     (["--tasks", "related,ranking"], "--tasks: unknown ranking"),
     (["--baselines", "bm25"], "--baselines, --seeds, --scaling and --domain-shift need --run"),
+    (["--towers-dims", "128,64"], "--towers-dims needs --tower-mix"),
+    (["--tower-mix", "0.5", "--towers-dims", "128"], "--towers-dims expects two positive whole numbers"),
+    (["--tower-mix", "0.5", "--towers-dims", "a,b"], "--towers-dims expects two whole numbers"),
 ])
 def test_eval_command_bad_options_exit_2(tiny_checkpoint, catalog, tmp_path, capsys, extra, message):
     argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(catalog["pins"].parent),

@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tower-mix", default=None, metavar="W[,W...]",
                    help="with --run: also judge each trained model mixed with the untrained towers in output space "
                         "at these weights (pinclip.eval.ensemble; as <name>+towers@W); choose W on --partition val")
+    p.add_argument("--towers-dims", default=None, metavar="IMAGE,TEXT",
+                   help="with --tower-mix: the towers' half made smaller, each block on its top singular directions "
+                        "fitted on the training pins (as <name>+towersIMAGExTEXT@W)")
     p.add_argument("--smooth", default=None, metavar="A[,A...]",
                    help="with --run: also judge every dense model of the run with its warm pins smoothed over their "
                         "training-graph walk neighbors at these weights (pinclip.eval.smooth; as <name>+smooth@A)")
@@ -275,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give either --checkpoint C [...] or --run RUN")
     if (args.baselines or args.scaling or args.domain_shift or args.seeds != 1) and not args.run:
         raise UserError("--baselines, --seeds, --scaling and --domain-shift need --run")
+    if args.towers_dims and not args.tower_mix:
+        raise UserError("--towers-dims needs --tower-mix")
+    towers_dims(args.towers_dims)  # a malformed value fails before any model trains
     if args.jobs < 0:
         raise UserError(f"--jobs must be at least 1 (0: the default), got {args.jobs}")
     regimes = _names_list(args.regimes, REGIMES, "--regimes")
@@ -291,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
                          _fractions(args.fractions), args.domain_shift, args.data_dir, args.cache_dir, jobs,
                          not args.quiet)
         dataset = _load_data(args) if (args.pins or args.boards) else None
-        extra.update(tower_mix_models(args.run, _weights(args.tower_mix)))
+        extra.update(tower_mix_models(args.run, _weights(args.tower_mix), towers_dims(args.towers_dims),
+                                      args.data_dir, args.cache_dir, not args.quiet))
         extra.update(smoothed_models(args.run, _weights(args.smooth, "--smooth", upper=None)))
         paths = evaluate_run(args.run, _baseline_names(args.baselines), args.seeds, args.scaling, args.steps,
                              _fractions(args.fractions), dataset, args.data_dir, args.cache_dir, args.out, options,
@@ -349,22 +356,58 @@ def _vlm_embedder(args: argparse.Namespace) -> dict[str, list[Path]]:
     return {"vlm_embedder": [create_vlm_embedder(args.vlm_embedder, root / "vlm_embedder", cache_dir=args.cache_dir)]}
 
 
-def tower_mix_models(run_dir: str | Path, weights: Sequence[float]) -> dict[str, list[Path]]:
+def tower_mix_models(run_dir: str | Path, weights: Sequence[float], dims: tuple[int, int] | None = None,
+                     data_dir: str | None = None, cache_dir: str | None = None, progress: bool = False
+                     ) -> dict[str, list[Path]]:
     """{"<model>+towers@W": [one tower-mix folder per seed]} of every trained model under the run, mixed with
-    its untrained towers at each weight (pinclip.models.tower_mix)."""
+    its untrained towers at each weight (pinclip.models.tower_mix); with `dims`, the towers' half reduced to
+    (IMAGE, TEXT) singular directions fitted on the run's training pins ("<model>+towersIxT@W")."""
     from pinclip.baselines import BASELINES
     from pinclip.experiments import existing_models
     from pinclip.models.tower_mix import create_mixed
 
+    if not weights:
+        return {}
+    reductions: dict[str, Any] = {}
+    if dims:
+        from pinclip.eval.ensemble import fit_towers_reduction
+        from pinclip.eval.mix_cli import run_dataset
+
+        cfg = run_config(run_dir, data_dir, cache_dir)
+        dataset = run_dataset(cfg)
+
+    def reduction(folder: Path) -> Any:
+        if not dims:
+            return None
+        key = (Path(folder) / "config.yaml").read_text()  # the towers are those of the model's config
+        if key not in reductions:
+            reductions[key] = fit_towers_reduction(folder, dataset, dims, cfg.train.cache_dir, progress=progress)
+        return reductions[key]
+
+    tag = "towers{}x{}".format(*dims) if dims else "towers"
     out: dict[str, list[Path]] = {}
     for name, folders in existing_models(run_dir).items():
         if name != "pinclip" and not BASELINES[name].trained:
             continue
         for w in weights:
-            out[f"{name}+towers@{w:g}"] = [
-                create_mixed(folder, w, Path(run_dir) / "mixes" / f"{name}-seed{seed}-w{w:g}")
+            out[f"{name}+{tag}@{w:g}"] = [
+                create_mixed(folder, w, Path(run_dir) / "mixes" / f"{name}-seed{seed}-{tag}-w{w:g}",
+                             reduction=reduction(folder))
                 for seed, folder in enumerate(folders)]
     return out
+
+
+def towers_dims(text: str | None, flag: str = "--towers-dims") -> tuple[int, int] | None:
+    """IMAGE,TEXT -> (IMAGE, TEXT); None when not given."""
+    if not text:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} expects two whole numbers IMAGE,TEXT, got {text!r}") from None
+    if len(dims) != 2 or min(dims) < 1:
+        raise UserError(f"{flag} expects two positive whole numbers IMAGE,TEXT, got {text!r}")
+    return dims[0], dims[1]
 
 
 def smoothed_models(run_dir: str | Path, alphas: Sequence[float]) -> dict[str, list[Path]]:

@@ -19,7 +19,15 @@ import numpy as np
 
 from pinclip.eval.encoders import ModelEncoder, TaskVectors, unit
 from pinclip.eval.tasks import TaskSpec
-from pinclip.models.tower_mix import image_half, text_half, tower_mix
+from pinclip.models.tower_mix import (
+    TowerReduction,
+    image_half,
+    read_reduction,
+    reduce_image,
+    reduce_text,
+    text_half,
+    tower_mix,
+)
 
 _SHARED: dict[tuple, Any] = {}
 
@@ -51,6 +59,7 @@ class EnsembleEncoder:
         self.towers = _shared(("towers", (towers / "meta.json").read_text(), device), lambda: FrozenEncoder(towers, device))
         self.version = str(meta["version"])
         self.quant = GlobalAffine.from_dict(meta["quant"]) if meta.get("quant") else None  # else fitted by the harness
+        self.reduction = read_reduction(folder, meta)  # None: the towers' half at full size
         self.notes: dict[str, str] = {}
 
     def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None:
@@ -59,14 +68,20 @@ class EnsembleEncoder:
                 part.prepare(pins, cache_dir, progress)
                 part.prepared_for = pins
 
+    def _widths(self) -> tuple[int, int]:
+        if self.reduction is not None:
+            return self.reduction.dims
+        return self.towers.image.shape[1], self.towers.fields_text.shape[2]
+
     def _image(self, pins: np.ndarray) -> np.ndarray:
-        return image_half(self.towers.image[pins], self.towers.fields_text.shape[2])
+        return image_half(reduce_image(self.towers.image[pins], self.reduction), self._widths()[1])
 
     def _text(self, text: np.ndarray) -> np.ndarray:
-        return text_half(text, self.towers.image.shape[1])
+        return text_half(reduce_text(unit(text), self.reduction), self._widths()[0])
 
     def _pins(self, regime: str) -> np.ndarray:
-        return unit(np.concatenate([self.towers.image, self.towers.text_half(regime)], axis=1))
+        image = reduce_image(self.towers.image, self.reduction)
+        return unit(np.concatenate([image, reduce_text(self.towers.text_half(regime), self.reduction)], axis=1))
 
     def tower_vectors(self, spec: TaskSpec) -> TaskVectors:
         """The towers' half of every query and corpus row, in [image | text] coordinates."""
@@ -86,6 +101,58 @@ class EnsembleEncoder:
         ours, towers = self.model.vectors(spec), self.tower_vectors(spec)
         return TaskVectors(tower_mix(ours.queries, towers.queries, self.weight),
                            tower_mix(ours.corpus, towers.corpus, self.weight))
+
+
+def fit_towers_reduction(checkpoint: str | Path, dataset: Any, dims: tuple[int, int], cache_dir: str | Path | None = None,
+                         sample: int = 20000, seed: int = 0, progress: bool = False, center: bool = False
+                         ) -> TowerReduction:
+    """The towers' half of a checkpoint's config reduced to dims = (IMAGE, TEXT) singular directions
+    (TowerReduction.fit), fitted on the tower vectors of the dataset's training pins only (their images, and every
+    present text field), at most `sample` rows of each."""
+    import tempfile
+
+    import yaml
+
+    from pinclip.baselines.frozen import FrozenEncoder, create_frozen
+    from pinclip.config import config_from_dict
+    from pinclip.eval.encoders import resolve_checkpoint
+    from pinclip.train.dataset import training_subset
+
+    cfg = config_from_dict(yaml.safe_load((resolve_checkpoint(checkpoint) / "config.yaml").read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        towers = FrozenEncoder(create_frozen(cfg, Path(tmp) / "towers"))
+    towers.prepare(dataset.pins, cache_dir, progress)
+    rows = training_subset(dataset.pins, dataset.splits)
+    image = towers.image[rows][towers.has_image[rows]]
+    fields = unit(towers.fields_text[rows]).reshape(-1, towers.fields_text.shape[2])
+    text = fields[np.linalg.norm(fields, axis=1) > 0]
+    rng = np.random.default_rng(seed)
+    image, text = (x[np.sort(rng.choice(len(x), size=min(len(x), sample), replace=False))] for x in (image, text))
+    return TowerReduction.fit(image, text, dims, center)
+
+
+_REDUCTIONS: dict[tuple, TowerReduction] = {}
+
+
+def reduction_for(checkpoint: str | Path, dims: tuple[int, int] | None, cache_dir: str | Path | None = None,
+                  progress: bool = False) -> TowerReduction | None:
+    """The towers' half reduction for a trained checkpoint, fitted on the training pins of the dataset it trained on
+    (its config's data); one fit per (towers, dataset, dims) in this process. None when `dims` is None."""
+    if not dims:
+        return None
+    import yaml
+
+    from pinclip.config import config_from_dict
+    from pinclip.eval.encoders import resolve_checkpoint
+    from pinclip.eval.mix_cli import run_dataset
+
+    cfg = config_from_dict(yaml.safe_load((resolve_checkpoint(checkpoint) / "config.yaml").read_text()))
+    key = (repr(cfg.model.vision), repr(cfg.model.backbone.name), cfg.train.data_dir, cfg.train.pins,
+           cfg.train.splits, tuple(dims))
+    if key not in _REDUCTIONS:
+        _REDUCTIONS[key] = fit_towers_reduction(checkpoint, run_dataset(cfg), dims, cache_dir or cfg.train.cache_dir,
+                                                progress=progress)
+    return _REDUCTIONS[key]
 
 
 def calibrate_mixed(folder: str | Path, dataset: Any, cache_dir: str | Path | None = None, sample: int = 2000,

@@ -69,13 +69,13 @@ class Embedder:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
                         cache_write: bool = True) -> Embedder:
         from pinclip.models.build import is_vlm
-        from pinclip.models.tower_mix import MixedEmbedder, read_mixed
+        from pinclip.models.tower_mix import MixedEmbedder, read_mixed, read_reduction
         from pinclip.train.checkpoint import load_model
 
         mixed = read_mixed(path)
         if mixed is not None:  # a tower-mix folder: the checkpoint it names, mixed with its towers
             inner = cls.from_checkpoint(mixed["checkpoint"], device, cache_dir, cache_write)
-            return MixedEmbedder(inner, mixed["weight"], mixed, device)
+            return MixedEmbedder(inner, mixed["weight"], mixed, device, read_reduction(path, mixed))
         model, _, meta = load_model(path, device)
         if is_vlm(model):  # a VLM backbone: the same interface, its own inputs
             from pinclip.models.vlm.embedder import VLMEmbedder
