@@ -363,36 +363,21 @@ def tower_mix_models(run_dir: str | Path, weights: Sequence[float], dims: tuple[
     its untrained towers at each weight (pinclip.models.tower_mix); with `dims`, the towers' half reduced to
     (IMAGE, TEXT) singular directions fitted on the run's training pins ("<model>+towersIxT@W")."""
     from pinclip.baselines import BASELINES
+    from pinclip.eval.ensemble import reduction_for
+    from pinclip.eval.mix_cli import mixed_folder, run_dataset
     from pinclip.experiments import existing_models
-    from pinclip.models.tower_mix import create_mixed
 
-    if not weights:
-        return {}
-    reductions: dict[str, Any] = {}
-    if dims:
-        from pinclip.eval.ensemble import fit_towers_reduction
-        from pinclip.eval.mix_cli import run_dataset
+    dataset = run_dataset(run_config(run_dir, data_dir, cache_dir)) if dims and weights else None
 
-        cfg = run_config(run_dir, data_dir, cache_dir)
-        dataset = run_dataset(cfg)
-
-    def reduction(folder: Path) -> Any:
-        if not dims:
-            return None
-        key = (Path(folder) / "config.yaml").read_text()  # the towers are those of the model's config
-        if key not in reductions:
-            reductions[key] = fit_towers_reduction(folder, dataset, dims, cfg.train.cache_dir, progress=progress)
-        return reductions[key]
-
-    tag = "towers{}x{}".format(*dims) if dims else "towers"
+    name_tag = "towers{}x{}".format(*dims) if dims else "towers"
     out: dict[str, list[Path]] = {}
     for name, folders in existing_models(run_dir).items():
         if name != "pinclip" and not BASELINES[name].trained:
             continue
         for w in weights:
-            out[f"{name}+{tag}@{w:g}"] = [
-                create_mixed(folder, w, Path(run_dir) / "mixes" / f"{name}-seed{seed}-{tag}-w{w:g}",
-                             reduction=reduction(folder))
+            out[f"{name}+{name_tag}@{w:g}"] = [
+                mixed_folder(folder, w, Path(run_dir) / "mixes", f"{name}-seed{seed}",
+                             reduction_for(folder, dims, cache_dir, progress, dataset))
                 for seed, folder in enumerate(folders)]
     return out
 

@@ -131,13 +131,13 @@ def fit_towers_reduction(checkpoint: str | Path, dataset: Any, dims: tuple[int, 
     return TowerReduction.fit(image, text, dims, center)
 
 
-_REDUCTIONS: dict[tuple, TowerReduction] = {}
+_REDUCTIONS: dict[tuple, tuple[Any, TowerReduction]] = {}
 
 
 def reduction_for(checkpoint: str | Path, dims: tuple[int, int] | None, cache_dir: str | Path | None = None,
-                  progress: bool = False) -> TowerReduction | None:
-    """The towers' half reduction for a trained checkpoint, fitted on the training pins of the dataset it trained on
-    (its config's data); one fit per (towers, dataset, dims) in this process. None when `dims` is None."""
+                  progress: bool = False, dataset: Any = None) -> TowerReduction | None:
+    """The towers' half reduction for a trained checkpoint, fitted on the training pins of `dataset` (default: the
+    data its config trained on); one fit per (towers, data, dims) in this process. None when `dims` is None."""
     if not dims:
         return None
     import yaml
@@ -147,12 +147,13 @@ def reduction_for(checkpoint: str | Path, dims: tuple[int, int] | None, cache_di
     from pinclip.eval.mix_cli import run_dataset
 
     cfg = config_from_dict(yaml.safe_load((resolve_checkpoint(checkpoint) / "config.yaml").read_text()))
-    key = (repr(cfg.model.vision), repr(cfg.model.backbone.name), cfg.train.data_dir, cfg.train.pins,
-           cfg.train.splits, tuple(dims))
-    if key not in _REDUCTIONS:
-        _REDUCTIONS[key] = fit_towers_reduction(checkpoint, run_dataset(cfg), dims, cache_dir or cfg.train.cache_dir,
-                                                progress=progress)
-    return _REDUCTIONS[key]
+    data = ("dataset", id(dataset)) if dataset is not None else (cfg.train.data_dir, cfg.train.pins, cfg.train.splits)
+    key = (repr(cfg.model.vision), repr(cfg.model.backbone.name), data, tuple(dims))
+    if key not in _REDUCTIONS:  # the dataset is kept with its fit, so its id is not reused while the entry lives
+        dataset = dataset if dataset is not None else run_dataset(cfg)
+        _REDUCTIONS[key] = (dataset, fit_towers_reduction(checkpoint, dataset, dims, cache_dir or cfg.train.cache_dir,
+                                                          progress=progress))
+    return _REDUCTIONS[key][1]
 
 
 def calibrate_mixed(folder: str | Path, dataset: Any, cache_dir: str | Path | None = None, sample: int = 2000,

@@ -69,6 +69,14 @@ def chosen_dims(run_dir: str | Path) -> tuple[int, int] | None:
     return (int(dims[0]), int(dims[1])) if dims else None
 
 
+def mixed_folder(checkpoint: str | Path, weight: float, where: Path, stem: str, reduction: Any = None) -> Path:
+    """create_mixed into <where>/<stem>[-towersIxT]-w<weight>."""
+    from pinclip.models.tower_mix import create_mixed
+
+    tag = f"-towers{reduction.tag}" if reduction is not None else ""
+    return create_mixed(checkpoint, weight, where / f"{stem}{tag}-w{weight:g}", reduction=reduction)
+
+
 def with_chosen_mix(run_dir: str | Path, models: dict[str, list[Path]], mixes_dir: str | Path | None = None
                     ) -> dict[str, list[Path]]:
     """The models with "pinclip" as served: each seed mixed at the weight chosen for the run (seed 0 of the run
@@ -76,7 +84,6 @@ def with_chosen_mix(run_dir: str | Path, models: dict[str, list[Path]], mixes_di
     mixes of models that are not the run's own (the domain-shift experiment's). Unchanged when no weight
     above 0 was chosen."""
     from pinclip.eval.ensemble import reduction_for
-    from pinclip.models.tower_mix import create_mixed
 
     weight, dims = chosen_weight(run_dir), chosen_dims(run_dir)
     if weight <= 0 or "pinclip" not in models:
@@ -84,9 +91,8 @@ def with_chosen_mix(run_dir: str | Path, models: dict[str, list[Path]], mixes_di
     served = Path(run_dir) / "mixed"
     own = mixes_dir is None and (served / "meta.json").is_file()
     where = Path(mixes_dir or Path(run_dir) / "mixes")
-    tag = "-towers{}x{}".format(*dims) if dims else ""
     mixed = [served if seed == 0 and own else
-             create_mixed(folder, weight, where / f"pinclip-seed{seed}{tag}-w{weight:g}", reduction=reduction_for(folder, dims))
+             mixed_folder(folder, weight, where, f"pinclip-seed{seed}", reduction_for(folder, dims))
              for seed, folder in enumerate(models["pinclip"])]
     return {"pinclip": mixed, "pinclip_no_mix": models["pinclip"], **{k: v for k, v in models.items() if k != "pinclip"}}
 
@@ -116,7 +122,7 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
     """Judge each weight on validation (with `domain`, also on the domain-shift split's validation partition),
     write <run>/mix.json (and <run>/mixed/ for a weight above 0). `dims`: the towers' half reduced."""
     from pinclip.eval.cli import EvalOptions, evaluate_models, run_config
-    from pinclip.eval.ensemble import calibrate_mixed, fit_towers_reduction
+    from pinclip.eval.ensemble import calibrate_mixed, reduction_for
     from pinclip.eval.selection import selection_score
     from pinclip.models.tower_mix import create_mixed
 
@@ -130,10 +136,8 @@ def mix_run(run_dir: str | Path, weights: Sequence[float], data_dir: str | None 
         return _write_record(run_dir, {"weight": 0.0, "version": version, "scores": {}, "partition": "val",
                                        "checkpoint": str(final), "note": "no validation partition"})
     names = {w: "pinclip" if w == 0 else f"pinclip+towers@{w:g}" for w in weights}
-    reduction = fit_towers_reduction(final, dataset, dims, cfg.train.cache_dir, progress=progress) if dims else None
-    tag = "-towers{}x{}".format(*dims) if dims else ""
-    models = {names[w]: [final if w == 0 else
-                         create_mixed(final, w, run_dir / "mixes" / f"pinclip-seed0{tag}-w{w:g}", reduction=reduction)]
+    reduction = reduction_for(final, dims, cfg.train.cache_dir, progress, dataset)
+    models = {names[w]: [final if w == 0 else mixed_folder(final, w, run_dir / "mixes", "pinclip-seed0", reduction)]
               for w in weights}
     options = EvalOptions(partition="val", quantization=False, ann=False, trec=False, progress=progress)
     paths = _reusable_validation(run_dir / "eval-mix-val", models)
@@ -190,9 +194,8 @@ def _domain_validation(run_dir: Path, cfg: Any, names: dict[float, str], options
     split's validation partition (<run>/eval-mix-domain-val)."""
     from pinclip.cli import UserError
     from pinclip.eval.cli import evaluate_models
-    from pinclip.eval.ensemble import fit_towers_reduction
+    from pinclip.eval.ensemble import reduction_for
     from pinclip.experiments import domain_shift_models
-    from pinclip.models.tower_mix import create_mixed
     from pinclip.train.dataset import load_dataset_dir
 
     folder, trained = domain_shift_models(cfg, run_dir, options.progress, trained=("pinclip",))
@@ -202,9 +205,8 @@ def _domain_validation(run_dir: Path, cfg: Any, names: dict[float, str], options
                         "(pinclip data split --domain-column ...) to choose the weight on it")
     final = trained["pinclip"][0]
     mixes = run_dir / "domain" / "mixes"
-    reduction = fit_towers_reduction(final, dataset, dims, cfg.train.cache_dir) if dims else None  # its own training pins
-    tag = "-towers{}x{}".format(*dims) if dims else ""
-    models = {name: [final if w == 0 else create_mixed(final, w, mixes / f"pinclip-seed0{tag}-w{w:g}", reduction=reduction)]
+    reduction = reduction_for(final, dims, cfg.train.cache_dir, dataset=dataset)  # that split's training pins
+    models = {name: [final if w == 0 else mixed_folder(final, w, mixes, "pinclip-seed0", reduction)]
               for w, name in names.items()}
     paths = evaluate_models(models, dataset, run_dir / "eval-mix-domain-val", cfg.train.cache_dir, options)
     return json.loads(Path(paths["metrics"]).read_text()), Path(paths["report"])
