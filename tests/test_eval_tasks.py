@@ -261,6 +261,60 @@ def test_model_encoder_regimes_equal_embedding_the_pins_with_those_texts_removed
         assert np.abs(masked[regime] - masked["full"]).max() > 1e-3  # the texts did count in the full regime
 
 
+@pytest.mark.slow  # builds or trains a model, or builds the demo corpus
+def test_model_encoder_keeps_catalog_embeddings_on_disk_for_the_same_model_and_inputs_only(
+        tiny_checkpoint, catalog, tmp_path):
+    """A second encoder of the same checkpoint over the same catalog reads every catalog array back without
+    running the model; a changed text is another entry; an unreadable entry is computed again."""
+    import dataclasses
+
+    from pinclip.data.tables import load_pins
+    from pinclip.eval.encoders import ModelEncoder
+
+    pins, _ = load_pins(str(catalog["pins"]), check_images=False)
+
+    def catalog_arrays(encoder):
+        return {**{(w, "full"): encoder._catalog(w) for w in ("image", "text", "text_mask")},
+                **{("pin", r): encoder._catalog("pin", r) for r in ("full", "title", "image")}}
+
+    first = ModelEncoder(tiny_checkpoint)
+    first.prepare(pins, tmp_path, progress=False)
+    expected = catalog_arrays(first)
+    folder = first._disk
+    assert folder.parent == tmp_path / "catalog" and folder.name.startswith(first.version)
+    assert sorted(p.name for p in folder.iterdir()) == ["image+text.npz", "pin-full.npz", "pin-image.npz",
+                                                        "pin-title.npz"]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran although its catalog embeddings were on disk")
+
+    again = ModelEncoder(tiny_checkpoint)
+    again.prepare(pins, tmp_path, progress=False)
+    again._embed = no_model
+    for key, value in catalog_arrays(again).items():
+        np.testing.assert_array_equal(value, expected[key])
+
+    titles = list(pins.texts["title"])
+    titles[0] = "an entirely different title about harbour cranes"
+    changed = ModelEncoder(tiny_checkpoint)
+    changed.prepare(dataclasses.replace(pins, texts={**pins.texts, "title": titles}), tmp_path, progress=False)
+    assert changed._disk != folder
+    assert np.abs(changed._catalog("pin", "title")[0] - expected[("pin", "title")][0]).max() > 1e-3
+    np.testing.assert_allclose(changed._catalog("pin", "title")[1:], expected[("pin", "title")][1:], atol=1e-5)
+
+    (folder / "pin-full.npz").write_bytes(b"not a zip file")
+    repaired = ModelEncoder(tiny_checkpoint)
+    repaired.prepare(pins, tmp_path, progress=False)
+    np.testing.assert_allclose(repaired._catalog("pin", "full"), expected[("pin", "full")], atol=1e-6)
+    with np.load(folder / "pin-full.npz") as f:
+        np.testing.assert_allclose(f["pin"], expected[("pin", "full")], atol=1e-6)
+
+    bare = ModelEncoder(tiny_checkpoint)
+    bare.prepare(pins, None, progress=False)
+    assert bare._disk is None
+    np.testing.assert_allclose(bare._catalog("pin", "full"), expected[("pin", "full")], atol=1e-6)
+
+
 class TableEncoder:
     """A dense encoder (pinclip.eval.encoders.Encoder) over given pin vectors: the harness ranks with it."""
 

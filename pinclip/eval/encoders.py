@@ -7,7 +7,9 @@
 A dense encoder embeds queries and corpus of a task (pinclip.eval.tasks.TaskSpec) and the harness
 searches them exactly (and through int8 and the ANN index); a ranker (BM25) returns ranked corpus
 positions itself. Catalog-wide embeddings (images, every text field, pins in each text regime) are
-computed once and shared by every task.
+computed once and shared by every task; with a cache folder a PinCLIP checkpoint's are also kept on disk
+(`<cache_dir>/catalog/<model version>-<inputs digest>/`), so the validation and test evaluations, the tower
+mixes and the unmixed model of one checkpoint embed the catalog once between them.
 
 `ModelEncoder` is a trained PinCLIP checkpoint. Its pin representation is the model's "pin" output:
 the fused embedding, or for a late-fusion model (config model.pin_mode "late": the `lit` recipe)
@@ -18,7 +20,10 @@ is formed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ class ModelEncoder:
         self.quant = GlobalAffine.from_dict(self.meta["quant"]) if self.meta.get("quant") else None
         self.notes: dict[str, str] = {}
         self._cache: dict[Any, np.ndarray] = {}
+        self._disk: Path | None = None  # where catalog embeddings are kept between evaluations (prepare)
 
     def prepare(self, pins: Any, cache_dir: str | Path | None, progress: bool) -> None:
         from pinclip.models.features import image_features
@@ -60,6 +66,15 @@ class ModelEncoder:
                                           cache_dir=cache_dir, progress=progress)
         self.progress = progress
         self._cache.clear()
+        self._disk = catalog_folder(cache_dir, self.version, self.device, self._inputs())
+
+    def _inputs(self) -> list[np.ndarray]:
+        """Everything the catalog embeddings depend on besides the model: the visual tokens, the text states and
+        each regime's field mask."""
+        from pinclip.eval.tasks import REGIMES
+
+        return [self.vis, self.has_image, self.states.tokens, self.states.start, self.states.length,
+                *(regime_mask(self.fields, r) for r in REGIMES)]
 
     def _embed(self, modes: tuple[str, ...], regime: str = "full", chunk: int = 1024) -> dict[str, np.ndarray]:
         """Every catalog pin in `modes`, its text fields restricted to the regime."""
@@ -83,9 +98,11 @@ class ModelEncoder:
         key = (what, regime if what == "pin" else "full")
         if key not in self._cache:
             if what in ("image", "text", "text_mask"):
-                self._cache.update({(k, "full"): v for k, v in self._embed(("image", "text")).items()})
+                found = stored(self._disk, "image+text", lambda: self._embed(("image", "text")))
+                self._cache.update({(k, "full"): v for k, v in found.items()})
             else:
-                self._cache[key] = self._embed(("pin",), regime)["pin"]
+                pins = stored(self._disk, f"pin-{regime}", lambda: {"pin": self._embed(("pin",), regime)["pin"]})
+                self._cache[key] = pins["pin"]
         return self._cache[key]
 
     def query_vectors(self, texts: list[str], field: str = "queries") -> np.ndarray:
@@ -103,6 +120,39 @@ class ModelEncoder:
         pins = self._catalog("pin", spec.regime)
         queries = pins[spec.query_pins] if spec.task == "related" else self.query_vectors(list(spec.query_texts))
         return TaskVectors(queries, pins[spec.corpus_pins])
+
+
+def catalog_folder(cache_dir: str | Path | None, version: str, device: str, inputs: list[np.ndarray]) -> Path | None:
+    """Where a checkpoint's catalog embeddings are kept: named by the model version (a digest of its weights and
+    config) and a digest of every input array, so a changed catalog, feature or model never reads stale vectors;
+    None without a cache folder."""
+    if cache_dir is None:
+        return None
+    h = hashlib.blake2b(device.split(":")[0].encode(), digest_size=8)
+    for a in inputs:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return Path(cache_dir) / "catalog" / f"{version}-{h.hexdigest()}"
+
+
+def stored(folder: Path | None, name: str, compute: Any) -> dict[str, np.ndarray]:
+    """The arrays saved as `<folder>/<name>.npz`, or compute() (a dict of arrays), saved there atomically. An
+    unreadable file (an interrupted copy, a full disk) is computed again and replaced."""
+    path = None if folder is None else folder / f"{name}.npz"
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            pass
+    out = compute()
+    if path is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **out)
+        os.replace(tmp, path)
+    return out
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
