@@ -126,6 +126,10 @@ def test_related_pins_in_the_image_regime_recomputed_from_the_raw_tables(result,
     queries, relevant, exclude = related_by_hand(raw)
     reference = brute_force(vectors[queries], vectors, relevant, exclude)
     check_against(result, "related", "warm", "image", reference, [pins[i]["pin_id"] for i in queries])
+    held = set(copies(COLD)) | set(copies(VAL))  # seen@10: the share of the top 10 that are training pins
+    seen = [np.mean([pins[j]["pin_id"] not in held for j in top]) for top in reference["top"]]
+    np.testing.assert_allclose(result["per_query"]["related"]["warm"]["image"]["seen@10"], seen, atol=1e-12)
+    assert 0 < np.mean(seen) < 1
 
 
 def test_matryoshka_and_int8_entries_recomputed_from_the_raw_tables(result, raw, tiny_checkpoint):
@@ -290,3 +294,13 @@ def test_errors_are_user_errors(tiny_checkpoint, dataset, tmp_path):
     bad = {**eval_splits(), "cold_start_pins": "red-circle-0"}
     with pytest.raises(UserError, match="cannot build evaluation tasks"):
         evaluate_checkpoint(tiny_checkpoint, dataset, splits=bad, progress=False)
+
+
+
+def test_seen_at_k_counts_training_pins_among_the_returned_ones():
+    from pinclip.eval.harness import seen_at_k
+
+    ids = np.array([[0, 1, 2, -1], [3, 3, 3, 3]])
+    trained = np.array([True, False, True, True])
+    np.testing.assert_allclose(seen_at_k(ids, trained, k=4), [2 / 3, 1.0])
+    np.testing.assert_allclose(seen_at_k(ids, trained, k=1), [1.0, 1.0])

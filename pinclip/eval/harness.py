@@ -14,6 +14,7 @@ Result, for one model:
     {"metrics": {task: {split: {regime: {"ndcg@10": mean, "ndcg@10_ci": [low, high], "recall@10", ...,
                                           "queries", "corpus"} | None}}},       None: cannot score
      "per_query": {task: {split: {regime: {metric: (Q,) array, "query_ids": [...], "clusters": [...]}}}},
+                  seen@10 is the share of a query's top 10 that are training pins (seen_at_k)
                   for paired tests; "clusters" names the cluster the bootstrap resamples (TaskSpec.clusters)
      "dims": {dim: {task: {split: {"recall@10", "ndcg@10"}}}},      Matryoshka prefixes, regime "full"
      "quantization": {task: {split: {kind: {"recall@10", "ndcg@10"}}}}, kind in fp32, int8_global,
@@ -54,7 +55,7 @@ from pinclip.quant import (
 DEPTH = 100
 RECALL_KS: tuple[int, ...] = (10, 100)
 SUMMARY_METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "ceiling@10", "ceiling@100", "mrr",
-                                    "hit@10")
+                                    "hit@10", "seen@10")
 CALIBRATION = 2000  # vectors of each kind in the per-dimension calibration mix
 
 
@@ -62,6 +63,22 @@ def all_test_splits(dataset: Any) -> dict[str, Any]:
     """Splits that make the whole dataset test data: every pin cold, every board held out."""
     return {"seed": 0, "cold_start_pins": list(dataset.pins.pin_ids), "val_pins": [],
             "heldout_boards": list(dataset.edges.board_ids)}
+
+
+def seen_at_k(ids: np.ndarray, trained: np.ndarray, k: int = 10) -> np.ndarray:
+    """(Q,) share of each query's top k (corpus positions, -1 for none) that are training pins; `trained` (N,)
+    marks the corpus positions whose pin is neither cold-start nor validation. A model that favours the pins it
+    trained on shows it here: on cold queries the relevant pins are all unseen."""
+    top = ids[:, :k]
+    valid = top >= 0
+    seen = valid & trained[np.maximum(top, 0)]
+    return seen.sum(1) / np.maximum(valid.sum(1), 1)
+
+
+def trained_corpus(spec: TaskSpec, pin_ids: Sequence[str], splits: dict[str, Any]) -> np.ndarray:
+    """(N,) whether each corpus entry's pin is a training pin of the splits."""
+    held = set(splits.get("cold_start_pins") or []) | set(splits.get("val_pins") or [])
+    return np.array([pin_ids[p] not in held for p in spec.corpus_pins], bool)
 
 
 def summarize(values: dict[str, np.ndarray], corpus: int, clusters: Sequence[str] | None = None) -> dict[str, Any]:
@@ -214,6 +231,7 @@ def evaluate_checkpoint(
             result["notes"][task] = encoder.notes.get(task, "this model cannot score the task")
             continue
         values = per_query_metrics(ids, spec.relevant, ks=RECALL_KS)
+        values["seen@10"] = seen_at_k(ids, trained_corpus(spec, dataset.pins.pin_ids, splits))[values["rows"]]
         of_query = spec.clusters()
         clusters = [of_query[q] for q in values["rows"]]
         slot[regime] = summarize(values, len(spec.corpus_ids), clusters)

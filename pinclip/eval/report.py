@@ -48,7 +48,7 @@ from pinclip.eval.tasks import REGIMES, SPLITS, TASKS
 MODEL_ORDER: tuple[str, ...] = ("pinclip", "pinclip_no_mix", "lit", "lit_neighbor", "fused_no_neighbor", "frozen", "bm25")
 PRIMARY = "ndcg@10"
 COMPARED: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100")
-AGGREGATED: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10")
+AGGREGATED: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10", "seen@10")
 
 
 def _clean(value: Any) -> Any:
@@ -113,6 +113,8 @@ def aggregate(runs: list[dict], task: str, split: str, regime: str) -> dict[str,
     out: dict[str, Any] = {"queries": first["queries"], "corpus": first["corpus"], "seeds": len(runs)}
     clusters = per_seed[0].get("clusters")
     for name in AGGREGATED:
+        if any(name not in p for p in per_seed):  # an evaluation written before the metric existed
+            continue
         s = seed_summary([p[name] for p in per_seed], clusters=clusters)
         out[name], out[f"{name}_ci"], out[f"{name}_std"] = s["mean"], [s["low"], s["high"]], s["seed_std"]
     for name in ("ceiling@10", "ceiling@100"):

@@ -161,7 +161,8 @@ def comparison_section(doc: dict) -> list[str]:
 
 def detail_section(doc: dict) -> list[str]:
     lines = ["## Every metric", "", "R@K is true recall; its ceiling (a query with more than K relevant pins "
-             "cannot reach 1) is in parentheses.", ""]
+             "cannot reach 1) is in parentheses. seen@10 is the share of the top 10 that are training pins (on "
+             "cold rows every relevant pin is unseen, so a high share is a model favouring what it trained on).", ""]
     for task in TASKS:
         rows = []
         for model in doc["models"]:
@@ -174,11 +175,12 @@ def detail_section(doc: dict) -> list[str]:
                     rows.append([model, split, regime, with_ci(c, "ndcg@10"),
                                  f"{with_ci(c, 'recall@10')} ({num(c.get('ceiling@10'), 2)})",
                                  f"{with_ci(c, 'recall@100')} ({num(c.get('ceiling@100'), 2)})",
-                                 with_ci(c, "mrr"), num(c.get("hit@10")), str(c.get("queries", "n/a")),
-                                 str(c.get("corpus", "n/a"))])
+                                 with_ci(c, "mrr"), num(c.get("hit@10")), num(c.get("seen@10")),
+                                 str(c.get("queries", "n/a")), str(c.get("corpus", "n/a"))])
         if rows:
             lines += [f"### {TASK_TITLES[task]}", ""] + table(
-                ["model", "split", "regime", "nDCG@10", "R@10", "R@100", "MRR@100", "hit@10", "queries", "corpus"],
+                ["model", "split", "regime", "nDCG@10", "R@10", "R@100", "MRR@100", "hit@10", "seen@10", "queries",
+                 "corpus"],
                 rows)
     return lines
 
