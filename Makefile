@@ -6,7 +6,8 @@
 #                    # (after make demo; SCALING=1 adds the dataset-scaling curves, six more trainings)
 #   make tune        # the same validation sweep for PinCLIP and every trained baseline (after make demo; hours on 2
 #                    # cores); writes configs/tuned.yaml (the baselines' points) and results/demo/tune.md;
-#                    # POINTS=base,lr-half,... runs part of the grid
+#                    # POINTS=base,lr-half,... runs part of the grid; each point is also trained on the
+#                    # domain-shift split and its validation cells count (DOMAIN=0: in domain only, half the time)
 #   make bench       # benchmarks against peer tools (long; not part of the tests); ITEMS='text_embed serve_load' for some
 #   make mutants     # mutation testing of losses, objective, training data, graph, metrics, quant and
 #                    # the served index's write path: write log, FAISS backend, index folder (~1 h)
@@ -18,6 +19,7 @@ RUN ?= runs/demo
 ITEMS ?=
 POINTS ?=
 SCALING ?= 0
+DOMAIN ?= 1
 STAMP := $(VENV)/.installed
 
 .PHONY: demo report tune test bench mutants lint install data-deps clean
@@ -42,7 +44,7 @@ report: install data-deps
 	$(PY) scripts/collect_results.py --run $(RUN) --out results/demo
 
 tune: install data-deps
-	$(VENV)/bin/pinclip tune --run $(RUN) $(if $(POINTS),--points $(POINTS))
+	$(VENV)/bin/pinclip tune --run $(RUN) $(if $(POINTS),--points $(POINTS)) $(if $(filter 1,$(DOMAIN)),--domain-shift)
 	cp $(RUN)/tune/tuned.yaml configs/tuned.yaml
 	mkdir -p results/demo && cp $(RUN)/tune/tune.md results/demo/tune.md
 

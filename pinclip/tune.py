@@ -132,6 +132,23 @@ def plan(base_cfg: Any, run_dir: str | Path, models: Sequence[str], points: Sequ
     return out
 
 
+def domain_plan(configs: dict[tuple[str, str], Any], base_cfg: Any, run_dir: str | Path
+                ) -> tuple[Path, dict[tuple[str, str], Any]]:
+    """(domain-shift data folder, {(model, point): config}): every planned training again on the split that holds
+    whole top-level categories out (the data folder's splits_domain.json), under <run>/tune-domain/<model>/<point>,
+    so a point that wins in domain by forgetting what the pretrained towers knew is not chosen."""
+    from pinclip.data.demo import domain_shift_folder
+    from pinclip.experiments import with_overrides
+
+    data_dir = Path(base_cfg.train.data_dir)
+    if not (data_dir / "splits_domain.json").is_file():
+        raise UserError(f"--domain-shift: {data_dir / 'splits_domain.json'} not found; it is written by `pinclip data "
+                        "demo`, or by `pinclip data split --domain-column ... --out splits_domain.json`")
+    folder = Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
+    return folder, {(m, p): with_overrides(cfg, {"train": {"data_dir": str(folder), "seed": 0, "out_dir": str(
+        Path(run_dir) / "tune-domain" / m / p)}}) for (m, p), cfg in configs.items()}
+
+
 def choose(scores: dict[tuple[str, str], float]) -> dict[str, dict[str, Any]]:
     """{model: {"point", "score", "scores"}}: each model's best point by selection score (ties: grid order)."""
     order = {p.name: i for i, p in enumerate(TUNE_GRID)}
@@ -145,8 +162,10 @@ def choose(scores: dict[tuple[str, str], float]) -> dict[str, dict[str, Any]]:
 
 
 def tune_run(run_dir: str | Path, models: Sequence[str], points: Sequence[TunePoint], jobs: int = 1,
-             progress: bool = True) -> dict[str, Any]:
-    """Train every (model, point), evaluate them on validation, write <run>/tune/chosen.json and tune.md."""
+             progress: bool = True, domain_shift: bool = False) -> dict[str, Any]:
+    """Train every (model, point), evaluate them on validation, write <run>/tune/chosen.json and tune.md. With
+    `domain_shift` each point is also trained on the domain-shift split and the selection score counts that
+    split's validation cells too (pinclip.eval.selection, "domain/" cells); the in-domain score is kept beside."""
     from pinclip.eval.cli import EvalOptions, evaluate_models, run_config
     from pinclip.eval.selection import selection_score
     from pinclip.experiments import TrainingQueue
@@ -157,22 +176,33 @@ def tune_run(run_dir: str | Path, models: Sequence[str], points: Sequence[TunePo
     configs = plan(base_cfg, run_dir, models, points)
     queue = TrainingQueue()
     finals = {key: queue.add(cfg) for key, cfg in configs.items()}
+    domain_folder, domain_configs = domain_plan(configs, base_cfg, run_dir) if domain_shift else (None, {})
+    domain_finals = {key: queue.add(cfg) for key, cfg in domain_configs.items()}
     queue.run(jobs, progress)
     dataset = load_dataset_dir(base_cfg.train.data_dir)
     options = EvalOptions(partition="val", quantization=False, ann=False, trec=False, progress=progress)
     named = {f"{m}@{p}": [final] for (m, p), final in finals.items()}
     paths = evaluate_models(named, dataset, run_dir / "tune" / "eval-val", base_cfg.train.cache_dir, options)
     doc = json.loads(Path(paths["metrics"]).read_text())
-    scores = {(m, p): selection_score(doc, model=f"{m}@{p}")["score"] for m, p in finals}
+    domain_doc, domain_paths = None, None
+    if domain_finals:
+        domain_paths = evaluate_models({f"{m}@{p}": [final] for (m, p), final in domain_finals.items()},
+                                       load_dataset_dir(domain_folder), run_dir / "tune" / "eval-domain-val",
+                                       base_cfg.train.cache_dir, options)
+        domain_doc = json.loads(Path(domain_paths["metrics"]).read_text())
+    scores = {(m, p): selection_score(doc, domain_doc, model=f"{m}@{p}")["score"] for m, p in finals}
+    in_domain = {f"{m}@{p}": selection_score(doc, model=f"{m}@{p}")["score"] for m, p in finals}
     seconds = {f"{m}@{p}": json.loads((final / "meta.json").read_text()).get("seconds") for (m, p), final in finals.items()}
     chosen = choose(scores)
     for model, entry in chosen.items():
         keys = swept_keys([pt for pt in points if (model, pt.name) in configs])  # what this model's sweep changed
         entry["overrides"] = chosen_overrides(configs[(model, entry["point"])], keys) if entry["point"] else {}
     record = {"partition": "val", "metric": "selection score", "chosen": chosen, "seconds": seconds,
-              "report": str(paths["report"])}
+              "report": str(paths["report"]), "domain": domain_doc is not None, "in_domain_scores": in_domain}
+    if domain_paths:
+        record["domain_report"] = str(domain_paths["report"])
     _write(run_dir / "tune" / "chosen.json", json.dumps(record, indent=2))
-    _write(run_dir / "tune" / "tune.md", tune_table(chosen, seconds))
+    _write(run_dir / "tune" / "tune.md", tune_table(chosen, seconds, in_domain if domain_doc is not None else None))
     _write(run_dir / "tune" / "tuned.yaml", tuned_yaml(chosen))
     return record
 
@@ -192,14 +222,24 @@ def tuned_yaml(chosen: dict[str, dict[str, Any]]) -> str:
     return head + yaml.safe_dump(entries, sort_keys=True)
 
 
-def tune_table(chosen: dict[str, dict[str, Any]], seconds: dict[str, float | None]) -> str:
-    """Markdown: one row per (model, point) with its validation selection score; the chosen point in bold."""
-    lines = ["| model | point | selection score (val) | training s |", "|---|---|---:|---:|"]
+def tune_table(chosen: dict[str, dict[str, Any]], seconds: dict[str, float | None],
+               in_domain: dict[str, float | None] | None = None) -> str:
+    """Markdown: one row per (model, point) with its validation selection score; the chosen point in bold. With
+    `in_domain` ({"model@point": score}) the score counts the domain-shift cells and the in-domain one is beside."""
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    if in_domain is None:
+        lines = ["| model | point | selection score (val) | training s |", "|---|---|---:|---:|"]
+    else:
+        lines = ["| model | point | selection score (val, with the domain-shift cells) | in domain only | training s |",
+                 "|---|---|---:|---:|---:|"]
     for model, entry in chosen.items():
         for point, score in entry["scores"].items():
             mark = "**" if point == entry["point"] else ""
             wall = seconds.get(f"{model}@{point}")
-            lines.append(f"| {model} | {mark}{point}{mark} | {'n/a' if score is None else f'{score:.4f}'} | "
+            extra = "" if in_domain is None else f" {num(in_domain.get(f'{model}@{point}'))} |"
+            lines.append(f"| {model} | {mark}{point}{mark} | {num(score)} |{extra} "
                          f"{'n/a' if wall is None else f'{wall:.0f}'} |")
     return "\n".join(lines) + "\n"
 
@@ -230,6 +270,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", default=None, help=f"comma-separated grid points (default: all of "
                    f"{', '.join(pt.name for pt in TUNE_GRID)})")
     p.add_argument("--jobs", type=int, default=0, help="trainings side by side (default: 2 on a CPU, 1 on a GPU)")
+    p.add_argument("--domain-shift", action="store_true", help="train every point on the domain-shift split too "
+                   "and count its validation cells in the selection score (twice the trainings)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -246,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
     names = [p.strip() for p in (args.points or ",".join(by_name)).split(",") if p.strip()]
     if [n for n in names if n not in by_name]:
         raise UserError(f"--points: unknown {[n for n in names if n not in by_name]}; known: {', '.join(by_name)}")
-    record = tune_run(args.run, models, [by_name[n] for n in names], args.jobs or default_jobs(), not args.quiet)
+    record = tune_run(args.run, models, [by_name[n] for n in names], args.jobs or default_jobs(), not args.quiet,
+                      args.domain_shift)
     for model, entry in record["chosen"].items():
         print(f"{model}: {entry['point']} (selection score {entry['score']})")
     print(f"every row: {Path(args.run) / 'tune' / 'tune.md'}; validation report: {record['report']}")

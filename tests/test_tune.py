@@ -88,3 +88,42 @@ def test_tune_trains_every_point_judges_it_on_validation_and_writes_the_choice(t
     assert "**" in (tiny_run / "tune" / "tune.md").read_text()
     with pytest.raises(SystemExit):
         main(["tune"])  # --run is required
+
+
+def test_tune_with_the_domain_shift_split_counts_its_validation_cells(catalog, tmp_path, capsys):
+    """--domain-shift trains every point on the domain-shift split too, and each point's score is the selection
+    score over both validation documents; the in-domain score is kept beside it."""
+    import shutil
+
+    from pinclip.cli import main
+    from pinclip.eval.selection import selection_score
+    from pinclip.train.trainer import train
+
+    data = tmp_path / "data"
+    shutil.copytree(catalog["pins"].parent, data)
+    run = tmp_path / "run"
+    train(load_config(preset="tiny", overrides=[f"train.data_dir={data}", f"train.out_dir={run / 'train'}",
+                                                 f"train.cache_dir={run / 'cache'}", "train.steps=4"]), progress=False)
+    assert main(["tune", "--run", str(run), "--models", "lit", "--points", "base", "--domain-shift", "--quiet"]) != 0
+    assert "splits_domain.json not found" in capsys.readouterr().err  # a clear error before any training
+    assert not (run / "baselines").exists()
+    assert main(["data", "split", "--pins", str(data / "pins.parquet"), "--boards", str(data / "boards.parquet"),
+                 "--out", str(data / "splits_domain.json"), "--domain-column", "domain", "--domain-frac", "0.3"]) == 0
+    assert main(["tune", "--run", str(run), "--models", "pinclip,lit", "--points", "base,lr-half", "--domain-shift",
+                 "--jobs", "1", "--quiet"]) == 0
+    record = json.loads((run / "tune" / "chosen.json").read_text())
+    assert record["domain"] is True
+    in_domain = json.loads((run / "tune" / "eval-val" / "metrics.json").read_text())
+    domain = json.loads((run / "tune" / "eval-domain-val" / "metrics.json").read_text())
+    assert domain["partition"] == "val"
+    for model in ("pinclip", "lit"):
+        for point in ("base", "lr-half"):
+            name = f"{model}@{point}"
+            assert (run / "tune-domain" / model / point / "final" / "meta.json").is_file()
+            both = selection_score(in_domain, domain, model=name)
+            assert any(c.startswith("domain/") for c in both["cells"]) and not both["missing"]
+            assert record["chosen"][model]["scores"][point] == pytest.approx(both["score"])
+            assert record["in_domain_scores"][name] == pytest.approx(selection_score(in_domain, model=name)["score"])
+        entry = record["chosen"][model]
+        assert entry["score"] == max(entry["scores"].values())
+    assert "in domain only" in (run / "tune" / "tune.md").read_text()
