@@ -283,6 +283,18 @@ def scaling_splits(dataset: Any, fraction: float, seed: int) -> dict[str, Any]:
     return {**dataset.splits, "untrained_pins": untrained}
 
 
+def domain_shift_data(base_cfg: Config, run_dir: str | Path) -> Path:
+    """The run's domain-shift dataset folder (<run>/data-domain, its splits.json the data folder's
+    splits_domain.json: whole top-level categories held out); a UserError when there is no such split."""
+    from pinclip.data.demo import domain_shift_folder
+
+    data_dir = Path(base_cfg.train.data_dir)
+    if not (data_dir / "splits_domain.json").is_file():
+        raise UserError(f"{data_dir / 'splits_domain.json'} not found: the domain-shift split is written by "
+                        "`pinclip data demo`, or by `pinclip data split --domain-column ... --out splits_domain.json`")
+    return Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
+
+
 def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = True, trainer: Trainer | None = None,
                         trained: Sequence[str] = ("pinclip", "lit", "lit_neighbor", "fused_no_neighbor")
                         ) -> tuple[Path, dict[str, list[Path]]]:
@@ -290,13 +302,7 @@ def domain_shift_models(base_cfg: Config, run_dir: str | Path, progress: bool = 
     each trained (seed 0, its own recipe) on the split that holds whole top-level categories out (the data
     folder's splits_domain.json), under <run>/domain/ laid out as a run; beside them the untrained baselines,
     which need no training and so are the run's own."""
-    from pinclip.data.demo import domain_shift_folder
-
-    data_dir = Path(base_cfg.train.data_dir)
-    if not (data_dir / "splits_domain.json").is_file():
-        raise UserError(f"{data_dir / 'splits_domain.json'} not found: the domain-shift split is written by "
-                        "`pinclip data demo`, or by `pinclip data split --domain-column ... --out splits_domain.json`")
-    folder = Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
+    folder = domain_shift_data(base_cfg, run_dir)
     domain_cfg = with_overrides(base_cfg, {"train": {"data_dir": str(folder), "seed": 0}})
     train_fn = trainer or (lambda c: train_once(c, progress))
     models = {name: [train_fn(model_config(domain_cfg, Path(run_dir) / "domain", name, 0))] for name in trained}

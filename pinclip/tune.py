@@ -137,14 +137,9 @@ def domain_plan(configs: dict[tuple[str, str], Any], base_cfg: Any, run_dir: str
     """(domain-shift data folder, {(model, point): config}): every planned training again on the split that holds
     whole top-level categories out (the data folder's splits_domain.json), under <run>/tune-domain/<model>/<point>,
     so a point that wins in domain by forgetting what the pretrained towers knew is not chosen."""
-    from pinclip.data.demo import domain_shift_folder
-    from pinclip.experiments import with_overrides
+    from pinclip.experiments import domain_shift_data, with_overrides
 
-    data_dir = Path(base_cfg.train.data_dir)
-    if not (data_dir / "splits_domain.json").is_file():
-        raise UserError(f"--domain-shift: {data_dir / 'splits_domain.json'} not found; it is written by `pinclip data "
-                        "demo`, or by `pinclip data split --domain-column ... --out splits_domain.json`")
-    folder = Path(domain_shift_folder(str(data_dir), str(Path(run_dir) / "data-domain")))
+    folder = domain_shift_data(base_cfg, run_dir)
     return folder, {(m, p): with_overrides(cfg, {"train": {"data_dir": str(folder), "seed": 0, "out_dir": str(
         Path(run_dir) / "tune-domain" / m / p)}}) for (m, p), cfg in configs.items()}
 
